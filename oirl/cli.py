@@ -1,0 +1,217 @@
+"""The ``oirl`` command line: a thin shell over :class:`oirl.recommender.Recommender`.
+
+User mistakes (an :class:`~oirl.errors.OirlError`) print one line ``error: …`` on
+stderr and exit with code 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from oirl.embed import DEFAULT_EMBEDDER
+from oirl.errors import OirlError
+from oirl.features import DEFAULT_LAYOUT, FEATURE_LAYOUTS
+from oirl.reward import DEFAULT_MODEL, REWARD_MODELS
+from oirl.select import POLICIES
+
+CACHE_OPTION = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="OIRL_EMBEDDINGS_DIR",
+    default="embeddings",
+    show_default=True,
+    help="Embedding cache directory [env: OIRL_EMBEDDINGS_DIR].",
+)
+
+
+class OirlGroup(click.Group):
+    """Turns OirlError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OirlError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(cls=OirlGroup)
+@click.version_option(package_name="oirl")
+def cli() -> None:
+    """oirl: recommend the best prompt per query from logged outcomes (offline, no LLM calls)."""
+    warnings.showwarning = _one_line_warnings
+
+
+# --------------------------------------------------------------------------- import
+
+
+@cli.group("import", cls=OirlGroup)
+def import_() -> None:
+    """Import published logs, or convert a log file, into oirl's log schema."""
+
+
+@import_.command("prompt-oirl")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder holding prompt-oirl-llama2/, gsm8k/ and svamp-mawps/ (e.g. ../shared/data). Without it, the files are downloaded from their public repositories.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default="logs", show_default=True, help="Where the log files go.")
+@click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets to import.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv"]), default="parquet", show_default=True, help="Log file format.")
+@click.option("--raw-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("logs/raw/prompt-oirl"), show_default=True, help="Where downloads go (only without --data-dir).")
+def import_prompt_oirl_command(data_dir: Path | None, out_dir: Path, datasets: str, fmt: str, raw_dir: Path) -> None:
+    """The LLaMA-2 logs of Prompt-OIRL: {ds}.<fmt> (6 training prompts) and {ds}_heldout.<fmt> (10 held-out prompts)."""
+    from oirl.importers.prompt_oirl import DATASETS, import_prompt_oirl
+
+    chosen = tuple(d.strip() for d in datasets.split(",") if d.strip())
+    unknown = [d for d in chosen if d not in DATASETS]
+    if unknown or not chosen:
+        raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(DATASETS)})")
+    if data_dir is None:
+        from oirl.importers.download import download_release
+
+        data_dir = download_release(raw_dir, datasets=chosen)
+    for summary in import_prompt_oirl(data_dir, out_dir, datasets=chosen, fmt=fmt):
+        click.echo(json.dumps(summary))
+
+
+@import_.command("logs")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "target", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output log file (.csv, .jsonl or .parquet).")
+def import_logs_command(source: Path, target: Path) -> None:
+    """Validate a CSV/JSONL/Parquet log and write it in canonical form (any of the three formats)."""
+    from oirl.logs import read_logs, write_logs
+
+    frame = read_logs(source)
+    write_logs(frame, target)
+    click.echo(json.dumps({"file": str(target), "rows": len(frame), "queries": int(frame["query_id"].nunique()), "prompts": int(frame["prompt_id"].nunique())}))
+
+
+# --------------------------------------------------------------------------- train
+
+
+@cli.command()
+@click.argument("log_file", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model bundle directory to write.")
+@click.option("--model", type=click.Choice(list(REWARD_MODELS)), default=DEFAULT_MODEL, show_default=True, help="Reward model backend.")
+@click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="'minilm' (offline all-MiniLM-L6-v2), 'hashing', or any sentence-transformers name or local path.")
+@click.option("--layout", type=click.Choice(FEATURE_LAYOUTS), default=DEFAULT_LAYOUT, show_default=True, help="Pair features from the query and prompt vectors.")
+@click.option("--split-column", default="split", show_default=True, help="Column that marks the split (ignored when the log has no such column).")
+@click.option("--train-split", default="train", show_default=True, help="Value of --split-column whose rows are trained on.")
+@click.option("--cv-folds", type=click.IntRange(2, 20), default=3, show_default=True, help="Folds (grouped by query text) for out-of-fold scores, margin choice and CV metrics.")
+@CACHE_OPTION
+def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str, split_column: str, train_split: str, cv_folds: int, cache_dir: Path) -> None:
+    """Train a reward model on LOG_FILE and save it as a bundle in --out."""
+    from oirl.logs import read_logs, training_rows
+    from oirl.recommender import Recommender
+
+    rows = training_rows(read_logs(log_file), split_column, train_split, source=str(log_file))
+    rec = Recommender.train(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cache_dir=cache_dir, progress=True, source=str(log_file))
+    rec.save(out_dir)
+    cv = rec.metadata["metrics"]["cross_validation"]
+    click.echo(json.dumps({"bundle": str(out_dir), "training": rec.metadata["training"], "cv_selection": cv["selection"]["policies"], "cv_roc_auc": cv["reward_model"]["roc_auc"], "conservative_margin": None if rec.margin == float("inf") else rec.margin}))
+
+
+# --------------------------------------------------------------------------- recommend
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--query", "query_text", help="One query text.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="JSONL file with a 'query' field per line.")
+@click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL file with 'prompt' and optional 'prompt_id' per line (default: the bundle's prompts).")
+@click.option("--top-k", type=click.IntRange(1), help="Keep only the K best of the ranking.")
+@click.option("--policy", type=click.Choice(list(POLICIES)), default="argmax", show_default=True, help="Selection policy.")
+@CACHE_OPTION
+def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str, cache_dir: Path) -> None:
+    """Print the recommended prompt for each query, one JSON line per query, in input order."""
+    from oirl.recommender import Recommender
+
+    if (query_text is None) == (queries_file is None):
+        raise OirlError("give exactly one of --query TEXT or --queries FILE")
+    queries = [query_text] if query_text is not None else [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
+    candidates = read_candidates(candidates_file) if candidates_file else None
+    rec = Recommender.load(model_dir, cache_dir=cache_dir)
+    for result in rec.recommend(queries, candidates, policy=policy, top_k=top_k):
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("log_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Evaluate rows whose 'split' equals this (all rows when the logs have no split column).")
+@click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL of candidate prompts to restrict the evaluation to.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
+@CACHE_OPTION
+def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidates_file: Path | None, out_file: Path | None, cache_dir: Path) -> None:
+    """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics."""
+    import pandas as pd
+
+    from oirl._atomic import write_text_atomic
+    from oirl.logs import read_logs, training_rows, validate_logs
+    from oirl.recommender import Recommender
+
+    rec = Recommender.load(model_dir, cache_dir=cache_dir)
+    frames = [training_rows(read_logs(path), "split", split, source=str(path)) for path in log_files]
+    logs = validate_logs(pd.concat(frames, ignore_index=True), source=" + ".join(map(str, log_files))) if len(frames) > 1 else frames[0]
+    candidates = read_candidates(candidates_file) if candidates_file else None
+    report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split": split, **rec.evaluate(logs, candidates)}
+    text = json.dumps(report, indent=2)
+    if out_file:
+        write_text_atomic(out_file, text + "\n")
+    click.echo(text)
+
+
+# --------------------------------------------------------------------------- input files
+
+
+def read_jsonl_records(path: Path, *, required: tuple[str, ...]) -> list[dict]:
+    """Non-empty JSON objects from a JSONL file, each with non-empty string ``required`` fields."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")  # JSONL separates records by \n only
+    except (FileNotFoundError, IsADirectoryError):
+        raise OirlError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise OirlError(f"{path}: not UTF-8 text") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OirlError(f"{path}, line {number}: not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise OirlError(f"{path}, line {number}: expected a JSON object")
+        for field in required:
+            value = record.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise OirlError(f"{path}, line {number}, field {field!r}: missing or empty text")
+        records.append(record)
+    if not records:
+        raise OirlError(f"{path}: no records")
+    return records
+
+
+def read_candidates(path: Path):
+    from oirl.recommender import Candidate
+
+    records = read_jsonl_records(path, required=("prompt",))
+    return [Candidate(r["prompt"], str(r.get("prompt_id") or "")) for r in records]
+
+
+def main() -> None:
+    cli(prog_name="oirl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

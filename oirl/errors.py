@@ -1,0 +1,30 @@
+"""The one error type users see.
+
+Every user mistake (a bad log file, an unknown prompt id, a corrupt bundle) raises
+:class:`OirlError` with a message that says what is wrong and where. The CLI turns it
+into a one-line message and exit code 2; the HTTP service into a 4xx response.
+Anything else escaping is a bug in oirl.
+"""
+
+from __future__ import annotations
+
+
+class OirlError(Exception):
+    """A user-facing error: bad input, missing file, corrupt artifact."""
+
+
+class LogFormatError(OirlError):
+    """A demonstration log that does not follow the schema (names file, row, column)."""
+
+
+class BundleError(OirlError):
+    """A model bundle directory that is missing, incomplete or corrupt."""
+
+
+class UnknownPromptError(OirlError):
+    """Prompt ids asked for that the model bundle does not know."""
+
+    def __init__(self, unknown: list[str], known: list[str]):
+        self.unknown = unknown
+        shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
+        super().__init__(f"unknown prompt id(s): {', '.join(unknown)} (known: {shown})")

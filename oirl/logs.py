@@ -1,0 +1,315 @@
+"""Demonstration logs: the one schema oirl learns from, its readers, writers and checks.
+
+A log row is one logged outcome of one prompt on one query instance:
+
+========== ======== ===========================================================
+column     required meaning
+========== ======== ===========================================================
+query      yes      the query text sent to the LLM (may span several lines)
+prompt     yes      the prompt text used with it
+reward     yes      float in [0, 1]: 1/0 for right/wrong, or a fraction of
+                    correct samples. ``correct`` (true/false/1/0) is accepted
+                    as an alias when ``reward`` is absent.
+query_id   no       the query *instance*; default: derived from the query text
+prompt_id  no       a short name for the prompt; default: derived from its text
+split      no       e.g. ``train`` / ``test``
+llm        no       which model answered
+cost       no       cost of one call with this prompt (>= 0)
+========== ======== ===========================================================
+
+Rows are keyed by (query_id, prompt_id). The same text may occur under several query
+ids (repeated samples of one question): those stay separate rows. Duplicate keys are
+averaged with a warning. Every value is read as a string first, so ids such as
+``nan``, ``NA`` or ``null`` stay strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from oirl._atomic import atomic_path
+from oirl.errors import LogFormatError
+
+REQUIRED_COLUMNS = ("query", "prompt", "reward")
+OPTIONAL_COLUMNS = ("query_id", "prompt_id", "split", "llm", "cost")
+CANONICAL_COLUMNS = ("query_id", "query", "prompt_id", "prompt", "reward", "split", "llm", "cost")
+LOG_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+_TRUE = {"true", "1", "1.0", "yes"}
+_FALSE = {"false", "0", "0.0", "no"}
+
+
+def text_id(text: str, prefix: str) -> str:
+    """A stable short id derived from a text (the same text gives the same id everywhere)."""
+    return f"{prefix}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+
+def log_format(path: str | Path) -> str:
+    """The format of a log file from its extension: ``csv``, ``jsonl`` or ``parquet``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in LOG_FORMATS:
+        raise LogFormatError(f"{path}: unknown log format {suffix!r} (use one of: {', '.join(LOG_FORMATS)})")
+    return LOG_FORMATS[suffix]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_logs(path: str | Path) -> pd.DataFrame:
+    """Read and validate a CSV, JSONL or Parquet log into the canonical frame.
+
+    Returns a DataFrame with the columns of :data:`CANONICAL_COLUMNS` that the file
+    has (``query_id``, ``query``, ``prompt_id``, ``prompt``, ``reward`` always), ids
+    and texts as ``str``, ``reward`` as float. Raises :class:`LogFormatError` naming
+    the file, row and column of the first problem.
+    """
+    path = Path(path)
+    fmt = log_format(path)
+    if not path.is_file():
+        raise LogFormatError(f"{path}: no such log file")
+    raw, where = _READERS[fmt](path)
+    return validate_logs(raw, source=str(path), where=where)
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise LogFormatError(f"{path}: the file is empty (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise LogFormatError(f"{path}: not a readable CSV file: {_one_line(exc)}") from None
+    # Header is line 1, so data row i (0-based) sits on line i + 2 when no field spans lines.
+    return frame, lambda i: f"row {i + 1} (line {i + 2})"
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    records: list[dict] = []
+    line_numbers: list[int] = []
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
+    except UnicodeDecodeError as exc:
+        raise LogFormatError(f"{path}: not UTF-8 text: {_one_line(exc)}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LogFormatError(f"{path}, line {number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise LogFormatError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+        records.append({key: _json_value_to_str(value) for key, value in record.items()})
+        line_numbers.append(number)
+    if not records:
+        raise LogFormatError(f"{path}: the file holds no records")
+    frame = pd.DataFrame.from_records(records).fillna("")
+    return frame.astype(str), lambda i: f"line {line_numbers[i]}"
+
+
+def _json_value_to_str(value: object) -> str:
+    # JSON null means "absent"; numbers and booleans keep their JSON spelling.
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise LogFormatError(f"{path}: not a readable Parquet file: {_one_line(exc)}") from None
+    for column in frame.columns:
+        frame[column] = [_parquet_value_to_str(v) for v in frame[column]]
+    return frame, lambda i: f"row {i + 1}"
+
+
+def _parquet_value_to_str(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_READERS = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_logs(
+    raw: pd.DataFrame, *, source: str = "<logs>", where: Callable[[int], str] | None = None
+) -> pd.DataFrame:
+    """Check a frame of string cells against the schema and return the canonical frame.
+
+    ``where(i)`` names data row ``i`` in error messages (defaults to ``row i+1``).
+    """
+    where = where or (lambda i: f"row {i + 1}")
+    raw = raw.reset_index(drop=True)
+    columns = [str(c).strip() for c in raw.columns]
+    raw.columns = columns
+    reward_column = "reward" if "reward" in columns else "correct" if "correct" in columns else None
+    missing = [c for c in ("query", "prompt") if c not in columns] + ([] if reward_column else ["reward"])
+    if missing:
+        raise LogFormatError(
+            f"{source}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'}; "
+            f"required: query, prompt, reward — or correct instead of reward)"
+        )
+    if raw.empty:
+        raise LogFormatError(f"{source}: the file holds no rows")
+
+    out = pd.DataFrame(index=raw.index)
+    for column in ("query", "prompt"):
+        values = raw[column].astype(str)
+        empty = values.str.strip() == ""
+        if empty.any():
+            i = int(empty.to_numpy().argmax())
+            raise LogFormatError(f"{source}, {where(i)}, column {column!r}: empty {column} text")
+        out[column] = values
+
+    out["reward"] = _parse_rewards(raw[reward_column], reward_column, source, where)
+
+    for column, prefix, text_column in (("query_id", "q", "query"), ("prompt_id", "p", "prompt")):
+        ids = raw[column].astype(str).str.strip() if column in columns else pd.Series("", index=raw.index)
+        blank = ids == ""
+        if blank.any():
+            ids = ids.copy()
+            ids[blank] = [text_id(t, prefix) for t in out.loc[blank, text_column]]
+        out[column] = ids
+
+    for column in ("split", "llm"):
+        if column in columns:
+            out[column] = raw[column].astype(str).str.strip()
+    if "cost" in columns:
+        out["cost"] = _parse_costs(raw["cost"], source, where)
+    # Columns outside the schema ride along as strings (e.g. a custom split column).
+    extras = [c for c in columns if c not in CANONICAL_COLUMNS and c != reward_column and c != "correct"]
+    for column in extras:
+        out[column] = raw[column].astype(str)
+
+    _check_prompt_ids(out, source, where)
+    out = _average_duplicates(out, source)
+    ordered = [c for c in CANONICAL_COLUMNS if c in out.columns] + extras
+    return out[ordered].reset_index(drop=True)
+
+
+def _parse_rewards(values: pd.Series, column: str, source: str, where: Callable[[int], str]) -> pd.Series:
+    parsed = []
+    for i, cell in enumerate(values.astype(str)):
+        text = cell.strip()
+        lowered = text.lower()
+        if lowered in _TRUE and column == "correct":
+            parsed.append(1.0)
+            continue
+        if lowered in _FALSE and column == "correct":
+            parsed.append(0.0)
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            kind = "a missing" if not text else f"a non-numeric ({text!r})"
+            raise LogFormatError(f"{source}, {where(i)}, column {column!r}: {kind} value; expected a number in [0, 1]") from None
+        if not (0.0 <= value <= 1.0):  # also rejects nan
+            raise LogFormatError(f"{source}, {where(i)}, column {column!r}: {text} is outside [0, 1]")
+        parsed.append(value)
+    return pd.Series(parsed, index=values.index, dtype="float64")
+
+
+def _parse_costs(values: pd.Series, source: str, where: Callable[[int], str]) -> pd.Series:
+    parsed = []
+    for i, cell in enumerate(values.astype(str)):
+        text = cell.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise LogFormatError(f"{source}, {where(i)}, column 'cost': {text!r} is not a number") from None
+        if not value >= 0.0 or math.isinf(value):
+            raise LogFormatError(f"{source}, {where(i)}, column 'cost': {text} is not a finite cost >= 0")
+        parsed.append(value)
+    return pd.Series(parsed, index=values.index, dtype="float64")
+
+
+def _check_prompt_ids(frame: pd.DataFrame, source: str, where: Callable[[int], str]) -> None:
+    texts_per_id = frame.groupby("prompt_id", sort=False)["prompt"].nunique()
+    clashing = texts_per_id[texts_per_id > 1]
+    if len(clashing):
+        prompt_id = clashing.index[0]
+        rows = frame.index[frame["prompt_id"] == prompt_id]
+        first = frame.loc[rows[0], "prompt"]
+        other = next(i for i in rows if frame.loc[i, "prompt"] != first)
+        raise LogFormatError(
+            f"{source}, {where(int(other))}, column 'prompt': prompt_id {prompt_id!r} has a different text "
+            f"here than in {where(int(rows[0]))}; one id must name one prompt text"
+        )
+
+
+def _average_duplicates(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    duplicated = frame.duplicated(["query_id", "prompt_id"], keep=False)
+    if not duplicated.any():
+        return frame
+    n_keys = frame.loc[duplicated, ["query_id", "prompt_id"]].drop_duplicates().shape[0]
+    warnings.warn(
+        f"{source}: {int(duplicated.sum())} rows share {n_keys} (query_id, prompt_id) keys; "
+        "their rewards (and costs) are averaged into one row per key",
+        stacklevel=3,
+    )
+    numeric = {c: "mean" for c in ("reward", "cost") if c in frame.columns}
+    first = {c: "first" for c in frame.columns if c not in numeric and c not in ("query_id", "prompt_id")}
+    merged = frame.groupby(["query_id", "prompt_id"], sort=False, as_index=False).agg({**first, **numeric})
+    return merged
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_logs(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a canonical frame atomically in the format its extension names."""
+    path = Path(path)
+    fmt = log_format(path)
+    with atomic_path(path) as tmp:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        elif fmt == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+    return path
+
+
+def training_rows(frame: pd.DataFrame, split_column: str | None, train_split: str, *, source: str) -> pd.DataFrame:
+    """The rows to train on: those whose ``split_column`` equals ``train_split``.
+
+    A log without that column is all training data. A log with it but no such row is
+    an error, since training on nothing is never what was meant.
+    """
+    if not split_column or split_column not in frame.columns:
+        return frame
+    rows = frame[frame[split_column] == train_split]
+    if rows.empty:
+        present = ", ".join(sorted(frame[split_column].unique())[:10])
+        raise LogFormatError(f"{source}: no rows with {split_column} == {train_split!r} (values present: {present})")
+    return rows.reset_index(drop=True)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A content hash of the rows a model was trained on (order-insensitive)."""
+    keyed = frame[["query_id", "prompt_id", "query", "prompt", "reward"]].sort_values(["query_id", "prompt_id"])
+    digest = hashlib.sha256(pd.util.hash_pandas_object(keyed, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]

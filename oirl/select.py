@@ -1,0 +1,118 @@
+"""Best-of-N selection: a score matrix plus a policy picks one candidate per query.
+
+Every policy takes ``scores`` of shape (n_queries, n_candidates), predicted rewards,
+with ``-inf`` (or NaN) where a candidate is not available for a query, and returns the
+chosen column per query, shape (n_queries,). No policy looks inside a reward model.
+
+* ``argmax``: the highest predicted reward.
+* ``conservative``: keep the *default* candidate (the best training prompt on average,
+  among those available) unless another candidate's predicted reward beats the
+  default's by more than ``margin``. The margin is chosen by cross-validation on
+  training queries (:func:`choose_margin`); a margin of ``inf`` is the best single
+  prompt, so the conservative policy only departs from it where the folds show a gain.
+* ``fallback``: the paper's rule for prompts never trained on: use the bundle's
+  training prompts unless the best predicted reward among them is below
+  ``threshold``; then choose among the candidates that are not bundle prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from oirl.errors import OirlError
+
+DEFAULT_THRESHOLD = 0.5
+MARGIN_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, float("inf"))
+
+
+def _available(scores: np.ndarray) -> np.ndarray:
+    return np.isfinite(scores)
+
+
+def _masked_argmax(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax over ``mask``ed columns per row; also whether the row had any such column."""
+    masked = np.where(mask & _available(scores), scores, -np.inf)
+    return masked.argmax(axis=1), np.isfinite(masked).any(axis=1)
+
+
+def argmax_policy(scores: np.ndarray, **_: object) -> np.ndarray:
+    """The candidate with the highest predicted reward, per query."""
+    return _masked_argmax(scores, np.ones_like(scores, dtype=bool))[0]
+
+
+def conservative_policy(scores: np.ndarray, *, prior: np.ndarray, margin: float, **_: object) -> np.ndarray:
+    """Default to the best-prior candidate; switch only when another beats it by > margin.
+
+    ``prior`` (n_candidates,): each candidate's mean training reward, NaN where unknown
+    (a prompt never trained on). Rows with no known candidate fall back to argmax.
+    """
+    best = argmax_policy(scores)
+    prior_scores = np.where(np.isnan(prior), -np.inf, prior)[None, :].repeat(len(scores), axis=0)
+    prior_scores = np.where(_available(scores), prior_scores, -np.inf)
+    default = prior_scores.argmax(axis=1)
+    has_default = np.isfinite(prior_scores).any(axis=1)
+    rows = np.arange(len(scores))
+    switch = scores[rows, best] - scores[rows, default] > margin
+    return np.where(has_default & ~switch, default, best)
+
+
+def fallback_policy(scores: np.ndarray, *, in_bundle: np.ndarray, threshold: float = DEFAULT_THRESHOLD, **_: object) -> np.ndarray:
+    """Training prompts first; below ``threshold`` pick among the non-bundle candidates.
+
+    ``in_bundle`` (n_candidates,): True for the bundle's training prompts.
+    """
+    in_bundle = np.broadcast_to(np.asarray(in_bundle, dtype=bool), scores.shape)
+    bundle_best, has_bundle = _masked_argmax(scores, in_bundle)
+    other_best, has_other = _masked_argmax(scores, ~in_bundle)
+    rows = np.arange(len(scores))
+    confident = has_bundle & (scores[rows, bundle_best] >= threshold)
+    use_other = has_other & ~confident
+    return np.where(use_other, other_best, np.where(has_bundle, bundle_best, argmax_policy(scores)))
+
+
+#: Policies by name; the keys are the CLI's ``--policy`` choices.
+POLICIES: dict[str, Callable[..., np.ndarray]] = {
+    "argmax": argmax_policy,
+    "conservative": conservative_policy,
+    "fallback": fallback_policy,
+}
+
+
+def choose(policy: str, scores: np.ndarray, **context: object) -> np.ndarray:
+    """Apply a named policy; ``context`` holds ``prior``, ``margin``, ``in_bundle``, ``threshold``."""
+    if policy not in POLICIES:
+        raise OirlError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
+    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    return POLICIES[policy](scores, **context)
+
+
+def policy_value(choices: np.ndarray, rewards: np.ndarray) -> float:
+    """Mean logged reward of the chosen candidates; ``rewards`` (n_q, n_c)."""
+    return float(rewards[np.arange(len(choices)), choices].mean())
+
+
+def choose_margin(
+    scores: np.ndarray, rewards: np.ndarray, prior: np.ndarray, grid: tuple[float, ...] = MARGIN_GRID
+) -> tuple[float, dict[float, float]]:
+    """The conservative margin chosen on out-of-fold ``scores`` by the one-standard-error rule.
+
+    ``scores`` must come from models that did not see these queries (cross-fitting).
+    Single-sample rewards are noisy, so the best margin on the folds often wins by a
+    handful of queries; the rule keeps the *largest* (most conservative) margin whose
+    value is within one standard error of the best, the error taken over the paired
+    per-query differences. Returns the margin and the value of every margin tried.
+    """
+    rows = np.arange(len(scores))
+    per_query = {m: rewards[rows, choose("conservative", scores, prior=prior, margin=m)] for m in grid}
+    values = {m: float(r.mean()) for m, r in per_query.items()}
+    best = max(values, key=lambda m: (values[m], m))
+    n = len(scores)
+
+    def within_one_se(m: float) -> bool:
+        difference = per_query[best] - per_query[m]
+        standard_error = difference.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+        return difference.mean() <= standard_error + 1e-12
+
+    return max(m for m in grid if within_one_se(m)), values

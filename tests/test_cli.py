@@ -1,0 +1,137 @@
+"""The CLI end to end on a real slice of the GSM8K logs with the real MiniLM embedder."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from oirl.cli import cli
+from oirl.logs import write_logs
+from oirl.recommender import Recommender
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(gsm8k_slice, tmp_path_factory):
+    """A LightGBM bundle trained by `oirl train` on 600 GSM8K train queries."""
+    work = tmp_path_factory.mktemp("cli")
+    log_file = write_logs(gsm8k_slice, work / "gsm8k_slice.jsonl")
+    result = run("train", log_file, "--out", work / "model", "--cache-dir", work / "emb")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return work, log_file, summary
+
+
+def test_train_writes_a_bundle_with_cv_metrics(trained):
+    work, _, summary = trained
+    assert summary["training"]["query_instances"] == 600
+    assert 0 <= summary["cv_selection"]["argmax"] <= 1
+    meta = json.loads((work / "model" / "bundle.json").read_text())
+    assert meta["embedder"] == {"spec": "minilm", "model_id": "sentence-transformers/all-MiniLM-L6-v2", "dimension": 384}
+    assert [p["prompt_id"] for p in meta["prompts"]] == ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
+    assert meta["model"]["kind"] == "lightgbm" and (work / "model" / "model.lightgbm.txt").is_file()
+    assert meta["features"] == {"layout": "concat", "dimension": 768}
+    assert len(meta["training"]["fingerprint"]) == 16
+    assert not list(work.glob(".model*"))  # no temp directory left behind
+
+
+def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
+    work, _, _ = trained
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": "A shop sells 3 pens for $2.\nHow much do 12 pens cost?"}) + "\n" + json.dumps({"query": "What is 7 times 8?"}) + "\n")
+    result = run("recommend", work / "model", "--queries", queries, "--top-k", 2, "--policy", "conservative", "--cache-dir", work / "emb")
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["query"] for line in lines] == ["A shop sells 3 pens for $2.\nHow much do 12 pens cost?", "What is 7 times 8?"]
+    for line in lines:
+        assert len(line["ranking"]) == 2 and line["ranking"][0]["score"] >= line["ranking"][1]["score"]
+        assert set(line) == {"query", "prompt_id", "prompt", "score", "ranking"}
+
+
+def test_recommend_scores_new_candidate_prompts(trained, tmp_path):
+    work, _, _ = trained
+    candidates = tmp_path / "c.jsonl"
+    candidates.write_text(
+        json.dumps({"prompt": "Let's think step by step: "}) + "\n" + json.dumps({"prompt": "Solve it like a detective.", "prompt_id": "detective"}) + "\n" + json.dumps({"prompt": "Write Python code that computes the answer."}) + "\n"
+    )
+    result = run("recommend", work / "model", "--query", "What is 7 times 8?", "--candidates", candidates, "--cache-dir", work / "emb")
+    [line] = [json.loads(x) for x in result.stdout.strip().splitlines()]
+    ids = {r["prompt_id"] for r in line["ranking"]}
+    assert "CoT" in ids and "detective" in ids and len(ids) == 3  # bundle text keeps its id; new ones get one
+    assert len({r["score"] for r in line["ranking"]}) > 1
+
+
+def test_evaluate_reports_every_figure_and_writes_it(trained, tmp_path):
+    work, log_file, _ = trained
+    out = tmp_path / "report.json"
+    result = run("evaluate", work / "model", log_file, "--split", "test", "--out", out, "--cache-dir", work / "emb")
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["queries"] == 200
+    assert set(report["policies"]) == {"argmax", "conservative", "fallback"}
+    assert report["best_single_prompt"]["prompt_id"] in {"nan", "CoT", "APE", "Dis", "ToT", "Decomp"}
+    assert report["random"] < report["oracle"] and report["best_single_prompt"]["success_rate"] <= report["oracle"]
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "brier", "calibration_error"):
+        assert report["reward_model"][key] is not None
+    assert report["reward_model"]["rows"] == 1200
+    # A reward model trained on 600 questions ranks correct above wrong answers better than chance.
+    assert report["reward_model"]["roc_auc"] > 0.6
+
+
+def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_path):
+    work, _, _ = trained
+    first = Recommender.load(work / "model", cache_dir=work / "emb")
+    first.save(tmp_path / "copy")
+    second = Recommender.load(tmp_path / "copy", cache_dir=work / "emb")
+    queries = gsm8k_slice["query"].drop_duplicates().head(20).tolist()
+    np.testing.assert_array_equal(first.score(queries), second.score(queries))
+    assert first.fingerprint == second.fingerprint
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "{missing}", "--out", "{tmp}/m"], "no such log file"),
+        (["train", "{bad_reward}", "--out", "{tmp}/m"], "row 1 (line 2), column 'reward': 3 is outside [0, 1]"),
+        (["train", "{bad_reward}", "--out", "{tmp}/m", "--train-split", "dev"], "column 'reward'"),
+        (["recommend", "{tmp}/nomodel", "--query", "hi"], "no such model bundle directory"),
+        (["recommend", "{model}", "--query", "   "], "query 0: empty query text"),
+        (["recommend", "{model}"], "give exactly one of --query TEXT or --queries FILE"),
+        (["recommend", "{model}", "--queries", "{bad_jsonl}"], "line 2: not valid JSON"),
+        (["recommend", "{model}", "--query", "hi", "--candidates", "{empty_prompt}"], "line 1, field 'prompt': missing or empty text"),
+        (["evaluate", "{model}", "{log}", "--split", "dev"], "no rows with split == 'dev'"),
+        (["import", "prompt-oirl", "--data-dir", "{tmp}", "--out", "{tmp}/o", "--datasets", "gsm8k"], "missing file"),
+        (["import", "prompt-oirl", "--data-dir", "{tmp}", "--datasets", "aqua"], "unknown dataset(s) aqua"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_no_traceback(trained, tmp_path, args, message):
+    work, log_file, _ = trained
+    (tmp_path / "bad.csv").write_text("query,prompt,reward\nq,p,3\n")
+    (tmp_path / "bad.jsonl").write_text('{"query": "a"}\n{"query": \n')
+    (tmp_path / "empty_prompt.jsonl").write_text('{"prompt": ""}\n')
+    names = {"missing": tmp_path / "none.csv", "bad_reward": tmp_path / "bad.csv", "tmp": tmp_path, "model": work / "model",
+             "bad_jsonl": tmp_path / "bad.jsonl", "empty_prompt": tmp_path / "empty_prompt.jsonl", "log": log_file}
+    result = run(*[a.format(**names) for a in args], ok=False)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_corrupt_bundle_is_a_clear_error(trained, tmp_path):
+    work, _, _ = trained
+    import shutil
+
+    shutil.copytree(work / "model", tmp_path / "model")
+    (tmp_path / "model" / "bundle.json").write_text("{not json")
+    result = run("recommend", tmp_path / "model", "--query", "hi", ok=False)
+    assert result.exit_code == 2 and "bundle.json: not valid JSON" in result.stderr
+    (tmp_path / "model" / "bundle.json").write_text((work / "model" / "bundle.json").read_text())
+    (tmp_path / "model" / "prompt_vectors.npy").write_bytes(b"junk")
+    result = run("recommend", tmp_path / "model", "--query", "hi", ok=False)
+    assert result.exit_code == 2 and "prompt_vectors.npy: missing or unreadable" in result.stderr

@@ -1,0 +1,145 @@
+import json
+
+import pandas as pd
+import pytest
+
+from oirl.errors import LogFormatError
+from oirl.logs import read_logs, text_id, training_rows, write_logs
+
+GOOD = [
+    {"query_id": "q1", "query": "What is 2 + 2?", "prompt_id": "nan", "prompt": "The answer is:", "reward": "1", "split": "train"},
+    {"query_id": "q1", "query": "What is 2 + 2?", "prompt_id": "CoT", "prompt": "Let's think step by step: ", "reward": "0", "split": "train"},
+    {"query_id": "q2", "query": "What is 3 + 5?\nAnswer with a number.", "prompt_id": "NA", "prompt": "Solve it.", "reward": "0.5", "split": "test"},
+]
+
+
+def write_csv(path, rows):
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_round_trip_in_every_format_keeps_ids_as_strings(tmp_path, suffix):
+    frame = read_logs(write_csv(tmp_path / "in.csv", GOOD))
+    out = write_logs(frame, tmp_path / f"out{suffix}")
+    again = read_logs(out)
+    assert again["prompt_id"].tolist() == ["nan", "CoT", "NA"]
+    assert again["reward"].tolist() == [1.0, 0.0, 0.5]
+    assert again["query"][2] == "What is 3 + 5?\nAnswer with a number."
+    pd.testing.assert_frame_equal(frame, again)
+
+
+def test_missing_ids_are_derived_from_texts_and_correct_is_an_alias(tmp_path):
+    rows = [{"query": "a?", "prompt": "p1", "correct": "True"}, {"query": "a?", "prompt": "p2", "correct": "false"}]
+    frame = read_logs(write_jsonl(tmp_path / "l.jsonl", rows))
+    assert frame["reward"].tolist() == [1.0, 0.0]
+    assert frame["query_id"].nunique() == 1 and frame["query_id"][0] == text_id("a?", "q")
+    assert frame["prompt_id"].tolist() == [text_id("p1", "p"), text_id("p2", "p")]
+
+
+def test_duplicate_keys_are_averaged_with_a_warning(tmp_path):
+    rows = [dict(GOOD[0]), dict(GOOD[0], reward="0"), GOOD[1]]
+    with pytest.warns(UserWarning, match="2 rows share 1 .* averaged"):
+        frame = read_logs(write_csv(tmp_path / "d.csv", rows))
+    assert len(frame) == 2
+    assert frame.set_index("prompt_id").loc["nan", "reward"] == 0.5
+
+
+def test_same_text_under_several_query_ids_stays_separate(tmp_path):
+    rows = [dict(GOOD[0], query_id="a"), dict(GOOD[0], query_id="b", reward="0")]
+    frame = read_logs(write_csv(tmp_path / "r.csv", rows))
+    assert frame["query_id"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"drop": "reward"}, r"missing column\(s\) reward"),
+        ({"drop": "query"}, r"missing column\(s\) query"),
+        ({"row": 1, "reward": "1.5"}, r"row 2 \(line 3\), column 'reward': 1.5 is outside \[0, 1\]"),
+        ({"row": 0, "reward": "-0.1"}, r"row 1 \(line 2\), column 'reward': -0.1 is outside"),
+        ({"row": 2, "reward": "yes"}, r"row 3 \(line 4\), column 'reward': a non-numeric \('yes'\) value"),
+        ({"row": 2, "reward": ""}, r"row 3 \(line 4\), column 'reward': a missing value"),
+        ({"row": 1, "query": "   "}, r"row 2 \(line 3\), column 'query': empty query text"),
+        ({"row": 2, "prompt": ""}, r"row 3 \(line 4\), column 'prompt': empty prompt text"),
+        ({"row": 1, "prompt_id": "nan"}, r"row 2 \(line 3\), column 'prompt': prompt_id 'nan' has a different text"),
+        ({"row": 0, "cost": "cheap"}, r"row 1 \(line 2\), column 'cost': 'cheap' is not a number"),
+    ],
+)
+def test_bad_csv_rows_are_named_by_file_row_and_column(tmp_path, change, message):
+    rows = [dict(r, cost="1") for r in GOOD]
+    change = dict(change)
+    if "drop" in change:
+        rows = [{k: v for k, v in r.items() if k != change["drop"]} for r in rows]
+    else:
+        rows[change.pop("row")].update(change)
+    path = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(LogFormatError, match=message) as info:
+        read_logs(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"query": "a", "prompt": "b", "reward": 1}\n{"query": "a", "prompt": "c", "reward": \n', r"line 2: not valid JSON"),
+        ('[1, 2]\n', r"line 1: expected a JSON object"),
+        ('\n\n', r"holds no records"),
+        ('{"query": "a", "prompt": "b", "reward": 2}\n', r"line 1, column 'reward': 2 is outside"),
+        ('{"query": "a", "prompt": "b", "reward": null}\n', r"line 1, column 'reward': a missing value"),
+    ],
+)
+def test_bad_jsonl_is_named_by_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(LogFormatError, match=message):
+        read_logs(path)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("broken.parquet", b"PAR1 this is not parquet", r"not a readable Parquet file"),
+        ("empty.csv", b"", r"the file is empty"),
+        ("quotes.csv", b'query,prompt,reward\n"unterminated,p,1\n', r"not a readable CSV file|row 1"),
+        ("logs.txt", b"query,prompt,reward\n", r"unknown log format '.txt'"),
+    ],
+)
+def test_unparsable_files_give_clear_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(LogFormatError, match=message):
+        read_logs(path)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(LogFormatError, match="no such log file"):
+        read_logs(tmp_path / "nope.csv")
+
+
+def test_training_rows_filters_the_split_and_rejects_an_empty_one(tmp_path):
+    frame = read_logs(write_csv(tmp_path / "s.csv", GOOD))
+    assert training_rows(frame, "split", "train", source="s").shape[0] == 2
+    assert training_rows(frame.drop(columns="split"), "split", "train", source="s").shape[0] == 3
+    with pytest.raises(LogFormatError, match="no rows with split == 'dev'"):
+        training_rows(frame, "split", "dev", source="s")
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    frame = read_logs(write_csv(tmp_path / "in.csv", GOOD))
+    target = tmp_path / "out.parquet"
+    with pytest.raises(ValueError):
+        write_logs(frame.assign(reward=[object(), 1, 2]), target)
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]
+
+
+def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
+    rows = [dict(GOOD[0], query="Line one\u2028line two\x85end")]
+    frame = read_logs(write_csv(tmp_path / "u.csv", rows))
+    again = read_logs(write_logs(frame, tmp_path / "u.jsonl"))
+    assert again["query"][0] == "Line one\u2028line two\x85end"
