@@ -171,6 +171,29 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidate
     click.echo(text)
 
 
+# --------------------------------------------------------------------------- serve
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes (each loads the bundle and the embedding model).")
+def serve(model_dir: Path, host: str, port: int, workers: int) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key."""
+    import os
+
+    from oirl.recommender import Recommender
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise OirlError("the service needs the [serve] extra: pip install 'oirl[serve]'") from None
+    Recommender.load(model_dir)  # fail here, with a clear message, before any worker starts
+    os.environ["OIRL_MODEL_DIR"] = str(model_dir.resolve())
+    uvicorn.run("oirl.serve:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
 # --------------------------------------------------------------------------- input files
 
 

@@ -231,9 +231,17 @@ class EmbeddingCache:
         return target
 
     def _compact(self, shards: list[Path]) -> None:
-        hashes = list(self._vectors)
+        # Merge every shard but the largest: the cost stays proportional to the recent
+        # (small) shards instead of rewriting the whole cache on every put.
+        largest = max(shards, key=lambda p: p.stat().st_size)
+        rest = [p for p in shards if p != largest]
+        hashes: list[str] = []
+        for shard in rest:
+            with np.load(shard, allow_pickle=False) as data:
+                hashes += data["hashes"].tolist()
+        hashes = list(dict.fromkeys(hashes))
         merged = self._write_shard(hashes, np.stack([self._vectors[h] for h in hashes]))
-        for shard in shards:
+        for shard in rest:
             if shard != merged:
                 shard.unlink(missing_ok=True)
 
@@ -277,3 +285,41 @@ class CachedEmbedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([known[h] for h in hashes]).astype(np.float32, copy=False)
+
+
+class MemoryCachedEmbedder:
+    """An embedder behind a bounded in-memory LRU cache (for the service: no disk writes
+    per request). Thread-safe; ``n_embedded`` counts texts sent to the model."""
+
+    def __init__(self, embedder: Embedder, max_items: int = 10_000):
+        from collections import OrderedDict
+
+        self.embedder = embedder
+        self.max_items = max_items
+        self.n_embedded = 0
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def dimension(self) -> int:
+        return self.embedder.dimension
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        texts = list(texts)
+        with self._lock:
+            known = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for t in known:
+                self._vectors.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            vectors = self.embedder.embed(missing, progress=progress)
+            known.update(zip(missing, vectors, strict=True))
+            with self._lock:
+                self.n_embedded += len(missing)
+                for t, v in zip(missing, vectors, strict=True):
+                    self._vectors[t] = v
+                while len(self._vectors) > self.max_items:
+                    self._vectors.popitem(last=False)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([known[t] for t in texts]).astype(np.float32, copy=False)

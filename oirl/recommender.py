@@ -280,33 +280,63 @@ class Recommender:
             chosen.append(self._by_text.get(c.prompt, c))
         return chosen if (candidates or candidate_ids) else list(self.prompts)
 
-    def candidate_vectors(self, candidates: list[Candidate]) -> np.ndarray:
-        """Prompt vectors, shape (n_candidates, d): stored ones for bundle prompts, embedded otherwise."""
+    def is_bundle_prompt(self, candidate: Candidate) -> bool:
+        known = self._by_id.get(candidate.prompt_id)
+        return known is not None and known.prompt == candidate.prompt
+
+    def texts_to_embed(self, candidates: list[Candidate]) -> list[str]:
+        """Texts of the candidates whose vectors the bundle does not hold (new prompts)."""
+        return [c.prompt for c in candidates if not self.is_bundle_prompt(c)]
+
+    def candidate_vectors(self, candidates: list[Candidate], new_vectors: np.ndarray | None = None) -> np.ndarray:
+        """Prompt vectors, shape (n_candidates, d): stored ones for bundle prompts.
+
+        ``new_vectors`` holds the vectors of :meth:`texts_to_embed`, in that order;
+        without it they are embedded here.
+        """
+        new_texts = self.texts_to_embed(candidates)
+        if new_vectors is None:
+            new_vectors = self.query_embedder.embed(new_texts) if new_texts else None
         index = {p.prompt_id: i for i, p in enumerate(self.prompts)}
         out = np.empty((len(candidates), self.prompt_vectors.shape[1]), dtype=np.float32)
-        new = [i for i, c in enumerate(candidates) if c.prompt_id not in index or self._by_id[c.prompt_id].prompt != c.prompt]
+        position = 0
         for i, c in enumerate(candidates):
-            if i not in new:
+            if self.is_bundle_prompt(c):
                 out[i] = self.prompt_vectors[index[c.prompt_id]]
-        if new:
-            out[new] = self.query_embedder.embed([candidates[i].prompt for i in new])
+            else:
+                out[i] = new_vectors[position]
+                position += 1
         return out
+
+    def score_vectors(self, query_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+        """Predicted rewards from vectors: (n_q, d) and (n_c, d) -> (n_q, n_c)."""
+        features = grid_features(query_vectors, candidate_vectors, self.layout)
+        return self.model.predict_reward(features).reshape(len(query_vectors), len(candidate_vectors))
 
     def score(self, queries: list[str], candidates: list[Candidate] | None = None) -> np.ndarray:
         """Predicted reward of every candidate for every query, shape (n_queries, n_candidates)."""
-        for i, q in enumerate(queries):
-            if not str(q).strip():
-                raise OirlError(f"query {i}: empty query text")
+        check_queries(queries)
         candidates = candidates if candidates is not None else self.prompts
-        query_vectors = self.query_embedder.embed(list(queries))
-        features = grid_features(query_vectors, self.candidate_vectors(candidates), self.layout)
-        return self.model.predict_reward(features).reshape(len(queries), len(candidates))
+        return self.score_vectors(self.query_embedder.embed(list(queries)), self.candidate_vectors(candidates))
 
     def policy_context(self, candidates: list[Candidate]) -> dict[str, Any]:
         """What the policies need to know about a candidate set (priors, bundle membership)."""
-        in_bundle = np.array([c.prompt_id in self._by_id and self._by_id[c.prompt_id].prompt == c.prompt for c in candidates])
+        in_bundle = np.array([self.is_bundle_prompt(c) for c in candidates], dtype=bool)
         prior = np.array([self.prior[c.prompt_id] if b else np.nan for c, b in zip(candidates, in_bundle, strict=True)])
         return {"prior": prior, "in_bundle": in_bundle, "margin": self.margin, "threshold": self.threshold}
+
+    def rank(
+        self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str = "argmax", top_k: int | None = None
+    ) -> list[Recommendation]:
+        """Apply ``policy`` to a score matrix (n_q, n_c): the pick plus the top-k ranking per query."""
+        picks = choose(policy, scores, **self.policy_context(candidates))
+        results = []
+        for query, row, pick in zip(queries, scores, picks, strict=True):
+            order = np.argsort(-row, kind="stable")[: top_k or None]
+            ranking = [{"prompt_id": candidates[j].prompt_id, "prompt": candidates[j].prompt, "score": float(row[j])} for j in order]
+            c = candidates[int(pick)]
+            results.append(Recommendation(query, c.prompt_id, c.prompt, float(row[pick]), ranking))
+        return results
 
     def recommend(
         self,
@@ -319,15 +349,7 @@ class Recommender:
     ) -> list[Recommendation]:
         """Best-of-N per query: the policy's pick plus the top-k ranking by score."""
         chosen = self.resolve_candidates(candidates, candidate_ids)
-        scores = self.score(queries, chosen)
-        picks = choose(policy, scores, **self.policy_context(chosen))
-        results = []
-        for query, row, pick in zip(queries, scores, picks, strict=True):
-            order = np.argsort(-row, kind="stable")[: top_k or None]
-            ranking = [{"prompt_id": chosen[j].prompt_id, "prompt": chosen[j].prompt, "score": float(row[j])} for j in order]
-            c = chosen[int(pick)]
-            results.append(Recommendation(query, c.prompt_id, c.prompt, float(row[pick]), ranking))
-        return results
+        return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -356,6 +378,12 @@ class Recommender:
         report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
         report["conservative_margin"] = None if np.isinf(self.margin) else self.margin
         return _json_safe(report)
+
+
+def check_queries(queries: list[str]) -> None:
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise OirlError(f"query {i}: empty query text")
 
 
 def cross_fit_predict(

@@ -51,3 +51,16 @@ def gsm8k_slice(imported_logs) -> pd.DataFrame:
     from oirl.logs import read_logs
 
     return slice_queries(read_logs(imported_logs / "gsm8k.parquet"), 600, 200)
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(gsm8k_slice, tmp_path_factory) -> Path:
+    """A LightGBM bundle on real MiniLM vectors of 300 GSM8K train queries."""
+    from oirl.logs import training_rows
+    from oirl.recommender import Recommender
+
+    train = training_rows(gsm8k_slice, "split", "train", source="slice")
+    keep = train["query_id"].drop_duplicates().head(300)
+    work = tmp_path_factory.mktemp("bundle")
+    rec = Recommender.train(train[train["query_id"].isin(keep)], model_params={"n_estimators": 100}, cache_dir=work / "emb")
+    return rec.save(work / "model")

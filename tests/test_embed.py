@@ -58,3 +58,15 @@ def test_real_minilm_embeds_offline_and_captures_meaning(tmp_path):
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > 0.8 > vectors[0] @ vectors[2]
+
+
+def test_memory_cache_is_bounded_and_embeds_each_text_once():
+    from oirl.embed import MemoryCachedEmbedder
+
+    cache = MemoryCachedEmbedder(HashingEmbedder(), max_items=2)
+    first = cache.embed(TEXTS)
+    assert cache.n_embedded == 3 and len(cache._vectors) == 2
+    np.testing.assert_array_equal(cache.embed(["The answer is:"]), first[3:])
+    assert cache.n_embedded == 3  # still cached (most recent)
+    cache.embed(["How many apples are left?"])  # evicted earlier, embedded again
+    assert cache.n_embedded == 4
