@@ -1,0 +1,172 @@
+"""Load benchmark of the HTTP service against a local server on 127.0.0.1.
+
+    python experiments/bench_serve.py --data-dir ../shared/data [--model-dir models/gsm8k]
+
+Every request carries a query never sent before (no cache hits). Prints and writes
+experiments/results/bench_serve.json with:
+- raw batched embedding speed of the model (queries/s, batches of 64, in-process);
+- (a) latency: one client, sequential requests of 1 query x 16 candidates (the 6
+  bundle prompts + the 10 held-out prompts): p50 / p95 / p99 ms;
+- (b) throughput: 32 concurrent clients, a bounded number of requests (default
+  5,000), same request shape: requests/s, p50 / p99 ms and the error count.
+Without --model-dir it trains a bundle on 1,000 GSM8K train queries first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("OIRL_API_KEY", None)
+    process = subprocess.Popen([sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("server did not start")
+
+
+async def _sequential(base: str, queries: list[str], candidates: list[str]) -> list[float]:
+    import httpx
+
+    latencies = []
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        for query in queries:
+            started = time.perf_counter()
+            response = await client.post("/v1/recommend", json={"queries": [query], "candidates": candidates, "top_k": 3})
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+async def _concurrent(base: str, queries: list[str], candidates: list[str], clients: int) -> tuple[list[float], int, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    todo = iter(queries)
+
+    async def client_loop(client):
+        nonlocal errors
+        for query in todo:  # a shared iterator: the request count stays bounded
+            started = time.perf_counter()
+            try:
+                response = await client.post("/v1/recommend", json={"queries": [query], "candidates": candidates, "top_k": 3})
+                if response.status_code != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, errors, elapsed
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in (50, 95, 99)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--model-dir", type=Path, help="A trained bundle (default: train one on 1,000 GSM8K queries).")
+    parser.add_argument("--sequential", type=int, default=300, help="Requests in the latency run.")
+    parser.add_argument("--requests", type=int, default=5000, help="Requests in the throughput run.")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--embed-texts", type=int, default=2000, help="Texts in the raw embedding measurement.")
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_serve.json"))
+    args = parser.parse_args(argv)
+
+    from oirl._atomic import write_text_atomic
+    from oirl.embed import get_embedder
+    from oirl.importers.prompt_oirl import PROMPTS, load_questions
+    from oirl.logs import read_logs, training_rows
+    from oirl.recommender import Recommender
+
+    # Distinct texts, disjoint between the three measurements so none hits a cache.
+    gsm8k = list(dict.fromkeys(load_questions(args.data_dir, "gsm8k")))
+    svamp = list(dict.fromkeys(load_questions(args.data_dir, "svamp")))
+    texts = gsm8k + svamp
+    need = args.embed_texts + args.sequential + args.requests
+    if len(texts) < need:
+        raise SystemExit(f"only {len(texts)} distinct questions for {need} requests")
+    raw_texts = texts[: args.embed_texts]
+    seq_texts = texts[args.embed_texts : args.embed_texts + args.sequential]
+    load_texts = texts[args.embed_texts + args.sequential : need]
+    candidates = list(PROMPTS.values())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir
+        if model_dir is None:
+            from oirl.importers import import_prompt_oirl
+
+            import_prompt_oirl(args.data_dir, Path(tmp) / "logs", datasets=("gsm8k",))
+            train = training_rows(read_logs(Path(tmp) / "logs" / "gsm8k.parquet"), "split", "train", source="gsm8k")
+            keep = train["query_id"].drop_duplicates().head(1000)
+            model_dir = Recommender.train(train[train["query_id"].isin(keep)], cache_dir=Path(tmp) / "emb").save(Path(tmp) / "model")
+
+        embedder = get_embedder(Recommender.load(model_dir).embedder_spec)
+        embedder.embed(["load the model before timing"])
+        started = time.perf_counter()
+        embedder.embed(raw_texts, batch_size=64)
+        raw_speed = len(raw_texts) / (time.perf_counter() - started)
+        del embedder
+
+        process, base = _start_server(model_dir)
+        try:
+            sequential = asyncio.run(_sequential(base, seq_texts, candidates))
+            concurrent, errors, elapsed = asyncio.run(_concurrent(base, load_texts, candidates, args.clients))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    result = {
+        "raw_embedding_queries_per_second": round(raw_speed, 1),
+        "latency_one_client": {"requests": len(sequential), "candidates": len(candidates), "ms": _percentiles(sequential)},
+        "throughput": {
+            "clients": args.clients,
+            "requests": len(concurrent),
+            "errors": errors,
+            "requests_per_second": round(len(concurrent) / elapsed, 1),
+            "ms": _percentiles(concurrent),
+        },
+    }
+    result["throughput_over_raw_embedding"] = round(result["throughput"]["requests_per_second"] / raw_speed, 2)
+    print(json.dumps(result, indent=2))
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
