@@ -127,8 +127,11 @@ class Recommender:
         all rows.
         """
         started = time.perf_counter()
-        make = lambda: make_reward_model(model, **(model_params or {}))  # noqa: E731
-        make()  # fail fast on an unknown model name before embedding anything
+
+        def make() -> RewardModel:
+            return make_reward_model(model, **(model_params or {})).set_embedding_dimension(cached.dimension)
+
+        make_reward_model(model, **(model_params or {}))  # fail fast on an unknown model name before embedding anything
         cached = CachedEmbedder(get_embedder(embedder), cache_dir)
         prompts = [Candidate(text, pid) for pid, text in logs.drop_duplicates("prompt_id")[["prompt_id", "prompt"]].itertuples(index=False)]
         query_texts, query_index = np.unique(logs["query"].to_numpy(dtype=str), return_inverse=True)

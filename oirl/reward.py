@@ -38,6 +38,12 @@ class RewardModel(ABC):
         """The constructor parameters (saved in the bundle, passed back on load)."""
         return {k: getattr(self, k) for k in self._param_names}
 
+    def set_embedding_dimension(self, dimension: int) -> RewardModel:
+        """Told before ``fit`` how long the query and prompt vectors are (pair features
+        start with ``[query, prompt]``). Models that read features as an opaque vector
+        ignore it."""
+        return self
+
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> RewardModel: ...
 
@@ -329,9 +335,122 @@ class MLPReward(_NumpyForwardReward):
         return h.ravel()
 
 
+class NeighbourReward(RewardModel):
+    """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
+
+    For a query q and prompt p, the estimate pools the logged rewards of the ``k``
+    training queries most similar to q (cosine), each weighted by
+    ``exp((cos - 1) / query_tau)``, over the training prompts weighted by their
+    similarity to p (``prompt_tau = 0``: the same prompt only), and shrinks it toward
+    that prompt's mean training reward with ``alpha`` pseudo-observations:
+
+        r(q, p) = (sum_ij w_i v_j S_ij + alpha * m_p) / (sum_ij w_i v_j C_ij + alpha)
+
+    where S and C are reward sums and counts per (training query text, prompt). With
+    ``prompt_tau = 0`` a prompt's scores depend on that prompt's rows alone, so one fit
+    serves every subset of the training prompts. A prompt never seen in training
+    borrows from the training prompts by similarity (``new_prompt_tau``).
+
+    It reads the features as ``[query, prompt, ...]``: call
+    :meth:`set_embedding_dimension` (the recommender does) or pass ``dimension``.
+    """
+
+    name = "knn"
+    model_file = "model.neighbours.npz"
+    _param_names = ("k", "query_tau", "prompt_tau", "new_prompt_tau", "alpha", "dimension")
+
+    def __init__(
+        self,
+        *,
+        k: int = 20,
+        query_tau: float = 0.05,
+        prompt_tau: float = 0.0,
+        new_prompt_tau: float = 0.05,
+        alpha: float = 1.0,
+        dimension: int | None = None,
+    ):
+        self.k = k
+        self.query_tau = query_tau
+        self.prompt_tau = prompt_tau
+        self.new_prompt_tau = new_prompt_tau
+        self.alpha = alpha
+        self.dimension = dimension
+
+    def set_embedding_dimension(self, dimension: int) -> NeighbourReward:
+        self.dimension = dimension
+        return self
+
+    def _split(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.dimension is None:
+            raise OirlError("the knn reward model needs the embedding dimension (set_embedding_dimension)")
+        d = self.dimension
+        return np.asarray(X[:, :d], dtype=np.float32), np.asarray(X[:, d : 2 * d], dtype=np.float32)
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = _check_training_data(X, y, sample_weight)
+        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        q, p = self._split(X)
+        queries, qi = np.unique(q, axis=0, return_inverse=True)
+        prompts, pi = np.unique(p, axis=0, return_inverse=True)
+        self.sums_ = np.zeros((len(queries), len(prompts)))
+        self.counts_ = np.zeros((len(queries), len(prompts)))
+        np.add.at(self.sums_, (qi.ravel(), pi.ravel()), weight * y)
+        np.add.at(self.counts_, (qi.ravel(), pi.ravel()), weight)
+        self.queries_, self.prompts_ = queries, prompts
+        return self
+
+    def _prompt_weights(self, prompts: np.ndarray) -> np.ndarray:
+        """(n_new, n_train_prompts) weights of the training prompts for each prompt."""
+        cos = prompts @ self.prompts_.T
+        exact = cos > 1 - 1e-5
+        soft = np.exp((cos - 1) / max(self.new_prompt_tau, 1e-6))
+        if self.prompt_tau > 0:
+            return np.exp((cos - 1) / self.prompt_tau)
+        known = exact.any(axis=1, keepdims=True)
+        return np.where(known, exact.astype(float), soft)
+
+    def predict_reward(self, X):
+        self._check_fitted()
+        q, p = self._split(np.asarray(X))
+        queries, qi = np.unique(q, axis=0, return_inverse=True)
+        prompts, pi = np.unique(p, axis=0, return_inverse=True)
+        k = min(self.k, len(self.queries_))
+        sums = np.empty((len(queries), self.sums_.shape[1]))
+        counts = np.empty_like(sums)
+        for start in range(0, len(queries), 2048):  # bounded memory for large batches
+            cos = queries[start : start + 2048] @ self.queries_.T
+            idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+            w = np.exp((np.take_along_axis(cos, idx, axis=1) - 1) / self.query_tau)
+            sums[start : start + 2048] = np.einsum("nk,nkp->np", w, self.sums_[idx])
+            counts[start : start + 2048] = np.einsum("nk,nkp->np", w, self.counts_[idx])
+        v = self._prompt_weights(prompts)  # (n_prompts, n_train_prompts)
+        prior = (v @ self.sums_.sum(axis=0)) / np.maximum(v @ self.counts_.sum(axis=0), 1e-12)
+        estimate = (sums @ v.T + self.alpha * prior[None, :]) / (counts @ v.T + self.alpha)
+        return estimate[qi.ravel(), pi.ravel()]
+
+    def save(self, directory):
+        with atomic_path(directory / self.model_file) as tmp:
+            with tmp.open("wb") as handle:
+                np.savez(handle, queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
+
+    @classmethod
+    def load(cls, directory, params):
+        path = directory / cls.model_file
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in ("queries", "prompts", "sums", "counts")}
+        except FileNotFoundError:
+            raise BundleError(f"{path}: missing model file") from None
+        except Exception as exc:
+            raise BundleError(f"{path}: not a readable neighbours file ({type(exc).__name__})") from None
+        model = cls(**params)
+        model.queries_, model.prompts_, model.sums_, model.counts_ = (arrays[k] for k in ("queries", "prompts", "sums", "counts"))
+        return model
+
+
 #: Backends by name; the keys are the CLI's ``--model`` choices.
 REWARD_MODELS: dict[str, type[RewardModel]] = {
-    cls.name: cls for cls in (LightGBMReward, XGBoostReward, LogisticReward, MLPReward)
+    cls.name: cls for cls in (LightGBMReward, XGBoostReward, LogisticReward, MLPReward, NeighbourReward)
 }
 DEFAULT_MODEL = "lightgbm"
 

@@ -31,15 +31,28 @@ def _available(scores: np.ndarray) -> np.ndarray:
     return np.isfinite(scores)
 
 
-def _masked_argmax(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax over ``mask``ed columns per row; also whether the row had any such column."""
+def _masked_argmax(scores: np.ndarray, mask: np.ndarray, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax over ``mask``ed columns per row; also whether the row had any such column.
+
+    Exact ties (common with tree models, which may never split on the prompt features
+    that separate two good prompts) go to the candidate with the better training
+    ``prior``, then to the first: never silently to whichever column comes first.
+    """
     masked = np.where(mask & _available(scores), scores, -np.inf)
-    return masked.argmax(axis=1), np.isfinite(masked).any(axis=1)
+    has_any = np.isfinite(masked).any(axis=1)
+    if prior is None:
+        return masked.argmax(axis=1), has_any
+    n = len(prior)
+    order = np.lexsort((-np.arange(n), np.where(np.isnan(prior), -np.inf, prior)))  # by prior, then earlier column
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    tied = np.isfinite(masked) & (masked >= masked.max(axis=1, keepdims=True))
+    return np.where(tied, rank[None, :], -1).argmax(axis=1), has_any
 
 
-def argmax_policy(scores: np.ndarray, **_: object) -> np.ndarray:
-    """The candidate with the highest predicted reward, per query."""
-    return _masked_argmax(scores, np.ones_like(scores, dtype=bool))[0]
+def argmax_policy(scores: np.ndarray, *, prior: np.ndarray | None = None, **_: object) -> np.ndarray:
+    """The candidate with the highest predicted reward, per query (ties: better prior)."""
+    return _masked_argmax(scores, np.ones_like(scores, dtype=bool), prior)[0]
 
 
 def conservative_policy(scores: np.ndarray, *, prior: np.ndarray, margin: float, **_: object) -> np.ndarray:
@@ -48,7 +61,7 @@ def conservative_policy(scores: np.ndarray, *, prior: np.ndarray, margin: float,
     ``prior`` (n_candidates,): each candidate's mean training reward, NaN where unknown
     (a prompt never trained on). Rows with no known candidate fall back to argmax.
     """
-    best = argmax_policy(scores)
+    best = argmax_policy(scores, prior=prior)
     prior_scores = np.where(np.isnan(prior), -np.inf, prior)[None, :].repeat(len(scores), axis=0)
     prior_scores = np.where(_available(scores), prior_scores, -np.inf)
     default = prior_scores.argmax(axis=1)
@@ -58,18 +71,20 @@ def conservative_policy(scores: np.ndarray, *, prior: np.ndarray, margin: float,
     return np.where(has_default & ~switch, default, best)
 
 
-def fallback_policy(scores: np.ndarray, *, in_bundle: np.ndarray, threshold: float = DEFAULT_THRESHOLD, **_: object) -> np.ndarray:
+def fallback_policy(
+    scores: np.ndarray, *, in_bundle: np.ndarray, threshold: float = DEFAULT_THRESHOLD, prior: np.ndarray | None = None, **_: object
+) -> np.ndarray:
     """Training prompts first; below ``threshold`` pick among the non-bundle candidates.
 
     ``in_bundle`` (n_candidates,): True for the bundle's training prompts.
     """
     in_bundle = np.broadcast_to(np.asarray(in_bundle, dtype=bool), scores.shape)
-    bundle_best, has_bundle = _masked_argmax(scores, in_bundle)
-    other_best, has_other = _masked_argmax(scores, ~in_bundle)
+    bundle_best, has_bundle = _masked_argmax(scores, in_bundle, prior)
+    other_best, has_other = _masked_argmax(scores, ~in_bundle, prior)
     rows = np.arange(len(scores))
     confident = has_bundle & (scores[rows, bundle_best] >= threshold)
     use_other = has_other & ~confident
-    return np.where(use_other, other_best, np.where(has_bundle, bundle_best, argmax_policy(scores)))
+    return np.where(use_other, other_best, np.where(has_bundle, bundle_best, argmax_policy(scores, prior=prior)))
 
 
 #: Policies by name; the keys are the CLI's ``--policy`` choices.

@@ -68,3 +68,18 @@ def test_choose_margin_switches_when_the_gain_is_clear():
     assert values[margin] == pytest.approx(55 / 60)
     assert margin == 0.3  # the largest margin below the .4 score gap
     assert policy_value(choose("conservative", scores, prior=np.array([0.6, 0.4]), margin=margin), rewards) == pytest.approx(55 / 60)
+
+
+def test_argmax_breaks_exact_ties_by_the_training_prior():
+    scores = np.array([[0.4, 0.4, 0.1], [0.2, 0.3, 0.3], [0.5, 0.5, 0.5]])
+    prior = np.array([0.1, 0.3, 0.2])
+    assert choose("argmax", scores, prior=prior).tolist() == [1, 1, 1]
+    assert choose("argmax", scores, prior=np.array([0.3, np.nan, 0.2])).tolist() == [0, 2, 0]
+    assert choose("argmax", scores).tolist() == [0, 1, 0]  # without a prior: the first
+
+
+def test_fallback_breaks_ties_by_prior_and_new_prompts_by_order():
+    scores = np.array([[0.6, 0.6, 0.2, 0.2], [0.1, 0.1, 0.3, 0.3]])
+    prior = np.array([0.2, 0.4, np.nan, np.nan])
+    picks = choose("fallback", scores, in_bundle=np.array([True, True, False, False]), prior=prior, threshold=0.5)
+    assert picks.tolist() == [1, 2]  # bundle tie -> better prior; new-prompt tie -> first
