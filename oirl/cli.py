@@ -171,6 +171,37 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidate
     click.echo(text)
 
 
+# --------------------------------------------------------------------------- reproduce
+
+
+@cli.command()
+@click.option("--benchmark", type=click.Choice(["prompt-oirl"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce.")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
+@click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets.")
+@click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's, question-disjoint, or both.")
+@click.option("--model", type=click.Choice(["knn"]), default="knn", show_default=True, help="Reward model (the neighbour model is shared across prompt subsets).")
+@click.option("--authors-config/--no-authors-config", default=True, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("experiments/results/prompt-oirl"), show_default=True, help="Where tables, CSVs and plots go.")
+@CACHE_OPTION
+def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, model: str, authors_config: bool, n_boot: int, out_dir: Path, cache_dir: Path) -> None:
+    """Regenerate the benchmark tables from the released logs (Markdown, CSV, PNG under --out)."""
+    from oirl.embed import CachedEmbedder, get_embedder
+    from oirl.importers.prompt_oirl import DATASETS
+    from oirl.reproduce.prompt_oirl import PROTOCOLS
+    from oirl.reproduce.prompt_oirl import reproduce as run
+
+    chosen = tuple(d.strip() for d in datasets.split(",") if d.strip())
+    unknown = [d for d in chosen if d not in DATASETS]
+    if unknown or not chosen:
+        raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(DATASETS)})")
+    protocols = PROTOCOLS if protocol == "both" else (protocol,)
+    embedder = CachedEmbedder(get_embedder("minilm"), cache_dir)
+    result = run(data_dir, out_dir, datasets=chosen, protocols=protocols, embedder=embedder, authors_config=authors_config, n_boot=n_boot)
+    click.echo((out_dir / "summary_k6.md").read_text())
+    click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
+
+
 # --------------------------------------------------------------------------- serve
 
 

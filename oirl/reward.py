@@ -38,6 +38,15 @@ class RewardModel(ABC):
         """The constructor parameters (saved in the bundle, passed back on load)."""
         return {k: getattr(self, k) for k in self._param_names}
 
+    def set_params(self, **params: Any) -> RewardModel:
+        """Change constructor parameters (scikit-learn style); returns ``self``."""
+        unknown = set(params) - set(self._param_names)
+        if unknown:
+            raise OirlError(f"unknown parameter(s) {', '.join(sorted(unknown))} for {self.name} (known: {', '.join(self._param_names)})")
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
     def set_embedding_dimension(self, dimension: int) -> RewardModel:
         """Told before ``fit`` how long the query and prompt vectors are (pair features
         start with ``[query, prompt]``). Models that read features as an opaque vector
@@ -392,41 +401,67 @@ class NeighbourReward(RewardModel):
         q, p = self._split(X)
         queries, qi = np.unique(q, axis=0, return_inverse=True)
         prompts, pi = np.unique(p, axis=0, return_inverse=True)
-        self.sums_ = np.zeros((len(queries), len(prompts)))
-        self.counts_ = np.zeros((len(queries), len(prompts)))
-        np.add.at(self.sums_, (qi.ravel(), pi.ravel()), weight * y)
-        np.add.at(self.counts_, (qi.ravel(), pi.ravel()), weight)
-        self.queries_, self.prompts_ = queries, prompts
+        sums = np.zeros((len(queries), len(prompts)))
+        counts = np.zeros((len(queries), len(prompts)))
+        np.add.at(sums, (qi.ravel(), pi.ravel()), weight * y)
+        np.add.at(counts, (qi.ravel(), pi.ravel()), weight)
+        return self.fit_grid(queries, prompts, sums, counts)
+
+    def fit_grid(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> NeighbourReward:
+        """Fit from aggregated logs: reward sums and counts of shape (n_queries, n_prompts)."""
+        self.queries_ = np.asarray(query_vectors, dtype=np.float32)
+        self.prompts_ = np.asarray(prompt_vectors, dtype=np.float32)
+        self.sums_, self.counts_ = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
         return self
 
+    def neighbours(self, query_vectors: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar training queries of each query: (indices, cosines), best first."""
+        self._check_fitted()
+        k = min(k or self.k, len(self.queries_))
+        indices = np.empty((len(query_vectors), k), dtype=np.int64)
+        cosines = np.empty((len(query_vectors), k), dtype=np.float32)
+        for start in range(0, len(query_vectors), 2048):  # bounded memory for large batches
+            cos = np.asarray(query_vectors[start : start + 2048], dtype=np.float32) @ self.queries_.T
+            idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(cos, idx, axis=1)
+            order = np.argsort(-top, axis=1, kind="stable")
+            indices[start : start + 2048] = np.take_along_axis(idx, order, axis=1)
+            cosines[start : start + 2048] = np.take_along_axis(top, order, axis=1)
+        return indices, cosines
+
     def _prompt_weights(self, prompts: np.ndarray) -> np.ndarray:
-        """(n_new, n_train_prompts) weights of the training prompts for each prompt."""
+        """(n_prompts, n_train_prompts) weights of the training prompts for each prompt."""
         cos = prompts @ self.prompts_.T
-        exact = cos > 1 - 1e-5
-        soft = np.exp((cos - 1) / max(self.new_prompt_tau, 1e-6))
         if self.prompt_tau > 0:
             return np.exp((cos - 1) / self.prompt_tau)
-        known = exact.any(axis=1, keepdims=True)
-        return np.where(known, exact.astype(float), soft)
+        exact = cos > 1 - 1e-5
+        soft = np.exp((cos - 1) / max(self.new_prompt_tau, 1e-6))
+        return np.where(exact.any(axis=1, keepdims=True), exact.astype(float), soft)
+
+    def predict_grid(
+        self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p).
+
+        ``neighbours`` (from :meth:`neighbours`, at least ``k`` wide) saves the search
+        when several parameter settings score the same queries.
+        """
+        self._check_fitted()
+        idx, cos = neighbours if neighbours is not None else self.neighbours(query_vectors)
+        idx, cos = idx[:, : self.k], cos[:, : self.k]
+        w = np.exp((cos.astype(np.float64) - 1) / self.query_tau)
+        sums = np.einsum("nk,nkp->np", w, self.sums_[idx])
+        counts = np.einsum("nk,nkp->np", w, self.counts_[idx])
+        v = self._prompt_weights(np.asarray(prompt_vectors, dtype=np.float32))
+        prior = (v @ self.sums_.sum(axis=0)) / np.maximum(v @ self.counts_.sum(axis=0), 1e-12)
+        return (sums @ v.T + self.alpha * prior[None, :]) / (counts @ v.T + self.alpha)
 
     def predict_reward(self, X):
         self._check_fitted()
         q, p = self._split(np.asarray(X))
         queries, qi = np.unique(q, axis=0, return_inverse=True)
         prompts, pi = np.unique(p, axis=0, return_inverse=True)
-        k = min(self.k, len(self.queries_))
-        sums = np.empty((len(queries), self.sums_.shape[1]))
-        counts = np.empty_like(sums)
-        for start in range(0, len(queries), 2048):  # bounded memory for large batches
-            cos = queries[start : start + 2048] @ self.queries_.T
-            idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
-            w = np.exp((np.take_along_axis(cos, idx, axis=1) - 1) / self.query_tau)
-            sums[start : start + 2048] = np.einsum("nk,nkp->np", w, self.sums_[idx])
-            counts[start : start + 2048] = np.einsum("nk,nkp->np", w, self.counts_[idx])
-        v = self._prompt_weights(prompts)  # (n_prompts, n_train_prompts)
-        prior = (v @ self.sums_.sum(axis=0)) / np.maximum(v @ self.counts_.sum(axis=0), 1e-12)
-        estimate = (sums @ v.T + self.alpha * prior[None, :]) / (counts @ v.T + self.alpha)
-        return estimate[qi.ravel(), pi.ravel()]
+        return self.predict_grid(queries, prompts)[qi.ravel(), pi.ravel()]
 
     def save(self, directory):
         with atomic_path(directory / self.model_file) as tmp:

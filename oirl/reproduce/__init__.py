@@ -1,0 +1,1 @@
+"""Benchmark reproductions: ``oirl reproduce`` (Prompt-OIRL tables)."""
