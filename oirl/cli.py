@@ -81,6 +81,20 @@ def import_prompt_oirl_command(data_dir: Path | None, out_dir: Path, datasets: s
         click.echo(json.dumps(summary))
 
 
+@import_.command("cruxeval")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder holding cruxeval/ (e.g. ../shared/data).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default="logs", show_default=True, help="Where the log file goes.")
+@click.option("--temperature", type=float, default=0.2, show_default=True, help="Sampling temperature of the arms to import (0.2 or 0.8).")
+@click.option("--costs", "costs_file", type=click.Path(path_type=Path), help="JSON object arm id ('model:style') -> cost per call, replacing the default table.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv"]), default="parquet", show_default=True, help="Log file format.")
+def import_cruxeval_command(data_dir: Path, out_dir: Path, temperature: float, costs_file: Path | None, fmt: str) -> None:
+    """CRUXEval input prediction: one row per (sample, model:style arm), reward = n_correct / n_generations."""
+    from oirl.importers.cruxeval import import_cruxeval
+
+    costs = read_costs(costs_file) if costs_file else None
+    click.echo(json.dumps(import_cruxeval(data_dir, out_dir, temperature=temperature, fmt=fmt, costs=costs)))
+
+
 @import_.command("logs")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "target", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output log file (.csv, .jsonl or .parquet).")
@@ -128,8 +142,9 @@ def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str,
 @click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL file with 'prompt' and optional 'prompt_id' per line (default: the bundle's prompts).")
 @click.option("--top-k", type=click.IntRange(1), help="Keep only the K best of the ranking.")
 @click.option("--policy", type=click.Choice(list(POLICIES)), default="argmax", show_default=True, help="Selection policy.")
+@click.option("--cost-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="Lambda of the cost-aware policy: reward minus lambda x cost.")
 @CACHE_OPTION
-def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str, cache_dir: Path) -> None:
+def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str, cost_weight: float, cache_dir: Path) -> None:
     """Print the recommended prompt for each query, one JSON line per query, in input order."""
     from oirl.recommender import Recommender
 
@@ -138,7 +153,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
     queries = [query_text] if query_text is not None else [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
     candidates = read_candidates(candidates_file) if candidates_file else None
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
-    for result in rec.recommend(queries, candidates, policy=policy, top_k=top_k):
+    for result in rec.recommend(queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight):
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
 
 
@@ -151,9 +166,14 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
 @click.option("--split", default="test", show_default=True, help="Evaluate rows whose 'split' equals this (all rows when the logs have no split column).")
 @click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL of candidate prompts to restrict the evaluation to.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
+@click.option("--costs", "costs_file", type=click.Path(path_type=Path), help="JSON object prompt id -> cost (default: the logs' cost column, else the bundle's).")
+@click.option("--cost-weights", default="0,0.001,0.003,0.01,0.03,0.1,0.3,1,3", show_default=True, help="Lambdas to sweep for the cost-aware policy (when every prompt has a cost).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG).")
 @CACHE_OPTION
-def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidates_file: Path | None, out_file: Path | None, cache_dir: Path) -> None:
-    """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics."""
+def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidates_file: Path | None, out_file: Path | None,
+             costs_file: Path | None, cost_weights: str, plot_file: Path | None, cache_dir: Path) -> None:
+    """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics;
+    with costs, the cost-aware policy's reward-cost curve over --cost-weights."""
     import pandas as pd
 
     from oirl._atomic import write_text_atomic
@@ -164,7 +184,21 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidate
     frames = [training_rows(read_logs(path), "split", split, source=str(path)) for path in log_files]
     logs = validate_logs(pd.concat(frames, ignore_index=True), source=" + ".join(map(str, log_files))) if len(frames) > 1 else frames[0]
     candidates = read_candidates(candidates_file) if candidates_file else None
-    report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split": split, **rec.evaluate(logs, candidates)}
+    try:
+        weights = [float(w) for w in cost_weights.split(",") if w.strip()]
+    except ValueError:
+        raise OirlError(f"--cost-weights: expected comma-separated numbers, got {cost_weights!r}") from None
+    costs = read_costs(costs_file) if costs_file else None
+    result = rec.evaluate(logs, candidates, costs=costs, cost_weights=weights)
+    report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split": split, **result}
+    if plot_file:
+        if "cost_sweep" not in result:
+            raise OirlError("--plot needs a cost for every evaluated prompt (a cost column or --costs)")
+        from oirl.evaluate import plot_reward_cost
+
+        sweep = result["cost_sweep"]
+        plot_reward_cost({"oirl cost-aware": pd.DataFrame(sweep["curve"])}, pd.DataFrame(sweep["single_prompts"]), plot_file,
+                         f"reward vs cost ({', '.join(p.name for p in log_files)})")
     text = json.dumps(report, indent=2)
     if out_file:
         write_text_atomic(out_file, text + "\n")
@@ -175,28 +209,36 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidate
 
 
 @cli.command()
-@click.option("--benchmark", type=click.Choice(["prompt-oirl"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce.")
+@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
 @click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets.")
 @click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's, question-disjoint, or both.")
-@click.option("--model", type=click.Choice(["knn"]), default="knn", show_default=True, help="Reward model (the neighbour model is shared across prompt subsets).")
 @click.option("--authors-config/--no-authors-config", default=True, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples for the intervals.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("experiments/results/prompt-oirl"), show_default=True, help="Where tables, CSVs and plots go.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
-def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, model: str, authors_config: bool, n_boot: int, out_dir: Path, cache_dir: Path) -> None:
+def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, authors_config: bool, n_boot: int, out_dir: Path, cache_dir: Path) -> None:
     """Regenerate the benchmark tables from the released logs (Markdown, CSV, PNG under --out)."""
     from oirl.embed import CachedEmbedder, get_embedder
     from oirl.importers.prompt_oirl import DATASETS
     from oirl.reproduce.prompt_oirl import PROTOCOLS
     from oirl.reproduce.prompt_oirl import reproduce as run
 
+    out_dir = out_dir or Path("experiments/results") / benchmark
+    embedder = CachedEmbedder(get_embedder("minilm"), cache_dir)
+    if benchmark == "cruxeval-input":
+        from oirl.reproduce.cruxeval import reproduce_cruxeval
+        from oirl.reproduce.report import markdown_table
+
+        result = reproduce_cruxeval(data_dir, out_dir, embedder=embedder, n_boot=n_boot)
+        click.echo(markdown_table(result["overall"]) + "\n\n" + markdown_table(result["styles"]))
+        click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
+        return
     chosen = tuple(d.strip() for d in datasets.split(",") if d.strip())
     unknown = [d for d in chosen if d not in DATASETS]
     if unknown or not chosen:
         raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(DATASETS)})")
     protocols = PROTOCOLS if protocol == "both" else (protocol,)
-    embedder = CachedEmbedder(get_embedder("minilm"), cache_dir)
     result = run(data_dir, out_dir, datasets=chosen, protocols=protocols, embedder=embedder, authors_config=authors_config, n_boot=n_boot)
     click.echo((out_dir / "summary_k6.md").read_text())
     click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
@@ -254,6 +296,22 @@ def read_jsonl_records(path: Path, *, required: tuple[str, ...]) -> list[dict]:
     if not records:
         raise OirlError(f"{path}: no records")
     return records
+
+
+def read_costs(path: Path) -> dict[str, float]:
+    """A JSON object mapping prompt (arm) id -> cost per call (a finite number >= 0)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OirlError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OirlError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise OirlError(f"{path}: expected a JSON object mapping prompt id -> cost")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise OirlError(f"{path}, field {key!r}: cost {value!r} is not a finite number >= 0")
+    return {str(k): float(v) for k, v in data.items()}
 
 
 def read_candidates(path: Path):

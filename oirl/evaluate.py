@@ -62,6 +62,8 @@ def selection_report(
     in_bundle: np.ndarray,
     margin: float,
     threshold: float,
+    cost: np.ndarray | None = None,
+    cost_weight: float = 0.0,
 ) -> dict:
     """Success rate of every policy and of the reference points on one reward matrix.
 
@@ -82,8 +84,9 @@ def selection_report(
     oracle = float(np.nanmax(rewards, axis=1).mean())
     random = float(np.nanmean(rewards, axis=1).mean())
 
-    context = {"prior": prior, "margin": margin, "in_bundle": in_bundle, "threshold": threshold}
-    policies = {name: policy_value(choose(name, scores, **context), filled) for name in POLICIES}
+    context = {"prior": prior, "margin": margin, "in_bundle": in_bundle, "threshold": threshold, "cost": cost, "cost_weight": cost_weight}
+    names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
+    policies = {name: policy_value(choose(name, scores, **context), filled) for name in names}
     gap = oracle - best_single
     return {
         "queries": int(len(rewards)),
@@ -94,3 +97,62 @@ def selection_report(
         "gap_recovered": {name: (value - best_single) / gap if gap > 0 else None for name, value in policies.items()},
         "prompts": per_prompt,
     }
+
+
+def cost_sweep(scores: np.ndarray, rewards: np.ndarray, cost: np.ndarray, cost_weights: np.ndarray, prior: np.ndarray | None = None) -> pd.DataFrame:
+    """The reward-cost curve of the cost-aware policy over ``cost_weights`` (lambda).
+
+    ``scores`` and ``rewards`` (n_q, n_c), ``cost`` (n_c,). Returns one row per lambda
+    with the mean logged reward and the mean cost of the chosen candidates.
+    """
+    logged = ~np.isnan(rewards)
+    scores = np.where(logged, scores, -np.inf)
+    rows = np.arange(len(rewards))
+    out = []
+    for weight in cost_weights:
+        picks = choose("cost-aware", scores, cost=cost, cost_weight=float(weight), prior=prior)
+        out.append({"cost_weight": float(weight), "reward": float(rewards[rows, picks].mean()), "cost": float(cost[picks].mean())})
+    return pd.DataFrame(out)
+
+
+def reward_cost_area(points: pd.DataFrame, cost_range: tuple[float, float]) -> float:
+    """Normalised area under a reward-cost curve: the mean, over budgets spread evenly
+    across ``cost_range``, of the best reward reached at no more than that cost.
+
+    The curve is the upper-left frontier of the ``points`` (columns ``cost`` and
+    ``reward``); below its cheapest point the reward counts as 0. 1.0 would be a
+    perfect reward at the lowest cost.
+    """
+    low, high = cost_range
+    budgets = np.linspace(low, high, 512)
+    cost, reward = points["cost"].to_numpy(), points["reward"].to_numpy()
+    best = np.array([reward[cost <= b + 1e-12].max() if (cost <= b + 1e-12).any() else 0.0 for b in budgets])
+    return float(best.mean())
+
+
+def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, title: str) -> None:
+    """Reward vs mean cost per query: one line per curve, single arms as labelled points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from oirl._atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, curve in curves.items():
+        ordered = curve.sort_values("cost")
+        ax.plot(ordered["cost"], ordered["reward"], "-o", markersize=3, label=label)
+    ax.scatter(arms["cost"], arms["reward"], s=14, c="grey", label="single arms", zorder=3)
+    for _, arm in arms.nlargest(6, "reward").iterrows():
+        ax.annotate(str(arm["prompt_id"]), (arm["cost"], arm["reward"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("mean cost per query (milli-dollars, symlog)")
+    ax.set_ylabel("expected reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -32,7 +32,7 @@ from oirl import __version__
 from oirl._atomic import atomic_directory
 from oirl.embed import DEFAULT_EMBEDDER, CachedEmbedder, get_embedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
-from oirl.evaluate import classification_metrics, reward_matrix, selection_report
+from oirl.evaluate import classification_metrics, cost_sweep, reward_cost_area, reward_matrix, selection_report
 from oirl.features import DEFAULT_LAYOUT, feature_dimension, grid_features, pair_features
 from oirl.logs import fingerprint, text_id
 from oirl.reward import DEFAULT_MODEL, REWARD_MODELS, RewardModel, make_reward_model
@@ -85,6 +85,7 @@ class Recommender:
         prior: dict[str, float],
         margin: float,
         threshold: float = DEFAULT_THRESHOLD,
+        costs: dict[str, float] | None = None,
         metadata: dict[str, Any] | None = None,
         cache_dir: str | Path | None = None,
     ):
@@ -96,6 +97,7 @@ class Recommender:
         self.prior = prior
         self.margin = margin
         self.threshold = threshold
+        self.costs = costs or {}  # prompt id -> cost of one call, for the cost-aware policy
         self.metadata = metadata or {}
         self._cache_dir = cache_dir
         self._query_embedder = None
@@ -141,6 +143,7 @@ class Recommender:
         X = pair_features(query_vectors[query_index], prompt_vectors[prompt_index], layout)
         y = logs["reward"].to_numpy(dtype=np.float64)
         prior = logs.groupby("prompt_id")["reward"].mean().to_dict()
+        costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
 
         oof = cross_fit_predict(make, X, y, groups=query_index, n_folds=cv_folds, progress=progress)
         scored = logs.assign(reward=y, score=oof)
@@ -174,7 +177,7 @@ class Recommender:
         }
         return cls(
             model=fitted, embedder_spec=embedder, layout=layout, prompts=prompts, prompt_vectors=prompt_vectors,
-            prior=prior, margin=margin, metadata=metadata, cache_dir=cache_dir,
+            prior=prior, margin=margin, costs=costs, metadata=metadata, cache_dir=cache_dir,
         )
 
     # ------------------------------------------------------------------ bundle I/O
@@ -197,7 +200,8 @@ class Recommender:
             "features": {"layout": self.layout, "dimension": feature_dimension(self.layout, dimension)},
             "model": {"kind": self.model.name, "file": self.model.model_file, "params": self.model.get_params()},
             "prompts": [
-                {"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": self.prior[p.prompt_id]} for p in self.prompts
+                {"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": self.prior[p.prompt_id], "cost": self.costs.get(p.prompt_id)}
+                for p in self.prompts
             ],
             "policy": {
                 "default_prompt_id": self.default_prompt_id,
@@ -224,6 +228,7 @@ class Recommender:
                 params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
             prompts = [Candidate(p["prompt"], p["prompt_id"]) for p in meta["prompts"]]
             prior = {p["prompt_id"]: float(p["train_mean_reward"]) for p in meta["prompts"]}
+            costs = {p["prompt_id"]: float(p["cost"]) for p in meta["prompts"] if p.get("cost") is not None}
             margin = meta["policy"]["conservative_margin"]
             layout, dimension = meta["features"]["layout"], meta["embedder"]["dimension"]
             embedder_spec = meta["embedder"]["spec"]
@@ -246,7 +251,7 @@ class Recommender:
         rec = cls(
             model=model, embedder_spec=embedder_spec, layout=layout, prompts=prompts, prompt_vectors=prompt_vectors,
             prior=prior, margin=float("inf") if margin is None else float(margin),
-            threshold=float(meta["policy"].get("fallback_threshold", DEFAULT_THRESHOLD)), metadata=metadata, cache_dir=cache_dir,
+            threshold=float(meta["policy"].get("fallback_threshold", DEFAULT_THRESHOLD)), costs=costs, metadata=metadata, cache_dir=cache_dir,
         )
         rec.fingerprint = bundle_fingerprint(directory, meta["model"]["file"])
         return rec
@@ -322,17 +327,27 @@ class Recommender:
         candidates = candidates if candidates is not None else self.prompts
         return self.score_vectors(self.query_embedder.embed(list(queries)), self.candidate_vectors(candidates))
 
-    def policy_context(self, candidates: list[Candidate]) -> dict[str, Any]:
-        """What the policies need to know about a candidate set (priors, bundle membership)."""
+    def policy_context(self, candidates: list[Candidate], costs: dict[str, float] | None = None, cost_weight: float = 0.0) -> dict[str, Any]:
+        """What the policies need to know about a candidate set: priors, bundle membership,
+        costs (``costs`` overrides the bundle's, by prompt id) and the cost weight."""
         in_bundle = np.array([self.is_bundle_prompt(c) for c in candidates], dtype=bool)
         prior = np.array([self.prior[c.prompt_id] if b else np.nan for c, b in zip(candidates, in_bundle, strict=True)])
-        return {"prior": prior, "in_bundle": in_bundle, "margin": self.margin, "threshold": self.threshold}
+        known = {**self.costs, **(costs or {})}
+        cost = np.array([known.get(c.prompt_id, np.nan) for c in candidates]) if known else None
+        return {"prior": prior, "in_bundle": in_bundle, "margin": self.margin, "threshold": self.threshold, "cost": cost, "cost_weight": cost_weight}
 
     def rank(
-        self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str = "argmax", top_k: int | None = None
+        self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str = "argmax",
+        top_k: int | None = None, cost_weight: float = 0.0,
     ) -> list[Recommendation]:
         """Apply ``policy`` to a score matrix (n_q, n_c): the pick plus the top-k ranking per query."""
-        picks = choose(policy, scores, **self.policy_context(candidates))
+        context = self.policy_context(candidates, cost_weight=cost_weight)
+        if policy == "cost-aware":
+            cost = context["cost"]
+            missing = [c.prompt_id for i, c in enumerate(candidates) if cost is None or np.isnan(cost[i])]
+            if missing:
+                raise OirlError(f"the cost-aware policy needs a cost for every candidate; none known for: {', '.join(missing[:10])}")
+        picks = choose(policy, scores, **context)
         results = []
         for query, row, pick in zip(queries, scores, picks, strict=True):
             order = np.argsort(-row, kind="stable")[: top_k or None]
@@ -349,17 +364,24 @@ class Recommender:
         candidate_ids: list[str] | None = None,
         policy: str = "argmax",
         top_k: int | None = None,
+        cost_weight: float = 0.0,
     ) -> list[Recommendation]:
         """Best-of-N per query: the policy's pick plus the top-k ranking by score."""
         chosen = self.resolve_candidates(candidates, candidate_ids)
-        return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k)
+        return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k, cost_weight=cost_weight)
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, logs: pd.DataFrame, candidates: list[Candidate] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, logs: pd.DataFrame, candidates: list[Candidate] | None = None, *, costs: dict[str, float] | None = None,
+        cost_weights: list[float] | None = None,
+    ) -> dict[str, Any]:
         """Selection and reward-model metrics on logged outcomes (see :mod:`oirl.evaluate`).
 
         Candidates default to the prompts in ``logs``; passed candidates restrict them.
+        Costs come from ``costs`` (prompt id -> cost), else the logs' ``cost`` column,
+        else the bundle; with costs known for every prompt, ``cost_weights`` sweeps the
+        cost-aware policy (``cost_sweep`` in the report, with single prompts as points).
         """
         if candidates is not None:
             keep = {c.prompt_id for c in self.resolve_candidates(candidates)} | {c.prompt_id for c in candidates}
@@ -373,13 +395,28 @@ class Recommender:
         texts, inverse = np.unique(text_of.loc[query_ids].to_numpy(dtype=str), return_inverse=True)
         scores = self.score(list(texts), eval_candidates)[inverse]
         logged = ~np.isnan(rewards)
-        context = self.policy_context(eval_candidates)
+        logged_costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
+        context = self.policy_context(eval_candidates, costs={**logged_costs, **(costs or {})})
+        cost = context["cost"]
+        if cost is not None and np.isnan(cost).any():
+            cost = None  # a partial cost table cannot rank every candidate
         report = selection_report(
             scores, rewards, prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"],
-            margin=self.margin, threshold=self.threshold,
+            margin=self.margin, threshold=self.threshold, cost=cost,
         )
         report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
         report["conservative_margin"] = None if np.isinf(self.margin) else self.margin
+        if cost is not None and cost_weights:
+            curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), context["prior"])
+            arms = pd.DataFrame({"prompt_id": prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
+            span = (float(cost.min()), float(cost.max()))
+            report["cost_sweep"] = {
+                "curve": curve.to_dict(orient="records"),
+                "area": reward_cost_area(curve, span),
+                "single_prompts": arms.to_dict(orient="records"),
+                "single_prompts_area": reward_cost_area(arms, span),
+                "cost_range": list(span),
+            }
         return _json_safe(report)
 
 

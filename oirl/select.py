@@ -13,6 +13,8 @@ chosen column per query, shape (n_queries,). No policy looks inside a reward mod
 * ``fallback``: the paper's rule for prompts never trained on: use the bundle's
   training prompts unless the best predicted reward among them is below
   ``threshold``; then choose among the candidates that are not bundle prompts.
+* ``cost-aware``: maximise predicted reward minus ``cost_weight`` (lambda) x the
+  candidate's cost; lambda = 0 is argmax.
 """
 
 from __future__ import annotations
@@ -87,11 +89,26 @@ def fallback_policy(
     return np.where(use_other, other_best, np.where(has_bundle, bundle_best, argmax_policy(scores, prior=prior)))
 
 
+def cost_aware_policy(
+    scores: np.ndarray, *, cost: np.ndarray | None = None, cost_weight: float = 0.0, prior: np.ndarray | None = None, **_: object
+) -> np.ndarray:
+    """Maximise predicted reward minus ``cost_weight`` x cost; ``cost`` (n_candidates,).
+
+    Candidates without a known cost (NaN) count as free, so give every candidate a
+    cost when using this policy.
+    """
+    if cost is None:
+        return argmax_policy(scores, prior=prior)
+    penalty = cost_weight * np.nan_to_num(np.asarray(cost, dtype=np.float64))
+    return argmax_policy(scores - penalty[None, :], prior=prior)
+
+
 #: Policies by name; the keys are the CLI's ``--policy`` choices.
 POLICIES: dict[str, Callable[..., np.ndarray]] = {
     "argmax": argmax_policy,
     "conservative": conservative_policy,
     "fallback": fallback_policy,
+    "cost-aware": cost_aware_policy,
 }
 
 

@@ -153,18 +153,20 @@ def fit_neighbours(data: Dataset, rows: np.ndarray, prompt_columns: list[int], p
     return NeighbourReward(**params).fit_grid(vectors, data.prompt_vectors[prompt_columns], sums, counts)
 
 
-def inner_cv(data: Dataset, fold: Fold) -> tuple[dict, np.ndarray, dict[str, float]]:
+def inner_cv(data: Dataset, fold: Fold, columns: list[int] | None = None) -> tuple[dict, np.ndarray, dict[str, float]]:
     """Choose the neighbour parameters by inner CV on the fold's training rows.
 
-    Returns the chosen parameters, the out-of-fold scores of the training rows under
-    them (n_train x 6, used for the conservative margin) and the CV value of each
-    setting (argmax success rate with all six prompts).
+    ``data`` needs ``texts``, ``query_ids``, ``rewards``, ``text_vectors`` and
+    ``prompt_vectors``; ``columns`` are the prompts trained on (default: the six
+    training prompts). Returns the chosen parameters, the out-of-fold scores of the
+    training rows under them (n_train x n_prompts, used for the conservative margin)
+    and the CV value of each setting (argmax success rate).
     """
     from sklearn.model_selection import GroupKFold
 
-    columns = list(range(6))
+    columns = list(range(6)) if columns is None else columns
     groups = data.query_ids[fold.train] if fold.inner_groups == "instance" else data.texts[fold.train]
-    oof = {i: np.empty((len(fold.train), 6)) for i in range(len(KNN_GRID))}
+    oof = {i: np.empty((len(fold.train), len(columns))) for i in range(len(KNN_GRID))}
     k_max = max(p["k"] for p in KNN_GRID)
     for inner_train, inner_test in GroupKFold(n_splits=INNER_FOLDS).split(fold.train, groups=groups):
         model = fit_neighbours(data, fold.train[inner_train], columns, KNN_GRID[0])
