@@ -271,23 +271,11 @@ def serve(model_dir: Path, host: str, port: int, workers: int) -> None:
 
 
 def read_jsonl_records(path: Path, *, required: tuple[str, ...]) -> list[dict]:
-    """Non-empty JSON objects from a JSONL file, each with non-empty string ``required`` fields."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")  # JSONL separates records by \n only
-    except (FileNotFoundError, IsADirectoryError):
-        raise OirlError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise OirlError(f"{path}: not UTF-8 text") from None
+    """JSON objects from a JSONL file, each with non-empty string ``required`` fields."""
+    from oirl.logs import iter_jsonl_objects
+
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise OirlError(f"{path}, line {number}: not valid JSON: {exc.msg}") from None
-        if not isinstance(record, dict):
-            raise OirlError(f"{path}, line {number}: expected a JSON object")
+    for number, record in iter_jsonl_objects(path):
         for field in required:
             value = record.get(field)
             if not isinstance(value, str) or not value.strip():

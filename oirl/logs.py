@@ -29,7 +29,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -89,11 +89,17 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
     return frame, lambda i: f"row {i + 1} (line {i + 2})"
 
 
-def _read_jsonl(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
-    records: list[dict] = []
-    line_numbers: list[int] = []
+def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file.
+
+    Raises :class:`LogFormatError` naming the file and line of a line that is not a
+    JSON object. Records are split on ``\\n`` only, not ``splitlines()``: U+2028 and
+    friends may sit unescaped inside a JSON string.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except (FileNotFoundError, IsADirectoryError):
+        raise LogFormatError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise LogFormatError(f"{path}: not UTF-8 text: {_one_line(exc)}") from None
     for number, line in enumerate(lines, start=1):
@@ -105,6 +111,13 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
             raise LogFormatError(f"{path}, line {number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
         if not isinstance(record, dict):
             raise LogFormatError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    records: list[dict] = []
+    line_numbers: list[int] = []
+    for number, record in iter_jsonl_objects(path):
         records.append({key: _json_value_to_str(value) for key, value in record.items()})
         line_numbers.append(number)
     if not records:

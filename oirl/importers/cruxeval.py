@@ -18,13 +18,12 @@ use other prices.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from oirl.errors import OirlError
-from oirl.logs import validate_logs, write_logs
+from oirl.logs import iter_jsonl_objects, validate_logs, write_logs
 
 PROMPT_TOKENS = 600
 COMPLETION_TOKENS = {"direct": 150, "cot": 600}
@@ -74,14 +73,10 @@ def load_tasks(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise OirlError(f"missing file {path} (is --data-dir the folder holding cruxeval/?)")
     tasks = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            tasks[record["id"]] = record["code"] + "\nassert f(??) == " + record["output"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise OirlError(f"{path}, line {number}: expected a JSON object with id, code and output") from None
+    for number, record in iter_jsonl_objects(path):
+        if not all(isinstance(record.get(k), str) for k in ("id", "code", "output")):
+            raise OirlError(f"{path}, line {number}: expected a JSON object with id, code and output texts")
+        tasks[record["id"]] = record["code"] + "\nassert f(??) == " + record["output"]
     return tasks
 
 

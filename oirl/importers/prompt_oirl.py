@@ -15,7 +15,6 @@ mismatched rows.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from oirl.errors import OirlError
-from oirl.logs import validate_logs, write_logs
+from oirl.logs import iter_jsonl_objects, validate_logs, write_logs
 
 LLM = "llama-2-7b-chat"
 
@@ -101,13 +100,10 @@ def load_questions(data_dir: Path, dataset: str) -> list[str]:
 def _read_gsm8k(path: Path) -> list[str]:
     _require(path)
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            questions.append(json.loads(line)["question"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise OirlError(f"{path}, line {number}: expected a JSON object with a 'question' field") from None
+    for number, record in iter_jsonl_objects(path):
+        if not isinstance(record.get("question"), str):
+            raise OirlError(f"{path}, line {number}: expected a 'question' text field")
+        questions.append(record["question"])
     return questions
 
 
