@@ -348,9 +348,10 @@ class Recommender:
             if missing:
                 raise OirlError(f"the cost-aware policy needs a cost for every candidate; none known for: {', '.join(missing[:10])}")
         picks = choose(policy, scores, **context)
+        prior = np.nan_to_num(context["prior"], nan=-1.0)
         results = []
         for query, row, pick in zip(queries, scores, picks, strict=True):
-            order = np.argsort(-row, kind="stable")[: top_k or None]
+            order = np.lexsort((-prior, -row))[: top_k or None]  # by score, ties by training prior (as the policies)
             ranking = [{"prompt_id": candidates[j].prompt_id, "prompt": candidates[j].prompt, "score": float(row[j])} for j in order]
             c = candidates[int(pick)]
             results.append(Recommendation(query, c.prompt_id, c.prompt, float(row[pick]), ranking))

@@ -135,3 +135,15 @@ def test_a_corrupt_bundle_is_a_clear_error(trained, tmp_path):
     (tmp_path / "model" / "prompt_vectors.npy").write_bytes(b"junk")
     result = run("recommend", tmp_path / "model", "--query", "hi", ok=False)
     assert result.exit_code == 2 and "prompt_vectors.npy: missing or unreadable" in result.stderr
+
+
+def test_ranking_orders_ties_like_the_policies(trained):
+    work, _, _ = trained
+    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    [result] = rec.recommend(["What is 7 times 8?"], top_k=6)
+    scores = [r["score"] for r in result.ranking]
+    assert scores == sorted(scores, reverse=True)
+    for a, b in zip(result.ranking, result.ranking[1:], strict=False):
+        if a["score"] == b["score"]:
+            assert rec.prior[a["prompt_id"]] >= rec.prior[b["prompt_id"]]
+    assert result.prompt_id == result.ranking[0]["prompt_id"]  # argmax: the pick heads the ranking
