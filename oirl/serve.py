@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from oirl.embed import MemoryCachedEmbedder, get_embedder
 from oirl.errors import OirlError, UnknownPromptError
+from oirl.features import pair_features
 from oirl.recommender import Candidate, Recommender
 
 MAX_QUERIES = 256
@@ -280,8 +281,6 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, max_body
         new_texts = recommender.texts_to_embed(resolved)
         vectors = await batcher.embed(queries + new_texts)
         prompt_vectors = recommender.candidate_vectors(resolved, vectors[len(queries):])
-        from oirl.features import pair_features
-
         features = pair_features(vectors[: len(queries)], prompt_vectors, recommender.layout)
         scores = await asyncio.to_thread(recommender.model.predict_reward, features)
         return ScoreResponse(model_version=version, scores=[float(s) for s in scores])

@@ -57,18 +57,21 @@ def load_arms(data_dir: Path, embedder, temperature: float = 0.2, progress: bool
                    dict(zip(texts, vectors[: len(texts)], strict=True)), vectors[len(texts) :])
 
 
-def cross_validated_scores(data: ArmData) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Out-of-fold scores (n, n_arms) and per-row conservative picks; the chosen parameters per fold."""
+def grouped_folds(data: ArmData) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The outer (train, test) row folds, grouped by sample: no function on both sides."""
     from sklearn.model_selection import GroupKFold
 
-    rows = np.arange(len(data.texts))
+    return list(GroupKFold(n_splits=N_FOLDS).split(np.arange(len(data.texts)), groups=data.query_ids))
+
+
+def cross_validated_scores(data: ArmData, folds) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Out-of-fold scores (n, n_arms) and per-row conservative picks; the chosen parameters per fold."""
     columns = list(range(len(data.arms)))
     scores = np.empty_like(data.rewards)
-    conservative = np.empty(len(rows), dtype=int)
+    conservative = np.empty(len(data.texts), dtype=int)
     params_per_fold = []
-    for train, test in GroupKFold(n_splits=N_FOLDS).split(rows, groups=data.query_ids):
-        fold = Fold(train, test, "text")
-        params, oof, _ = inner_cv(data, fold, columns)
+    for train, test in folds:
+        params, oof, _ = inner_cv(data, Fold(train, test, "text"), columns)
         model = fit_neighbours(data, train, columns, params)
         scores[test] = model.predict_grid(data.vectors(test), model.prompts_)
         prior = data.rewards[train].mean(axis=0)
@@ -78,14 +81,12 @@ def cross_validated_scores(data: ArmData) -> tuple[np.ndarray, np.ndarray, list[
     return scores, conservative, params_per_fold
 
 
-def fold_priors(data: ArmData) -> np.ndarray:
-    """Per row, the arms' mean reward on the *training* folds of that row's fold (n, n_arms)."""
-    from sklearn.model_selection import GroupKFold
-
-    priors = np.empty_like(data.rewards)
-    for train, test in GroupKFold(n_splits=N_FOLDS).split(np.arange(len(data.texts)), groups=data.query_ids):
-        priors[test] = data.rewards[train].mean(axis=0)
-    return priors
+def argmax_per_fold(data: ArmData, folds, scores: np.ndarray, columns: list[int]) -> np.ndarray:
+    """Argmax over ``columns`` per row, ties broken by the arms' means on that row's training folds."""
+    picks = np.empty(len(scores), dtype=int)
+    for train, test in folds:
+        picks[test] = choose("argmax", scores[np.ix_(test, columns)], prior=data.rewards[np.ix_(train, columns)].mean(axis=0))
+    return picks
 
 
 def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, embedder, n_boot: int = 2000, progress: bool = True) -> dict:
@@ -93,16 +94,19 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, embedder, n_boot: int =
     started = time.perf_counter()
     data = load_arms(data_dir, embedder, progress=progress)
     embed_seconds = time.perf_counter() - started
-    scores, conservative_picks, params = cross_validated_scores(data)
-    priors = fold_priors(data)
+    folds = grouped_folds(data)
+    scores, conservative_picks, params = cross_validated_scores(data, folds)
     rows = np.arange(len(data.texts))
     R = data.rewards
-    best_train = priors.argmax(axis=1)  # best single arm, chosen on each row's training folds
+    all_arms = list(range(len(data.arms)))
+    best_train = np.empty(len(rows), dtype=int)  # best single arm, chosen on each row's training folds
+    for train, test in folds:
+        best_train[test] = R[train].mean(axis=0).argmax()
 
     def value(picks: np.ndarray) -> np.ndarray:
         return R[rows, picks]
 
-    argmax_picks = np.array([choose("argmax", scores[i : i + 1], prior=priors[i])[0] for i in rows])
+    argmax_picks = argmax_per_fold(data, folds, scores, all_arms)
     per_row = {
         "random": R.mean(axis=1),
         "best single arm (train folds)": value(best_train),
@@ -128,10 +132,11 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, embedder, n_boot: int =
     models = sorted({a.split(":")[0] for a in data.arms if a.endswith(":cot")})
     for model in models:
         pair = [data.arms.index(f"{model}:direct"), data.arms.index(f"{model}:cot")]
-        sub_scores, sub_rewards, sub_prior = scores[:, pair], R[:, pair], priors[:, pair]
-        better_style = sub_rewards[rows, sub_prior.argmax(axis=1)]
-        picks = np.array([choose("argmax", sub_scores[i : i + 1], prior=sub_prior[i])[0] for i in rows])
-        ours = sub_rewards[rows, picks]
+        sub_rewards = R[:, pair]
+        better_style = np.empty(len(rows))
+        for train, test in folds:
+            better_style[test] = sub_rewards[test, R[np.ix_(train, pair)].mean(axis=0).argmax()]
+        ours = sub_rewards[rows, argmax_per_fold(data, folds, scores, pair)]
         mean, low, high = paired_cluster_bootstrap(ours - better_style, data.query_ids, n_boot=n_boot)
         style_rows.append({"model": model, "direct": sub_rewards[:, 0].mean(), "step-by-step": sub_rewards[:, 1].mean(),
                            "better style (train folds)": better_style.mean(), "oirl per query": ours.mean(),
@@ -142,8 +147,13 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, embedder, n_boot: int =
     sections.append(write_table(styles, out_dir, "cruxeval_styles", "Direct vs step-by-step per query, within each model that has both"))
 
     # The cost-aware policy's reward-cost curve, with the single arms as points.
-    curve = pd.concat([cost_sweep(scores[i : i + 1], R[i : i + 1], data.cost, np.array(COST_WEIGHTS), priors[i]).assign(row=i)
-                       for i in rows]).groupby("cost_weight", as_index=False)[["reward", "cost"]].mean()
+    # Per fold (the tie-breaking prior is the fold's), then weighted by fold size.
+    per_fold = [cost_sweep(scores[test], R[test], data.cost, np.array(COST_WEIGHTS), R[train].mean(axis=0)).assign(n=len(test))
+                for train, test in folds]
+    curve = pd.concat(per_fold)
+    curve[["reward", "cost"]] = curve[["reward", "cost"]].mul(curve["n"], axis=0)
+    curve = curve.groupby("cost_weight", as_index=False)[["reward", "cost"]].sum()
+    curve[["reward", "cost"]] /= len(rows)
     arms = pd.DataFrame({"prompt_id": data.arms, "reward": R.mean(axis=0), "cost": data.cost})
     span = (float(data.cost.min()), float(data.cost.max()))
     areas = pd.DataFrame([{"curve": "oirl cost-aware (lambda sweep)", "area": reward_cost_area(curve, span)},
