@@ -15,8 +15,8 @@ import click
 
 from oirl.embed import DEFAULT_EMBEDDER
 from oirl.errors import OirlError
-from oirl.features import DEFAULT_LAYOUT, FEATURE_LAYOUTS
-from oirl.reward import DEFAULT_MODEL, REWARD_MODELS
+from oirl.features import FEATURE_LAYOUTS
+from oirl.names import AUTO_MODEL, CV_GROUPS, REWARD_MODEL_NAMES
 from oirl.select import POLICIES
 
 CACHE_OPTION = click.option(
@@ -30,14 +30,21 @@ CACHE_OPTION = click.option(
 
 
 class OirlGroup(click.Group):
-    """Turns OirlError into a one-line message and exit code 2."""
+    """Every user mistake, ours or click's (a bad option value, an unknown choice), ends
+    as one line ``error: …`` on stderr and exit code 2."""
 
-    def invoke(self, ctx: click.Context):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            return super().invoke(ctx)
-        except OirlError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (OirlError, click.UsageError) as exc:
+            message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+            click.echo(f"error: {' '.join(message.split())}", err=True)
+            sys.exit(2)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
@@ -54,7 +61,7 @@ def cli() -> None:
 # --------------------------------------------------------------------------- import
 
 
-@cli.group("import", cls=OirlGroup)
+@cli.group("import")
 def import_() -> None:
     """Import published logs, or convert a log file, into oirl's log schema."""
 
@@ -112,24 +119,48 @@ def import_logs_command(source: Path, target: Path) -> None:
 
 @cli.command()
 @click.argument("log_file", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model bundle directory to write.")
-@click.option("--model", type=click.Choice(list(REWARD_MODELS)), default=DEFAULT_MODEL, show_default=True, help="Reward model backend.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model bundle directory to write (new, empty, or an existing bundle to replace).")
+@click.option("--model", type=click.Choice([AUTO_MODEL, *REWARD_MODEL_NAMES]), default=AUTO_MODEL, show_default=True, help="Reward model: 'auto' chooses by cross-validated selection value; a name forces that backend.")
 @click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="'minilm' (offline all-MiniLM-L6-v2), 'hashing', or any sentence-transformers name or local path.")
-@click.option("--layout", type=click.Choice(FEATURE_LAYOUTS), default=DEFAULT_LAYOUT, show_default=True, help="Pair features from the query and prompt vectors.")
+@click.option("--layout", type=click.Choice(FEATURE_LAYOUTS), default=None, help="Pair features from the query and prompt vectors [default: the model's own: concat for trees and knn, concat-product for logistic and mlp].")
 @click.option("--split-column", default="split", show_default=True, help="Column that marks the split (ignored when the log has no such column).")
 @click.option("--train-split", default="train", show_default=True, help="Value of --split-column whose rows are trained on.")
-@click.option("--cv-folds", type=click.IntRange(2, 20), default=3, show_default=True, help="Folds (grouped by query text) for out-of-fold scores, margin choice and CV metrics.")
+@click.option("--cv-folds", type=click.IntRange(2, 20), default=3, show_default=True, help="Cross-validation folds for model, margin and policy choice.")
+@click.option("--cv-groups", type=click.Choice(CV_GROUPS), default="text", show_default=True, help="What a held-out fold means: 'text' = unseen questions (new traffic), 'instance' = new samples of known questions (the paper's protocol).")
 @CACHE_OPTION
-def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str, split_column: str, train_split: str, cv_folds: int, cache_dir: Path) -> None:
+def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str | None, split_column: str, train_split: str,
+          cv_folds: int, cv_groups: str, cache_dir: Path) -> None:
     """Train a reward model on LOG_FILE and save it as a bundle in --out."""
+    from oirl.bundle import check_output_directory
     from oirl.logs import read_logs, training_rows
     from oirl.recommender import Recommender
 
+    check_output_directory(out_dir)  # refuse before hours of work, not after
     rows = training_rows(read_logs(log_file), split_column, train_split, source=str(log_file))
-    rec = Recommender.train(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cache_dir=cache_dir, progress=True, source=str(log_file))
+    rec = Recommender.train(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
+                            cache_dir=cache_dir, progress=True, source=str(log_file))
     rec.save(out_dir)
-    cv = rec.metadata["metrics"]["cross_validation"]
-    click.echo(json.dumps({"bundle": str(out_dir), "training": rec.metadata["training"], "cv_selection": cv["selection"]["policies"], "cv_roc_auc": cv["reward_model"]["roc_auc"], "conservative_margin": None if rec.margin == float("inf") else rec.margin}))
+    metrics = rec.metadata["metrics"]
+    click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
+    click.echo(json.dumps({
+        "bundle": str(out_dir), "training": rec.metadata["training"], "model": rec.model.name, "params": rec.model.get_params(),
+        "layout": rec.layout, "default_policy": rec.default_policy,
+        "conservative_margin": None if rec.margin == float("inf") else rec.margin,
+        "cv_selection": metrics["cross_validation"]["selection"], "cv_roc_auc": metrics["cross_validation"]["reward_model"]["roc_auc"],
+    }))
+
+
+def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> str:
+    """The model-selection table as Markdown: the chosen option, the prior and the best others."""
+    chosen = [r for r in rows if r["chosen"]]
+    others = sorted((r for r in rows if not r["chosen"]), key=lambda r: -r["value"])
+    prior = [r for r in others if r["option"] == "prior"]
+    shown = chosen + prior + [r for r in others if r["option"] != "prior"][: max(0, limit - 2)]
+    lines = [f"model selection ({len(rows)} options, cross-validated by {cv_groups}; one-standard-error rule toward simpler):",
+             "| option | CV value | SE vs best | chosen |", "|---|---|---|---|"]
+    for r in shown:
+        lines.append(f"| {r['option']} | {r['value']:.4f} | {r['se_vs_best']:.4f} | {'yes' if r['chosen'] else ''} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- recommend
@@ -141,10 +172,10 @@ def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str,
 @click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="JSONL file with a 'query' field per line.")
 @click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL file with 'prompt' and optional 'prompt_id' per line (default: the bundle's prompts).")
 @click.option("--top-k", type=click.IntRange(1), help="Keep only the K best of the ranking.")
-@click.option("--policy", type=click.Choice(list(POLICIES)), default="argmax", show_default=True, help="Selection policy.")
+@click.option("--policy", type=click.Choice(list(POLICIES)), default=None, help="Selection policy [default: the bundle's, chosen by cross-validation at training].")
 @click.option("--cost-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="Lambda of the cost-aware policy: reward minus lambda x cost.")
 @CACHE_OPTION
-def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str, cost_weight: float, cache_dir: Path) -> None:
+def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str | None, cost_weight: float, cache_dir: Path) -> None:
     """Print the recommended prompt for each query, one JSON line per query, in input order."""
     from oirl.recommender import Recommender
 
@@ -153,6 +184,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
     queries = [query_text] if query_text is not None else [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
     candidates = read_candidates(candidates_file) if candidates_file else None
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
+    rec.check_policy(policy, rec.resolve_candidates(candidates))  # e.g. cost-aware without costs: fail before embedding
     for result in rec.recommend(queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight):
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
 
@@ -163,34 +195,41 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("log_files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--split", default="test", show_default=True, help="Evaluate rows whose 'split' equals this (all rows when the logs have no split column).")
+@click.option("--split", default="test", show_default=True, help="Evaluate rows whose --split-column equals this.")
+@click.option("--split-column", default="split", show_default=True, help="Column that marks the split; a log without it is evaluated whole, with a warning.")
 @click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL of candidate prompts to restrict the evaluation to.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
 @click.option("--costs", "costs_file", type=click.Path(path_type=Path), help="JSON object prompt id -> cost (default: the logs' cost column, else the bundle's).")
 @click.option("--cost-weights", default="0,0.001,0.003,0.01,0.03,0.1,0.3,1,3", show_default=True, help="Lambdas to sweep for the cost-aware policy (when every prompt has a cost).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG).")
 @CACHE_OPTION
-def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidates_file: Path | None, out_file: Path | None,
+def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_column: str, candidates_file: Path | None, out_file: Path | None,
              costs_file: Path | None, cost_weights: str, plot_file: Path | None, cache_dir: Path) -> None:
     """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics;
     with costs, the cost-aware policy's reward-cost curve over --cost-weights."""
     import pandas as pd
 
     from oirl._atomic import write_text_atomic
-    from oirl.logs import read_logs, training_rows, validate_logs
+    from oirl.logs import read_logs, split_rows, validate_logs
     from oirl.recommender import Recommender
 
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
-    frames = [training_rows(read_logs(path), "split", split, source=str(path)) for path in log_files]
-    logs = validate_logs(pd.concat(frames, ignore_index=True), source=" + ".join(map(str, log_files))) if len(frames) > 1 else frames[0]
+    frames = []
+    for path in log_files:
+        frame = read_logs(path)
+        if split_column not in frame.columns:
+            warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=1)
+        frames.append(split_rows(frame, split_column, split, source=str(path)))
+    source = " + ".join(map(str, log_files))
+    logs = validate_logs(pd.concat(frames, ignore_index=True), source=source) if len(frames) > 1 else frames[0]
     candidates = read_candidates(candidates_file) if candidates_file else None
     try:
         weights = [float(w) for w in cost_weights.split(",") if w.strip()]
     except ValueError:
         raise OirlError(f"--cost-weights: expected comma-separated numbers, got {cost_weights!r}") from None
     costs = read_costs(costs_file) if costs_file else None
-    result = rec.evaluate(logs, candidates, costs=costs, cost_weights=weights)
-    report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split": split, **result}
+    result = rec.evaluate(logs, candidates, costs=costs, cost_weights=weights, source=source)
+    report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split_column": split_column, "split": split, **result}
     if plot_file:
         if "cost_sweep" not in result:
             raise OirlError("--plot needs a cost for every evaluated prompt (a cost column or --costs)")
@@ -211,26 +250,27 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, candidate
 @cli.command()
 @click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
-@click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets.")
-@click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's, question-disjoint, or both.")
-@click.option("--authors-config/--no-authors-config", default=True, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
+@click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets (prompt-oirl).")
+@click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's (--cv-groups instance), question-disjoint (every default), or both.")
+@click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="Embedder, as for 'oirl train'.")
+@click.option("--authors-config/--no-authors-config", default=False, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option("--limit", type=click.IntRange(10), default=None, help="Keep the first N training and N test query instances (a toy-size run).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
-def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, authors_config: bool, n_boot: int, out_dir: Path, cache_dir: Path) -> None:
-    """Regenerate the benchmark tables from the released logs (Markdown, CSV, PNG under --out)."""
-    from oirl.embed import CachedEmbedder, get_embedder
+def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embedder: str, authors_config: bool, n_boot: int,
+              limit: int | None, out_dir: Path, cache_dir: Path) -> None:
+    """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.importers.prompt_oirl import DATASETS
     from oirl.reproduce.prompt_oirl import PROTOCOLS
     from oirl.reproduce.prompt_oirl import reproduce as run
+    from oirl.reproduce.report import markdown_table
 
     out_dir = out_dir or Path("experiments/results") / benchmark
-    embedder = CachedEmbedder(get_embedder("minilm"), cache_dir)
     if benchmark == "cruxeval-input":
         from oirl.reproduce.cruxeval import reproduce_cruxeval
-        from oirl.reproduce.report import markdown_table
 
-        result = reproduce_cruxeval(data_dir, out_dir, embedder=embedder, n_boot=n_boot)
+        result = reproduce_cruxeval(data_dir, out_dir, cache_dir=cache_dir, embedder=embedder, n_boot=n_boot, limit=limit)
         click.echo(markdown_table(result["overall"]) + "\n\n" + markdown_table(result["styles"]))
         click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
         return
@@ -239,7 +279,8 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, auth
     if unknown or not chosen:
         raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(DATASETS)})")
     protocols = PROTOCOLS if protocol == "both" else (protocol,)
-    result = run(data_dir, out_dir, datasets=chosen, protocols=protocols, embedder=embedder, authors_config=authors_config, n_boot=n_boot)
+    result = run(data_dir, out_dir, datasets=chosen, protocols=protocols, cache_dir=cache_dir, embedder=embedder,
+                 authors_config=authors_config, n_boot=n_boot, limit=limit)
     click.echo((out_dir / "summary_k6.md").read_text())
     click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
 

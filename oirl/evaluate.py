@@ -8,9 +8,14 @@ reference points are the best single prompt chosen on *training* data, the oracl
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from oirl.errors import OirlError
 from oirl.select import POLICIES, choose, policy_value
 
 
@@ -71,7 +76,6 @@ def selection_report(
     (prompt not logged for that query) are not candidates.
     """
     logged = ~np.isnan(rewards)
-    scores = np.where(logged, scores, -np.inf)
     filled = np.where(logged, rewards, 0.0)
     per_prompt = {p: float(np.nanmean(rewards[:, j])) for j, p in enumerate(prompt_ids)}
 
@@ -86,7 +90,7 @@ def selection_report(
 
     context = {"prior": prior, "margin": margin, "in_bundle": in_bundle, "threshold": threshold, "cost": cost, "cost_weight": cost_weight}
     names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
-    policies = {name: policy_value(choose(name, scores, **context), filled) for name in names}
+    policies = {name: policy_value(choose(name, scores, mask=logged, **context), filled) for name in names}
     gap = oracle - best_single
     return {
         "queries": int(len(rewards)),
@@ -106,11 +110,10 @@ def cost_sweep(scores: np.ndarray, rewards: np.ndarray, cost: np.ndarray, cost_w
     with the mean logged reward and the mean cost of the chosen candidates.
     """
     logged = ~np.isnan(rewards)
-    scores = np.where(logged, scores, -np.inf)
     rows = np.arange(len(rewards))
     out = []
     for weight in cost_weights:
-        picks = choose("cost-aware", scores, cost=cost, cost_weight=float(weight), prior=prior)
+        picks = choose("cost-aware", scores, mask=logged, cost=cost, cost_weight=float(weight), prior=prior)
         out.append({"cost_weight": float(weight), "reward": float(rewards[rows, picks].mean()), "cost": float(cost[picks].mean())})
     return pd.DataFrame(out)
 
@@ -156,3 +159,104 @@ def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+@dataclass
+class ScoredLogs:
+    """Evaluated logs as matrices with a recommender's scores.
+
+    ``rewards`` and ``scores`` have shape (n_instances, n_prompts), rewards NaN where
+    a prompt was not logged for an instance (such cells are never candidates);
+    ``texts`` and ``seen`` (n_instances,) hold each instance's question and whether
+    that question occurred in training; ``context`` is the policies' context.
+    """
+
+    query_ids: list[str]
+    texts: np.ndarray
+    prompt_ids: list[str]
+    rewards: np.ndarray
+    scores: np.ndarray
+    context: dict[str, Any]
+    seen: np.ndarray
+
+    @property
+    def logged(self) -> np.ndarray:
+        return ~np.isnan(self.rewards)
+
+    def picks(self, policy: str, *, mask: np.ndarray | None = None, **overrides: Any) -> np.ndarray:
+        """(n,) the column each instance's pick lands on under ``policy`` (among logged
+        prompts, and within ``mask`` if given)."""
+        available = self.logged if mask is None else self.logged & mask
+        return choose(policy, self.scores, mask=available, **{**self.context, **overrides})
+
+    def values(self, policy: str, *, mask: np.ndarray | None = None, **overrides: Any) -> np.ndarray:
+        """(n,) the logged reward of each instance's pick."""
+        return self.rewards[np.arange(len(self.rewards)), self.picks(policy, mask=mask, **overrides)]
+
+
+def score_logs(rec, logs: pd.DataFrame, candidates: list | None = None, *, costs: dict[str, float] | None = None) -> ScoredLogs:
+    """Score every logged query instance with every prompt of ``logs`` (restricted to
+    ``candidates`` if given). Costs come from ``costs``, else the logs' ``cost`` column,
+    else the bundle."""
+    from oirl.recommender import Candidate
+
+    if candidates is not None:
+        keep = {c.prompt_id for c in rec.resolve_candidates(candidates)} | {c.prompt_id for c in candidates}
+        logs = logs[logs["prompt_id"].isin(keep)]
+        if logs.empty:
+            raise OirlError("none of the candidates occur in the evaluated logs")
+    query_ids, prompt_ids, rewards = reward_matrix(logs)
+    prompt_table = logs.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]
+    eval_candidates = [Candidate(prompt_table[p], p) for p in prompt_ids]
+    text_of = logs.drop_duplicates("query_id").set_index("query_id")["query"]
+    instance_texts = text_of.loc[query_ids].to_numpy(dtype=str)
+    texts, inverse = np.unique(instance_texts, return_inverse=True)
+    scores = rec.score(list(texts), eval_candidates)[inverse.ravel()]
+    seen = rec.seen_in_training(texts)[inverse.ravel()]
+    logged_costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
+    context = rec.policy_context(eval_candidates, costs={**logged_costs, **(costs or {})})
+    return ScoredLogs(query_ids, instance_texts, prompt_ids, rewards, scores, context, seen)
+
+
+def evaluate_recommender(
+    rec, logs: pd.DataFrame, candidates: list | None = None, *, costs: dict[str, float] | None = None,
+    cost_weights: list[float] | None = None, source: str = "<logs>",
+) -> dict[str, Any]:
+    """Selection and reward-model metrics of a recommender on logged outcomes.
+
+    Candidates default to the prompts in ``logs``; passed candidates restrict them.
+    With costs known for every prompt, ``cost_weights`` sweeps the cost-aware policy
+    (``cost_sweep`` in the report, with single prompts as points). The report says how
+    many evaluated queries occurred among the training queries (and warns when any
+    did: their scores are not those of new queries).
+    """
+    from oirl.bundle import json_safe
+
+    scored = score_logs(rec, logs, candidates, costs=costs)
+    if scored.seen.any():
+        warnings.warn(f"{source}: {int(scored.seen.sum())} of {len(scored.seen)} evaluated query instances have a question text "
+                      "the model was trained on; their success rates measure memory as much as generalisation", stacklevel=2)
+    rewards, scores, logged, context = scored.rewards, scored.scores, scored.logged, scored.context
+    cost = None if np.isnan(context["cost"]).any() else context["cost"]  # a partial cost table cannot rank every candidate
+    report = selection_report(
+        scores, rewards, scored.prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"],
+        margin=rec.margin, threshold=rec.threshold, cost=cost,
+    )
+    report["feedback"] = "full" if logged.all() else "partial"
+    report["default_policy"] = rec.default_policy
+    report["seen_in_training"] = {"query_instances": int(scored.seen.sum()), "of": int(len(scored.seen))}
+    report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
+    report["conservative_margin"] = None if np.isinf(rec.margin) else rec.margin
+    report["model_selection"] = rec.metadata.get("metrics", {}).get("model_selection")
+    if cost is not None and cost_weights:
+        curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), context["prior"])
+        arms = pd.DataFrame({"prompt_id": scored.prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
+        span = (float(cost.min()), float(cost.max()))
+        report["cost_sweep"] = {
+            "curve": curve.to_dict(orient="records"),
+            "area": reward_cost_area(curve, span),
+            "single_prompts": arms.to_dict(orient="records"),
+            "single_prompts_area": reward_cost_area(arms, span),
+            "cost_range": list(span),
+        }
+    return json_safe(report)

@@ -15,12 +15,19 @@ prompt_id  no       a short name for the prompt; default: derived from its text
 split      no       e.g. ``train`` / ``test``
 llm        no       which model answered
 cost       no       cost of one call with this prompt (>= 0)
+propensity no       probability in (0, 1] that the logging policy chose this
+                    prompt for this query (partial-feedback logs)
 ========== ======== ===========================================================
 
-Rows are keyed by (query_id, prompt_id). The same text may occur under several query
-ids (repeated samples of one question): those stay separate rows. Duplicate keys are
-averaged with a warning. Every value is read as a string first, so ids such as
+Rows are keyed by (query_id, prompt_id) within a split. The same text may occur under
+several query ids (repeated samples of one question): those stay separate rows.
+Duplicate keys are averaged with a warning, never across splits (a test outcome must
+not merge into a training row). Every value is read as a string first, so ids such as
 ``nan``, ``NA`` or ``null`` stay strings.
+
+A log has *full information* when every prompt was logged for every query instance
+(an evaluation harness) and *partial feedback* otherwise (a deployed system logs the
+one prompt it used, with its propensity if it explored).
 """
 
 from __future__ import annotations
@@ -32,14 +39,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from oirl._atomic import atomic_path
 from oirl.errors import LogFormatError
 
 REQUIRED_COLUMNS = ("query", "prompt", "reward")
-OPTIONAL_COLUMNS = ("query_id", "prompt_id", "split", "llm", "cost")
-CANONICAL_COLUMNS = ("query_id", "query", "prompt_id", "prompt", "reward", "split", "llm", "cost")
+OPTIONAL_COLUMNS = ("query_id", "prompt_id", "split", "llm", "cost", "propensity")
+CANONICAL_COLUMNS = ("query_id", "query", "prompt_id", "prompt", "reward", "split", "llm", "cost", "propensity")
 LOG_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 _TRUE = {"true", "1", "1.0", "yes"}
@@ -49,6 +57,11 @@ _FALSE = {"false", "0", "0.0", "no"}
 def text_id(text: str, prefix: str) -> str:
     """A stable short id derived from a text (the same text gives the same id everywhere)."""
     return f"{prefix}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+
+def text_hashes64(texts) -> np.ndarray:
+    """(n,) uint64: the first 8 bytes of each text's sha256 (enough to tell texts apart)."""
+    return np.array([int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little") for t in texts], dtype="<u8")
 
 
 def log_format(path: str | Path) -> str:
@@ -212,13 +225,17 @@ def validate_logs(
             out[column] = raw[column].astype(str).str.strip()
     if "cost" in columns:
         out["cost"] = _parse_costs(raw["cost"], source, where)
+    if "propensity" in columns:
+        out["propensity"] = _parse_propensities(raw["propensity"], source, where)
     # Columns outside the schema ride along as strings (e.g. a custom split column).
     extras = [c for c in columns if c not in CANONICAL_COLUMNS and c != reward_column and c != "correct"]
     for column in extras:
         out[column] = raw[column].astype(str)
 
     _check_prompt_ids(out, source, where)
-    out = _average_duplicates(out, source)
+    out = average_duplicates(out, source, ["query_id", "prompt_id"] + (["split"] if "split" in out.columns else []))
+    if "propensity" in out.columns:
+        _check_propensity_sums(out, source)
     ordered = [c for c in CANONICAL_COLUMNS if c in out.columns] + extras
     return out[ordered].reset_index(drop=True)
 
@@ -273,20 +290,64 @@ def _check_prompt_ids(frame: pd.DataFrame, source: str, where: Callable[[int], s
         )
 
 
-def _average_duplicates(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    duplicated = frame.duplicated(["query_id", "prompt_id"], keep=False)
+def average_duplicates(frame: pd.DataFrame, source: str, keys: list[str]) -> pd.DataFrame:
+    """Merge rows that share ``keys`` into one, averaging rewards (and costs), with a warning.
+
+    Rows of one key must agree on their propensity: the same logged decision cannot
+    have been drawn with two probabilities.
+    """
+    duplicated = frame.duplicated(keys, keep=False)
     if not duplicated.any():
         return frame
-    n_keys = frame.loc[duplicated, ["query_id", "prompt_id"]].drop_duplicates().shape[0]
+    if "propensity" in frame.columns:
+        spread = frame[duplicated].groupby(keys, sort=False)["propensity"].nunique()
+        if (spread > 1).any():
+            key = spread[spread > 1].index[0]
+            raise LogFormatError(f"{source}: rows with the same {', '.join(keys)} {key} have different propensities")
+    n_keys = frame.loc[duplicated, keys].drop_duplicates().shape[0]
     warnings.warn(
-        f"{source}: {int(duplicated.sum())} rows share {n_keys} (query_id, prompt_id) keys; "
+        f"{source}: {int(duplicated.sum())} rows share {n_keys} ({', '.join(keys)}) keys; "
         "their rewards (and costs) are averaged into one row per key",
         stacklevel=3,
     )
     numeric = {c: "mean" for c in ("reward", "cost") if c in frame.columns}
-    first = {c: "first" for c in frame.columns if c not in numeric and c not in ("query_id", "prompt_id")}
-    merged = frame.groupby(["query_id", "prompt_id"], sort=False, as_index=False).agg({**first, **numeric})
-    return merged
+    first = {c: "first" for c in frame.columns if c not in numeric and c not in keys}
+    return frame.groupby(keys, sort=False, as_index=False).agg({**first, **numeric})
+
+
+def _parse_propensities(values: pd.Series, source: str, where: Callable[[int], str]) -> pd.Series:
+    parsed = []
+    for i, cell in enumerate(values.astype(str)):
+        text = cell.strip()
+        if not text:
+            raise LogFormatError(f"{source}, {where(i)}, column 'propensity': missing value; give a propensity on every row or drop the column")
+        try:
+            value = float(text)
+        except ValueError:
+            raise LogFormatError(f"{source}, {where(i)}, column 'propensity': {text!r} is not a number") from None
+        if not (0.0 < value <= 1.0):  # also rejects nan
+            raise LogFormatError(f"{source}, {where(i)}, column 'propensity': {text} is outside (0, 1]")
+        parsed.append(value)
+    return pd.Series(parsed, index=values.index, dtype="float64")
+
+
+def _check_propensity_sums(frame: pd.DataFrame, source: str) -> None:
+    keys = ["query_id"] + (["split"] if "split" in frame.columns else [])
+    sums = frame.groupby(keys, sort=False)["propensity"].sum()
+    over = sums[sums > 1.0 + 1e-6]
+    if len(over):
+        key = over.index[0]
+        where = f"{key[0]!r} (split {key[1]!r})" if isinstance(key, tuple) else repr(key)
+        raise LogFormatError(
+            f"{source}: query instance {where} has several prompts logged with propensities summing to "
+            f"{over.iloc[0]:.4g} > 1; the propensities of one decision's prompts cannot exceed a distribution"
+        )
+
+
+def coverage(frame: pd.DataFrame) -> str:
+    """``full`` when every prompt of the frame is logged for every query instance, else ``partial``."""
+    cells = frame["query_id"].nunique() * frame["prompt_id"].nunique()
+    return "full" if len(frame.drop_duplicates(["query_id", "prompt_id"])) == cells else "partial"
 
 
 # --------------------------------------------------------------------------- writing
@@ -312,13 +373,24 @@ def training_rows(frame: pd.DataFrame, split_column: str | None, train_split: st
     A log without that column is all training data. A log with it but no such row is
     an error, since training on nothing is never what was meant.
     """
+    return split_rows(frame, split_column, train_split, source=source)
+
+
+def split_rows(frame: pd.DataFrame, split_column: str | None, split: str, *, source: str, required: bool = False) -> pd.DataFrame:
+    """The rows whose ``split_column`` equals ``split``, duplicates averaged within them.
+
+    Without that column every row is returned, unless ``required`` (then it is an error).
+    """
     if not split_column or split_column not in frame.columns:
-        return frame
-    rows = frame[frame[split_column] == train_split]
-    if rows.empty:
-        present = ", ".join(sorted(frame[split_column].unique())[:10])
-        raise LogFormatError(f"{source}: no rows with {split_column} == {train_split!r} (values present: {present})")
-    return rows.reset_index(drop=True)
+        if required and split_column:
+            raise LogFormatError(f"{source}: no column {split_column!r} to select the {split!r} rows by (columns: {', '.join(frame.columns)})")
+        rows = frame
+    else:
+        rows = frame[frame[split_column] == split]
+        if rows.empty:
+            present = ", ".join(sorted(frame[split_column].unique())[:10])
+            raise LogFormatError(f"{source}: no rows with {split_column} == {split!r} (values present: {present})")
+    return average_duplicates(rows.reset_index(drop=True), source, ["query_id", "prompt_id"]).reset_index(drop=True)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

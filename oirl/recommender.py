@@ -3,23 +3,22 @@
 The CLI (:mod:`oirl.cli`) and the HTTP service (:mod:`oirl.serve`) are thin shells
 over :class:`Recommender`::
 
-    from oirl.logs import read_logs
+    from oirl.logs import read_logs, training_rows
     from oirl.recommender import Recommender
 
-    rec = Recommender.train(read_logs("logs/gsm8k.parquet"), split_column="split")
-    rec.save("models/gsm8k")
-    rec = Recommender.load("models/gsm8k")
-    [r] = rec.recommend(["Tom has 3 apples ..."], policy="conservative")
+    rec = Recommender.train(training_rows(read_logs("logs/mawps.parquet"), "split", "train", source="mawps"))
+    rec.save("models/mawps")
+    rec = Recommender.load("models/mawps")
+    [r] = rec.recommend(["Tom has 3 apples ..."])          # the bundle's default policy
 
-A bundle is a directory: ``bundle.json`` (embedder, prompt table, feature layout,
-policy parameters, training fingerprint, cross-validated metrics, version), the model
-in its library's own format, and ``prompt_vectors.npy``. Nothing in it is pickled.
+Training embeds the logs (:mod:`oirl.embed`), pivots them into a
+:class:`~oirl.features.LogMatrix`, lets cross-validation choose the reward model and
+policy (:mod:`oirl.crossfit`), and fits the chosen model on every training row. The
+bundle format lives in :mod:`oirl.bundle`, the evaluation in :mod:`oirl.evaluate`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oirl import __version__
-from oirl._atomic import atomic_directory
 from oirl.embed import DEFAULT_EMBEDDER, CachedEmbedder, get_embedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
-from oirl.evaluate import classification_metrics, cost_sweep, reward_cost_area, reward_matrix, selection_report
-from oirl.features import DEFAULT_LAYOUT, feature_dimension, grid_features, pair_features
-from oirl.logs import fingerprint, text_id
-from oirl.reward import DEFAULT_MODEL, REWARD_MODELS, RewardModel, make_reward_model
-from oirl.select import DEFAULT_THRESHOLD, choose, choose_margin
+from oirl.features import LogMatrix
+from oirl.logs import fingerprint, text_hashes64, text_id
+from oirl.reward import RewardModel
+from oirl.select import DEFAULT_POLICY, DEFAULT_THRESHOLD, choose
 
-BUNDLE_FORMAT = 1
-BUNDLE_FILE = "bundle.json"
-PROMPT_VECTORS_FILE = "prompt_vectors.npy"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,7 @@ class Candidate:
     prompt_id: str = ""
 
     def __post_init__(self) -> None:
-        if not self.prompt.strip():
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise OirlError(f"candidate {self.prompt_id or '(no id)'}: empty prompt text")
         if not self.prompt_id:
             object.__setattr__(self, "prompt_id", text_id(self.prompt, "p"))
@@ -75,186 +69,120 @@ class Recommender:
     """A fitted reward model with its embedder, prompt table and policy parameters."""
 
     def __init__(
-        self,
-        *,
-        model: RewardModel,
-        embedder_spec: str,
-        layout: str,
-        prompts: list[Candidate],
-        prompt_vectors: np.ndarray,
-        prior: dict[str, float],
-        margin: float,
-        threshold: float = DEFAULT_THRESHOLD,
-        costs: dict[str, float] | None = None,
-        metadata: dict[str, Any] | None = None,
-        cache_dir: str | Path | None = None,
+        self, *, model: RewardModel, embedder_spec: str, embedder_id: str, embedder_revision: str, layout: str,
+        prompts: list[Candidate], prompt_vectors: np.ndarray, prior: dict[str, float], margin: float,
+        default_policy: str = DEFAULT_POLICY, threshold: float = DEFAULT_THRESHOLD, costs: dict[str, float] | None = None,
+        metadata: dict[str, Any] | None = None, train_text_hashes: np.ndarray | None = None,
+        cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
     ):
         self.model = model
         self.embedder_spec = embedder_spec
+        self.embedder_id = embedder_id
+        self.embedder_revision = embedder_revision
         self.layout = layout
         self.prompts = prompts
         self.prompt_vectors = prompt_vectors
         self.prior = prior
         self.margin = margin
+        self.default_policy = default_policy
         self.threshold = threshold
         self.costs = costs or {}  # prompt id -> cost of one call, for the cost-aware policy
         self.metadata = metadata or {}
+        self.train_text_hashes = np.sort(train_text_hashes) if train_text_hashes is not None else np.zeros(0, dtype="<u8")
         self._cache_dir = cache_dir
+        self._embedder_bundle_files = embedder_bundle_files or {}
+        self._embedder = None
         self._query_embedder = None
         self._by_id = {p.prompt_id: p for p in prompts}
         self._by_text = {p.prompt: p for p in prompts}
-        self.fingerprint: str | None = None  # set by load(): content hash of the bundle
+        self._index = {p.prompt_id: i for i, p in enumerate(prompts)}
+        self.fingerprint: str | None = None  # set by load(): hash of the loaded bundle.json
 
     # ------------------------------------------------------------------ training
 
     @classmethod
     def train(
-        cls,
-        logs: pd.DataFrame,
-        *,
-        model: str = DEFAULT_MODEL,
-        model_params: dict[str, Any] | None = None,
-        embedder: str = DEFAULT_EMBEDDER,
-        layout: str = DEFAULT_LAYOUT,
-        cv_folds: int = 3,
-        cache_dir: str | Path | None = None,
-        progress: bool = False,
-        source: str = "<logs>",
+        cls, logs: pd.DataFrame, *, model: str = AUTO, model_params: dict[str, Any] | None = None, embedder: str = DEFAULT_EMBEDDER,
+        layout: str | None = None, cv_folds: int = 3, cv_groups: str = "text", cache_dir: str | Path | None = None,
+        progress: bool = False, source: str = "<logs>",
     ) -> Recommender:
         """Fit on ``logs`` (canonical frame, training rows only).
 
-        Cross-fitting over ``cv_folds`` folds grouped by query *text* gives out-of-fold
-        scores for every training row; they choose the conservative margin and give the
-        cross-validated metrics stored in the bundle. The final model is then fit on
-        all rows.
+        ``model="auto"`` lets grouped cross-validation choose among the candidates of
+        :data:`oirl.crossfit.AUTO_CANDIDATES` and the prior alone by the selection value
+        of their policies; a model name forces that backend (``model_params`` go to its
+        constructor). Either way cross-validation chooses the conservative margin and
+        the bundle's default policy, and the final model is fit on all rows.
         """
+        from oirl.crossfit import AUTO_CANDIDATES, CV_GROUPS, choose_new_prompt_tau, fit_on, make_folds, select_model, spec
+
         started = time.perf_counter()
-
-        def make() -> RewardModel:
-            return make_reward_model(model, **(model_params or {})).set_embedding_dimension(cached.dimension)
-
-        make_reward_model(model, **(model_params or {}))  # fail fast on an unknown model name before embedding anything
-        cached = CachedEmbedder(get_embedder(embedder), cache_dir)
-        prompts = [Candidate(text, pid) for pid, text in logs.drop_duplicates("prompt_id")[["prompt_id", "prompt"]].itertuples(index=False)]
-        query_texts, query_index = np.unique(logs["query"].to_numpy(dtype=str), return_inverse=True)
-        prompt_index = pd.Index([p.prompt_id for p in prompts]).get_indexer(logs["prompt_id"])
-        query_vectors = cached.embed(list(query_texts), progress=progress)
-        prompt_vectors = cached.embed([p.prompt for p in prompts])
-        X = pair_features(query_vectors[query_index], prompt_vectors[prompt_index], layout)
-        y = logs["reward"].to_numpy(dtype=np.float64)
-        prior = logs.groupby("prompt_id")["reward"].mean().to_dict()
+        if cv_groups not in CV_GROUPS:
+            raise OirlError(f"unknown cross-validation grouping {cv_groups!r} (choose from {', '.join(CV_GROUPS)})")
+        if model == AUTO:
+            if model_params:
+                raise OirlError("model parameters need a named --model, not auto")
+            candidates = tuple(c if layout is None else spec(c.model, c.complexity, layout, **dict(c.params)) for c in AUTO_CANDIDATES)
+        else:
+            candidates = (spec(model, 1, layout, **(model_params or {})),)
+            candidates[0].make()  # fail on an unknown model or parameter before embedding anything
+        if logs.empty:
+            raise OirlError(f"{source}: no training rows")
+        live = get_embedder(embedder)
+        cached = CachedEmbedder(live, cache_dir)
+        matrix = LogMatrix.from_logs(logs, cached.embed, progress=progress)
+        selection = select_model(matrix, candidates, n_folds=cv_folds, cv_groups=cv_groups, progress=progress)
+        chosen_layout = selection.spec.layout_for()
+        fitted = fit_on(selection.spec.make(), matrix, chosen_layout)
+        new_prompt_widths = None
+        if fitted.name == "knn":
+            tau, new_prompt_widths = choose_new_prompt_tau(matrix, fitted, make_folds(matrix, cv_folds, cv_groups))
+            fitted.set_params(new_prompt_tau=tau)
+        prior = dict(zip(matrix.prompt_ids, matrix.prompt_means().tolist(), strict=True))
         costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
-
-        oof = cross_fit_predict(make, X, y, groups=query_index, n_folds=cv_folds, progress=progress)
-        scored = logs.assign(reward=y, score=oof)
-        _, prompt_ids, rewards = reward_matrix(scored)
-        scores = scored.pivot(index="query_id", columns="prompt_id", values="score").to_numpy(dtype=np.float64)
-        prior_vector = np.array([prior[p] for p in prompt_ids])
-        margin, margin_values = choose_margin(np.where(np.isnan(rewards), -np.inf, scores), np.nan_to_num(rewards), prior_vector)
-        cv_report = selection_report(
-            scores, rewards, prompt_ids, prior=prior_vector, in_bundle=np.ones(len(prompt_ids), bool),
-            margin=margin, threshold=DEFAULT_THRESHOLD,
-        )
-        fitted = make().fit(X, y)
         metadata = {
             "training": {
-                "source": source,
-                "fingerprint": fingerprint(logs),
-                "rows": int(len(logs)),
-                "query_instances": int(logs["query_id"].nunique()),
-                "distinct_queries": int(len(query_texts)),
+                "source": source, "fingerprint": fingerprint(logs), "rows": int(len(logs)),
+                "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(matrix.texts)),
+                "feedback": "full" if matrix.full_information else "partial", "cv_folds": cv_folds, "cv_groups": cv_groups,
                 "seconds": round(time.perf_counter() - started, 2),
             },
-            "metrics": {
-                "cross_validation": {
-                    "folds": cv_folds,
-                    "grouped_by": "query text",
-                    "selection": cv_report,
-                    "reward_model": classification_metrics(y, oof),
-                    "margin_values": {str(k): v for k, v in margin_values.items()},
-                }
-            },
+            "metrics": {"cross_validation": cv_metrics(selection, matrix, new_prompt_widths), "model_selection": selection.table},
         }
         return cls(
-            model=fitted, embedder_spec=embedder, layout=layout, prompts=prompts, prompt_vectors=prompt_vectors,
-            prior=prior, margin=margin, costs=costs, metadata=metadata, cache_dir=cache_dir,
+            model=fitted, embedder_spec=embedder, embedder_id=live.model_id, embedder_revision=embedder_revision(live),
+            layout=chosen_layout, prompts=[Candidate(t, p) for p, t in zip(matrix.prompt_ids, matrix.prompt_texts, strict=True)],
+            prompt_vectors=matrix.prompt_vectors, prior=prior, margin=selection.margin, default_policy=selection.policy,
+            costs=costs, metadata=metadata, train_text_hashes=text_hashes64(matrix.texts), cache_dir=cache_dir,
         )
 
     # ------------------------------------------------------------------ bundle I/O
 
     def save(self, directory: str | Path) -> Path:
-        """Write the bundle atomically (a failure leaves any previous bundle in place)."""
-        directory = Path(directory)
-        with atomic_directory(directory) as tmp:
-            self.model.save(tmp)
-            np.save(tmp / PROMPT_VECTORS_FILE, self.prompt_vectors.astype(np.float32), allow_pickle=False)
-            (tmp / BUNDLE_FILE).write_text(json.dumps(self._bundle_json(), indent=2, allow_nan=False), encoding="utf-8")
-        return directory
+        """Write the bundle atomically (see :mod:`oirl.bundle`)."""
+        from oirl.bundle import save_bundle
 
-    def _bundle_json(self) -> dict[str, Any]:
-        dimension = int(self.prompt_vectors.shape[1])
-        return {
-            "format": BUNDLE_FORMAT,
-            "oirl_version": __version__,
-            "embedder": {"spec": self.embedder_spec, "model_id": get_embedder(self.embedder_spec).model_id, "dimension": dimension},
-            "features": {"layout": self.layout, "dimension": feature_dimension(self.layout, dimension)},
-            "model": {"kind": self.model.name, "file": self.model.model_file, "params": self.model.get_params()},
-            "prompts": [
-                {"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": self.prior[p.prompt_id], "cost": self.costs.get(p.prompt_id)}
-                for p in self.prompts
-            ],
-            "policy": {
-                "default_prompt_id": self.default_prompt_id,
-                "conservative_margin": None if np.isinf(self.margin) else self.margin,
-                "fallback_threshold": self.threshold,
-            },
-            **_json_safe(self.metadata),
-        }
+        return save_bundle(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path, *, cache_dir: str | Path | None = None) -> Recommender:
-        """Load a bundle; raises :class:`BundleError` naming what is missing or corrupt."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise BundleError(f"{directory}: no such model bundle directory")
-        meta_path = directory / BUNDLE_FILE
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            kind = meta["model"]["kind"]
-            if kind not in REWARD_MODELS:
-                raise BundleError(f"{meta_path}: unknown model kind {kind!r}")
-            params = meta["model"]["params"]
-            if "hidden_layer_sizes" in params:
-                params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-            prompts = [Candidate(p["prompt"], p["prompt_id"]) for p in meta["prompts"]]
-            prior = {p["prompt_id"]: float(p["train_mean_reward"]) for p in meta["prompts"]}
-            costs = {p["prompt_id"]: float(p["cost"]) for p in meta["prompts"] if p.get("cost") is not None}
-            margin = meta["policy"]["conservative_margin"]
-            layout, dimension = meta["features"]["layout"], meta["embedder"]["dimension"]
-            embedder_spec = meta["embedder"]["spec"]
-        except FileNotFoundError:
-            raise BundleError(f"{meta_path}: missing (is {directory} a model bundle made by 'oirl train'?)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
-        except (KeyError, TypeError) as exc:
-            raise BundleError(f"{meta_path}: missing or malformed field {exc}") from None
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_path}: bundle format {meta.get('format')!r}, this oirl reads {BUNDLE_FORMAT}")
-        try:
-            prompt_vectors = np.load(directory / PROMPT_VECTORS_FILE, allow_pickle=False)
-        except (FileNotFoundError, ValueError, OSError) as exc:
-            raise BundleError(f"{directory / PROMPT_VECTORS_FILE}: missing or unreadable ({type(exc).__name__})") from None
-        if prompt_vectors.shape != (len(prompts), dimension):
-            raise BundleError(f"{directory / PROMPT_VECTORS_FILE}: shape {prompt_vectors.shape}, expected {(len(prompts), dimension)}")
-        model = REWARD_MODELS[kind].load(directory, params)
-        metadata = {k: meta[k] for k in ("training", "metrics") if k in meta}
-        rec = cls(
-            model=model, embedder_spec=embedder_spec, layout=layout, prompts=prompts, prompt_vectors=prompt_vectors,
-            prior=prior, margin=float("inf") if margin is None else float(margin),
-            threshold=float(meta["policy"].get("fallback_threshold", DEFAULT_THRESHOLD)), costs=costs, metadata=metadata, cache_dir=cache_dir,
-        )
-        rec.fingerprint = bundle_fingerprint(directory, meta["model"]["file"])
-        return rec
+        """Load and verify a bundle; raises :class:`BundleError` naming what is wrong."""
+        from oirl.bundle import load_bundle
+
+        return load_bundle(directory, cache_dir=cache_dir)
+
+    def embedder_files(self) -> dict[str, bytes]:
+        """Files of an embedder that travels inside the bundle (none for hub models)."""
+        return dict(self._embedder_bundle_files)
+
+    def check_embedder(self, *, where: str) -> None:
+        """Refuse a live embedder other than the one the bundle was trained with."""
+        live = self.embedder
+        if live.model_id != self.embedder_id or embedder_revision(live) != self.embedder_revision:
+            raise BundleError(
+                f"{where}: trained with embedder {self.embedder_id} (revision {self.embedder_revision}), "
+                f"but {self.embedder_spec!r} is now {live.model_id} (revision {embedder_revision(live)}); retrain the bundle"
+            )
 
     # ------------------------------------------------------------------ scoring
 
@@ -263,6 +191,12 @@ class Recommender:
         """The prompt with the best mean training reward (the conservative default)."""
         return max(self.prompts, key=lambda p: self.prior[p.prompt_id]).prompt_id
 
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            self._embedder = get_embedder(self.embedder_spec)
+        return self._embedder
+
     def set_query_embedder(self, embedder) -> None:
         """Use another query embedder (anything with ``embed(texts) -> (n, d)``), e.g. an in-memory cache."""
         self._query_embedder = embedder
@@ -270,14 +204,16 @@ class Recommender:
     @property
     def query_embedder(self):
         if self._query_embedder is None:
-            self._query_embedder = CachedEmbedder(get_embedder(self.embedder_spec), self._cache_dir)
+            self._query_embedder = CachedEmbedder(self.embedder, self._cache_dir)
         return self._query_embedder
 
     def resolve_candidates(self, candidates: list[Candidate] | None = None, candidate_ids: list[str] | None = None) -> list[Candidate]:
         """The candidate set: the bundle's prompts by default; passed ones replace them.
 
-        A passed candidate whose text is a bundle prompt's takes that prompt's id;
         ``candidate_ids`` name bundle prompts (unknown ids raise UnknownPromptError).
+        A passed candidate whose text is a bundle prompt's takes that prompt's id; one
+        that reuses a bundle prompt's id with another text is refused, as is a set
+        naming one prompt twice.
         """
         if candidate_ids:
             unknown = [i for i in candidate_ids if i not in self._by_id]
@@ -285,8 +221,19 @@ class Recommender:
                 raise UnknownPromptError(unknown, list(self._by_id))
         chosen = [self._by_id[i] for i in candidate_ids or []]
         for c in candidates or []:
+            known = self._by_id.get(c.prompt_id)
+            if known is not None and known.prompt != c.prompt:
+                raise OirlError(f"candidate id {c.prompt_id!r} names a bundle prompt with another text; use a new id or the bundle's text")
             chosen.append(self._by_text.get(c.prompt, c))
+        ids = [c.prompt_id for c in chosen]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise OirlError(f"candidate(s) given twice: {', '.join(twice[:10])}")
         return chosen if (candidates or candidate_ids) else list(self.prompts)
+
+    def as_candidate(self, text: str) -> Candidate:
+        """The bundle prompt with this text, or a new candidate."""
+        return self._by_text.get(text) or Candidate(text)
 
     def is_bundle_prompt(self, candidate: Candidate) -> bool:
         known = self._by_id.get(candidate.prompt_id)
@@ -305,12 +252,11 @@ class Recommender:
         new_texts = self.texts_to_embed(candidates)
         if new_vectors is None:
             new_vectors = self.query_embedder.embed(new_texts) if new_texts else None
-        index = {p.prompt_id: i for i, p in enumerate(self.prompts)}
         out = np.empty((len(candidates), self.prompt_vectors.shape[1]), dtype=np.float32)
         position = 0
         for i, c in enumerate(candidates):
             if self.is_bundle_prompt(c):
-                out[i] = self.prompt_vectors[index[c.prompt_id]]
+                out[i] = self.prompt_vectors[self._index[c.prompt_id]]
             else:
                 out[i] = new_vectors[position]
                 position += 1
@@ -318,8 +264,20 @@ class Recommender:
 
     def score_vectors(self, query_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
         """Predicted rewards from vectors: (n_q, d) and (n_c, d) -> (n_q, n_c)."""
-        features = grid_features(query_vectors, candidate_vectors, self.layout)
-        return self.model.predict_reward(features).reshape(len(query_vectors), len(candidate_vectors))
+        from oirl.crossfit import check_scores
+
+        scores = self.model.predict_grid(query_vectors, candidate_vectors, self.layout)
+        check_scores(scores, f"{self.model.name} model")
+        return scores
+
+    def score_pairs(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray) -> np.ndarray:
+        """Predicted reward of row-aligned (query, prompt) pairs: (n, d), (n, d) -> (n,)."""
+        from oirl.crossfit import check_scores
+        from oirl.features import pair_features
+
+        scores = self.model.predict_reward(pair_features(query_vectors, prompt_vectors, self.layout))
+        check_scores(scores[None, :], f"{self.model.name} model")
+        return scores
 
     def score(self, queries: list[str], candidates: list[Candidate] | None = None) -> np.ndarray:
         """Predicted reward of every candidate for every query, shape (n_queries, n_candidates)."""
@@ -333,20 +291,30 @@ class Recommender:
         in_bundle = np.array([self.is_bundle_prompt(c) for c in candidates], dtype=bool)
         prior = np.array([self.prior[c.prompt_id] if b else np.nan for c, b in zip(candidates, in_bundle, strict=True)])
         known = {**self.costs, **(costs or {})}
-        cost = np.array([known.get(c.prompt_id, np.nan) for c in candidates]) if known else None
+        cost = np.array([known.get(c.prompt_id, np.nan) for c in candidates], dtype=np.float64)
         return {"prior": prior, "in_bundle": in_bundle, "margin": self.margin, "threshold": self.threshold, "cost": cost, "cost_weight": cost_weight}
 
-    def rank(
-        self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str = "argmax",
-        top_k: int | None = None, cost_weight: float = 0.0,
-    ) -> list[Recommendation]:
-        """Apply ``policy`` to a score matrix (n_q, n_c): the pick plus the top-k ranking per query."""
-        context = self.policy_context(candidates, cost_weight=cost_weight)
+    def check_policy(self, policy: str | None, candidates: list[Candidate] | None = None) -> str:
+        """The policy to use (None: the bundle's default), checked before any embedding."""
+        from oirl.select import POLICIES
+
+        policy = policy or self.default_policy
+        if policy not in POLICIES:
+            raise OirlError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
         if policy == "cost-aware":
-            cost = context["cost"]
-            missing = [c.prompt_id for i, c in enumerate(candidates) if cost is None or np.isnan(cost[i])]
+            cost = self.policy_context(candidates if candidates is not None else self.prompts)["cost"]
+            missing = [c.prompt_id for c, v in zip(candidates or self.prompts, cost, strict=True) if not np.isfinite(v)]
             if missing:
                 raise OirlError(f"the cost-aware policy needs a cost for every candidate; none known for: {', '.join(missing[:10])}")
+        return policy
+
+    def rank(
+        self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str | None = None,
+        top_k: int | None = None, cost_weight: float = 0.0,
+    ) -> list[Recommendation]:
+        """Apply ``policy`` (default: the bundle's) to a score matrix (n_q, n_c): the pick plus the top-k ranking."""
+        policy = self.check_policy(policy, candidates)
+        context = self.policy_context(candidates, cost_weight=cost_weight)
         picks = choose(policy, scores, **context)
         prior = np.nan_to_num(context["prior"], nan=-1.0)
         results = []
@@ -358,67 +326,55 @@ class Recommender:
         return results
 
     def recommend(
-        self,
-        queries: list[str],
-        candidates: list[Candidate] | None = None,
-        *,
-        candidate_ids: list[str] | None = None,
-        policy: str = "argmax",
-        top_k: int | None = None,
-        cost_weight: float = 0.0,
+        self, queries: list[str], candidates: list[Candidate] | None = None, *, candidate_ids: list[str] | None = None,
+        policy: str | None = None, top_k: int | None = None, cost_weight: float = 0.0,
     ) -> list[Recommendation]:
         """Best-of-N per query: the policy's pick plus the top-k ranking by score."""
         chosen = self.resolve_candidates(candidates, candidate_ids)
+        policy = self.check_policy(policy, chosen)
         return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k, cost_weight=cost_weight)
 
-    # ------------------------------------------------------------------ evaluation
+    def seen_in_training(self, texts: list[str] | np.ndarray) -> np.ndarray:
+        """(n,) True where a query text occurred among the training queries."""
+        hashes = text_hashes64(texts)
+        if not len(self.train_text_hashes):
+            return np.zeros(len(hashes), dtype=bool)
+        at = np.clip(np.searchsorted(self.train_text_hashes, hashes), 0, len(self.train_text_hashes) - 1)
+        return self.train_text_hashes[at] == hashes
 
-    def evaluate(
-        self, logs: pd.DataFrame, candidates: list[Candidate] | None = None, *, costs: dict[str, float] | None = None,
-        cost_weights: list[float] | None = None,
-    ) -> dict[str, Any]:
-        """Selection and reward-model metrics on logged outcomes (see :mod:`oirl.evaluate`).
+    def evaluate(self, logs: pd.DataFrame, candidates: list[Candidate] | None = None, **options: Any) -> dict[str, Any]:
+        """Selection and reward-model metrics on logged outcomes (see :func:`oirl.evaluate.evaluate_recommender`)."""
+        from oirl.evaluate import evaluate_recommender
 
-        Candidates default to the prompts in ``logs``; passed candidates restrict them.
-        Costs come from ``costs`` (prompt id -> cost), else the logs' ``cost`` column,
-        else the bundle; with costs known for every prompt, ``cost_weights`` sweeps the
-        cost-aware policy (``cost_sweep`` in the report, with single prompts as points).
-        """
-        if candidates is not None:
-            keep = {c.prompt_id for c in self.resolve_candidates(candidates)} | {c.prompt_id for c in candidates}
-            logs = logs[logs["prompt_id"].isin(keep)]
-            if logs.empty:
-                raise OirlError("none of the candidates occur in the evaluated logs")
-        query_ids, prompt_ids, rewards = reward_matrix(logs)
-        prompt_table = logs.drop_duplicates("prompt_id").set_index("prompt_id")["prompt"]
-        eval_candidates = [Candidate(prompt_table[p], p) for p in prompt_ids]
-        text_of = logs.drop_duplicates("query_id").set_index("query_id")["query"]
-        texts, inverse = np.unique(text_of.loc[query_ids].to_numpy(dtype=str), return_inverse=True)
-        scores = self.score(list(texts), eval_candidates)[inverse]
-        logged = ~np.isnan(rewards)
-        logged_costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
-        context = self.policy_context(eval_candidates, costs={**logged_costs, **(costs or {})})
-        cost = context["cost"]
-        if cost is not None and np.isnan(cost).any():
-            cost = None  # a partial cost table cannot rank every candidate
-        report = selection_report(
-            scores, rewards, prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"],
-            margin=self.margin, threshold=self.threshold, cost=cost,
-        )
-        report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
-        report["conservative_margin"] = None if np.isinf(self.margin) else self.margin
-        if cost is not None and cost_weights:
-            curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), context["prior"])
-            arms = pd.DataFrame({"prompt_id": prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
-            span = (float(cost.min()), float(cost.max()))
-            report["cost_sweep"] = {
-                "curve": curve.to_dict(orient="records"),
-                "area": reward_cost_area(curve, span),
-                "single_prompts": arms.to_dict(orient="records"),
-                "single_prompts_area": reward_cost_area(arms, span),
-                "cost_range": list(span),
-            }
-        return _json_safe(report)
+        return evaluate_recommender(self, logs, candidates, **options)
+
+
+def embedder_revision(embedder) -> str:
+    """What identifies an embedder's weights (its content hash where it has one)."""
+    return str(getattr(embedder, "revision", None) or embedder.model_id)
+
+
+def cv_metrics(selection, matrix: LogMatrix, new_prompt_widths: dict | None) -> dict[str, Any]:
+    """Cross-validated selection values and reward-model quality of the chosen model."""
+    from oirl.evaluate import classification_metrics
+
+    fit = selection.fit
+    label = fit.spec.label
+    logged = matrix.logged
+    report = {
+        "model": label,
+        "policies": {"argmax": float(selection.values[f"{label} argmax"].mean()),
+                     "conservative": float(selection.values[f"{label} conservative"].mean())},
+        "best_single_prompt": float(selection.values["prior"].mean()),
+        "oracle": float(np.nanmax(matrix.rewards, axis=1).mean()) if matrix.full_information else None,
+        "random": float(np.nanmean(matrix.rewards, axis=1).mean()) if matrix.full_information else None,
+    }
+    return {
+        "selection": report,
+        "reward_model": classification_metrics(matrix.rewards[logged], fit.scores[logged]),
+        "margin_values": {str(k): v for k, v in selection.margin_values.items()},
+        **({"new_prompt_tau_brier": {str(k): v for k, v in new_prompt_widths.items()}} if new_prompt_widths else {}),
+    }
 
 
 def check_queries(queries: list[str]) -> None:
@@ -427,44 +383,4 @@ def check_queries(queries: list[str]) -> None:
             raise OirlError(f"query {i}: empty query text")
 
 
-def cross_fit_predict(
-    make_model, X: np.ndarray, y: np.ndarray, *, groups: np.ndarray, n_folds: int = 3, progress: bool = False
-) -> np.ndarray:
-    """Out-of-fold predictions, shape (n,): each row scored by a model that never saw its group.
-
-    Groups are query texts, so one question never sits on both sides of a fold.
-    """
-    from sklearn.model_selection import GroupKFold
-    from tqdm import tqdm
-
-    n_groups = len(np.unique(groups))
-    if n_groups < n_folds:
-        raise OirlError(f"cross-validation needs at least {n_folds} distinct queries, got {n_groups}")
-    oof = np.empty(len(y), dtype=np.float64)
-    folds = GroupKFold(n_splits=n_folds).split(X, y, groups)
-    for train, held_out in tqdm(folds, total=n_folds, desc="cross-fitting", unit="fold", disable=not progress):
-        oof[held_out] = make_model().fit(X[train], y[train]).predict_reward(X[held_out])
-    return oof
-
-
-def bundle_fingerprint(directory: Path, model_file: str) -> str:
-    """Content hash of a bundle's metadata and model: the service's ``model_version``."""
-    digest = hashlib.sha256()
-    for name in (BUNDLE_FILE, model_file, PROMPT_VECTORS_FILE):
-        digest.update((directory / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+__all__ = ["AUTO", "Candidate", "Recommendation", "Recommender"]

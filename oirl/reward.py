@@ -1,56 +1,55 @@
 """Proxy reward models: r(query, prompt) ~ P(correct), learned from pair features.
 
-Every backend follows the scikit-learn estimator contract: keyword-only ``__init__``
-that only stores parameters, ``fit(X, y, sample_weight=None)`` returning ``self``,
-learned state with a trailing underscore, ``predict_proba(X)`` of shape (n, 2).
-``predict_reward(X)`` is its second column, shape (n,).
+Every backend is a scikit-learn estimator (``BaseEstimator``): keyword-only
+``__init__`` that only stores parameters, ``fit(X, y, sample_weight=None)`` returning
+``self``, learned state with a trailing underscore, ``predict_proba(X)`` of shape
+(n, 2); so ``clone``, ``get_params`` and grid searches work on them.
+``predict_reward(X)`` is the second column, shape (n,).
 
+Pair features start with ``[query vector, prompt vector]`` (:mod:`oirl.features`).
 Rewards may be fractions in [0, 1] (soft labels): LightGBM trains with its
 ``cross_entropy`` objective and XGBoost with ``binary:logistic``, both of which take
 probabilities as labels; the scikit-learn models see each row twice, as a positive
 with weight ``r`` and a negative with weight ``1 - r``.
 
-Saving writes each library's own format (LightGBM text, XGBoost JSON) or, for the
-scikit-learn models, their weights in a ``.npz`` scored by a numpy forward pass, so
-loading never unpickles and fitted and loaded models give identical scores.
+Two entry points besides ``fit``/``predict_reward`` take the data as matrices, which
+is how training and serving hold it: :meth:`RewardModel.fit_matrix` (distinct query
+vectors, prompt vectors, a reward matrix with NaN where a prompt was not logged) and
+:meth:`RewardModel.predict_grid` (every query with every prompt). The neighbour model
+overrides both to work on aggregated counts instead of feature rows.
+
+A model serialises to bytes in its library's own format (LightGBM text, XGBoost JSON,
+``.npz`` weights scored by a numpy forward pass), so loading never unpickles, fitted
+and loaded models give identical scores, and a bundle can fingerprint exactly the
+bytes it loaded.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from oirl._atomic import atomic_path
+from oirl._threads import configure_openmp, training_threads
 from oirl.errors import BundleError, OirlError
+from oirl.features import grid_features, pair_features
 
 
-class RewardModel(ABC):
-    """Base class: ``fit`` / ``predict_proba`` plus save/load in a bundle directory."""
+class RewardModel(BaseEstimator, ABC):
+    """Base class: ``fit`` / ``predict_reward`` plus serialisation to bytes."""
 
     name: ClassVar[str]
     model_file: ClassVar[str]
-    _param_names: ClassVar[tuple[str, ...]]
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters (saved in the bundle, passed back on load)."""
-        return {k: getattr(self, k) for k in self._param_names}
-
-    def set_params(self, **params: Any) -> RewardModel:
-        """Change constructor parameters (scikit-learn style); returns ``self``."""
-        unknown = set(params) - set(self._param_names)
-        if unknown:
-            raise OirlError(f"unknown parameter(s) {', '.join(sorted(unknown))} for {self.name} (known: {', '.join(self._param_names)})")
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
+    #: Feature layout the model can personalise with (see :mod:`oirl.features`).
+    default_layout: ClassVar[str] = "concat"
 
     def set_embedding_dimension(self, dimension: int) -> RewardModel:
-        """Told before ``fit`` how long the query and prompt vectors are (pair features
-        start with ``[query, prompt]``). Models that read features as an opaque vector
-        ignore it."""
+        """Told before ``fit`` how long the query and prompt vectors are. Models that
+        read the features as an opaque vector ignore it."""
         return self
 
     @abstractmethod
@@ -64,13 +63,36 @@ class RewardModel(ABC):
         p = self.predict_reward(X)
         return np.column_stack([1.0 - p, p])
 
+    def fit_matrix(
+        self, query_vectors: np.ndarray, text_index: np.ndarray, prompt_vectors: np.ndarray, rewards: np.ndarray,
+        layout: str, sample_weight: np.ndarray | None = None,
+    ) -> RewardModel:
+        """Fit on logged cells. ``query_vectors`` (n_texts, d) are the distinct query
+        texts, ``text_index`` (n,) maps each query instance to its text, ``rewards``
+        (n, m) holds NaN where prompt j was not logged for instance i, and
+        ``sample_weight`` (n, m) optionally weights the logged cells."""
+        rows, cols = np.nonzero(~np.isnan(rewards))
+        X = pair_features(query_vectors[text_index[rows]], prompt_vectors[cols], layout)
+        weight = None if sample_weight is None else sample_weight[rows, cols]
+        return self.fit(X, rewards[rows, cols], sample_weight=weight)
+
+    def predict_grid(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, layout: str) -> np.ndarray:
+        """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p)."""
+        out = np.empty((len(query_vectors), len(prompt_vectors)))
+        step = max(1, 65_536 // max(1, len(prompt_vectors)))  # bounded feature memory
+        for start in range(0, len(query_vectors), step):
+            block = query_vectors[start : start + step]
+            out[start : start + len(block)] = self.predict_reward(grid_features(block, prompt_vectors, layout)).reshape(len(block), -1)
+        return out
+
     @abstractmethod
-    def save(self, directory: Path) -> None:
-        """Write the fitted model as ``directory / self.model_file``."""
+    def to_bytes(self) -> bytes:
+        """The fitted model in its library's own format."""
 
     @classmethod
     @abstractmethod
-    def load(cls, directory: Path, params: dict[str, Any]) -> RewardModel: ...
+    def from_bytes(cls, data: bytes, params: dict, *, where: str = "model file") -> RewardModel:
+        """Rebuild a fitted model; raises :class:`BundleError` naming ``where``."""
 
     def _check_fitted(self) -> None:
         if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
@@ -91,23 +113,18 @@ def _check_training_data(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
     return X, y
 
 
+# --------------------------------------------------------------------------- gradient-boosted trees
+
+
 class LightGBMReward(RewardModel):
-    """Gradient-boosted trees (LightGBM, cross-entropy objective). The default."""
+    """Gradient-boosted trees (LightGBM, cross-entropy objective)."""
 
     name = "lightgbm"
     model_file = "model.lightgbm.txt"
-    _param_names = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "colsample", "reg_lambda", "seed")
 
     def __init__(
-        self,
-        *,
-        n_estimators: int = 300,
-        learning_rate: float = 0.03,
-        num_leaves: int = 15,
-        min_child_samples: int = 50,
-        colsample: float = 0.3,
-        reg_lambda: float = 1.0,
-        seed: int = 0,
+        self, *, n_estimators: int = 300, learning_rate: float = 0.03, num_leaves: int = 15, min_child_samples: int = 50,
+        colsample: float = 0.3, reg_lambda: float = 1.0, seed: int = 0, n_jobs: int | None = None,
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -116,44 +133,106 @@ class LightGBMReward(RewardModel):
         self.colsample = colsample
         self.reg_lambda = reg_lambda
         self.seed = seed
+        self.n_jobs = n_jobs
 
-    def fit(self, X, y, sample_weight=None):
+    def _train(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, objective: str):
+        configure_openmp()
         import lightgbm as lgb
 
-        X, y = _check_training_data(X, y, sample_weight)
         params = {
-            "objective": "cross_entropy",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples,
-            "feature_fraction": self.colsample,
-            "lambda_l2": self.reg_lambda,
-            "seed": self.seed,
-            "deterministic": True,
-            "verbosity": -1,
+            "objective": objective, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples, "feature_fraction": self.colsample, "lambda_l2": self.reg_lambda,
+            "seed": self.seed, "deterministic": True, "verbosity": -1,
+            "num_threads": training_threads(X.shape[0], X.shape[1], self.n_jobs),
         }
-        data = lgb.Dataset(X, label=y, weight=sample_weight, free_raw_data=True)
-        self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
+        return lgb.train(params, lgb.Dataset(X, label=y, weight=weight, free_raw_data=True), num_boost_round=self.n_estimators)
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = _check_training_data(X, y, sample_weight)
+        self.booster_ = self._train(X, y, sample_weight, "cross_entropy")
         return self
 
     def predict_reward(self, X):
         self._check_fitted()
         return np.asarray(self.booster_.predict(np.asarray(X, dtype=np.float32)), dtype=np.float64)
 
-    def save(self, directory):
-        with atomic_path(directory / self.model_file) as tmp:
-            tmp.write_text(self.booster_.model_to_string(), encoding="utf-8")
+    def to_bytes(self) -> bytes:
+        return self.booster_.model_to_string().encode("utf-8")
 
     @classmethod
-    def load(cls, directory, params):
-        import lightgbm as lgb
-
-        path = directory / cls.model_file
+    def from_bytes(cls, data, params, *, where="model file"):
         model = cls(**params)
+        model.booster_ = _lightgbm_booster(data, where)
+        return model
+
+
+def _lightgbm_booster(data: bytes | str, where: str):
+    configure_openmp()
+    import lightgbm as lgb
+
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return lgb.Booster(model_str=text)
+    except (UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
+        raise BundleError(f"{where}: not a readable LightGBM model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+class CentredLightGBMReward(LightGBMReward):
+    """Two LightGBM models: how hard a query is, and which prompt wins on it.
+
+    r(q, p) = d(q) + a(q, p): ``d`` regresses each query text's mean reward on the
+    query vector; ``a`` regresses the per-query *centred* reward (reward minus that
+    query's mean over its logged prompts) on the pair features. A pointwise model
+    spends most of its trees on difficulty, which never changes the pick; here the
+    advantage model's capacity all goes to the difference between prompts.
+    """
+
+    name = "lightgbm-centred"
+    model_file = "model.lightgbm-centred.json"
+
+    def __init__(
+        self, *, n_estimators: int = 300, learning_rate: float = 0.03, num_leaves: int = 15, min_child_samples: int = 50,
+        colsample: float = 0.3, reg_lambda: float = 1.0, seed: int = 0, n_jobs: int | None = None, dimension: int | None = None,
+    ):
+        super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
+                         min_child_samples=min_child_samples, colsample=colsample, reg_lambda=reg_lambda, seed=seed, n_jobs=n_jobs)
+        self.dimension = dimension
+
+    def set_embedding_dimension(self, dimension):
+        self.dimension = dimension
+        return self
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = _check_training_data(X, y, sample_weight)
+        queries, text_of_row = _unique_rows(_query_part(X, self.dimension, self.name))
+        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        sums = np.bincount(text_of_row, weights=weight * y, minlength=len(queries))
+        counts = np.bincount(text_of_row, weights=weight, minlength=len(queries))
+        query_mean = sums / np.maximum(counts, 1e-12)
+        self.difficulty_ = self._train(queries, query_mean, counts, "regression")
+        self.booster_ = self._train(X, y - query_mean[text_of_row], sample_weight, "regression")
+        return self
+
+    def predict_reward(self, X):
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        difficulty = self.difficulty_.predict(_query_part(X, self.dimension, self.name))
+        return np.clip(difficulty + self.booster_.predict(X), 0.0, 1.0)
+
+    def to_bytes(self) -> bytes:
+        document = {"format": "oirl-lightgbm-centred/1", "difficulty": self.difficulty_.model_to_string(),
+                    "advantage": self.booster_.model_to_string()}
+        return json.dumps(document).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data, params, *, where="model file"):
         try:
-            model.booster_ = lgb.Booster(model_str=_read_model_text(path))
-        except lgb.basic.LightGBMError as exc:
-            raise BundleError(f"{path}: not a readable LightGBM model: {str(exc).splitlines()[0]}") from None
+            document = json.loads(data.decode("utf-8"))
+            difficulty, advantage = document["difficulty"], document["advantage"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BundleError(f"{where}: not a readable centred LightGBM model ({type(exc).__name__})") from None
+        model = cls(**params)
+        model.difficulty_, model.booster_ = _lightgbm_booster(difficulty, where), _lightgbm_booster(advantage, where)
         return model
 
 
@@ -162,18 +241,10 @@ class XGBoostReward(RewardModel):
 
     name = "xgboost"
     model_file = "model.xgboost.json"
-    _param_names = ("n_estimators", "learning_rate", "max_depth", "min_child_weight", "colsample", "reg_lambda", "seed")
 
     def __init__(
-        self,
-        *,
-        n_estimators: int = 300,
-        learning_rate: float = 0.03,
-        max_depth: int = 4,
-        min_child_weight: float = 10.0,
-        colsample: float = 0.3,
-        reg_lambda: float = 1.0,
-        seed: int = 0,
+        self, *, n_estimators: int = 300, learning_rate: float = 0.03, max_depth: int = 4, min_child_weight: float = 10.0,
+        colsample: float = 0.3, reg_lambda: float = 1.0, seed: int = 0, n_jobs: int | None = None,
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -182,21 +253,17 @@ class XGBoostReward(RewardModel):
         self.colsample = colsample
         self.reg_lambda = reg_lambda
         self.seed = seed
+        self.n_jobs = n_jobs
 
     def fit(self, X, y, sample_weight=None):
+        configure_openmp()
         import xgboost as xgb
 
         X, y = _check_training_data(X, y, sample_weight)
         params = {
-            "objective": "binary:logistic",
-            "eta": self.learning_rate,
-            "max_depth": self.max_depth,
-            "min_child_weight": self.min_child_weight,
-            "colsample_bytree": self.colsample,
-            "lambda": self.reg_lambda,
-            "tree_method": "hist",
-            "seed": self.seed,
-            "verbosity": 0,
+            "objective": "binary:logistic", "eta": self.learning_rate, "max_depth": self.max_depth,
+            "min_child_weight": self.min_child_weight, "colsample_bytree": self.colsample, "lambda": self.reg_lambda,
+            "tree_method": "hist", "seed": self.seed, "verbosity": 0, "nthread": training_threads(X.shape[0], X.shape[1], self.n_jobs),
         }
         self.booster_ = xgb.train(params, xgb.DMatrix(X, label=y, weight=sample_weight), self.n_estimators)
         return self
@@ -205,33 +272,37 @@ class XGBoostReward(RewardModel):
         self._check_fitted()
         return np.asarray(self.booster_.inplace_predict(np.asarray(X, dtype=np.float32)), dtype=np.float64)
 
-    def save(self, directory):
-        with atomic_path(directory / self.model_file) as tmp:
-            self.booster_.save_model(str(tmp))  # the ".json" suffix selects XGBoost's JSON format
+    def to_bytes(self) -> bytes:
+        return bytes(self.booster_.save_raw(raw_format="json"))
 
     @classmethod
-    def load(cls, directory, params):
+    def from_bytes(cls, data, params, *, where="model file"):
+        configure_openmp()
         import xgboost as xgb
 
-        path = directory / cls.model_file
-        _read_model_text(path)  # a clear error for a missing file
         model = cls(**params)
         model.booster_ = xgb.Booster()
         try:
-            model.booster_.load_model(str(path))
+            model.booster_.load_model(bytearray(data))
         except xgb.core.XGBoostError as exc:
-            raise BundleError(f"{path}: not a readable XGBoost model: {str(exc).splitlines()[0]}") from None
+            raise BundleError(f"{where}: not a readable XGBoost model: {str(exc).splitlines()[0]}") from None
         return model
+
+
+# --------------------------------------------------------------------------- scikit-learn models as weights
 
 
 class _NumpyForwardReward(RewardModel):
     """scikit-learn models kept as weights: fit with scikit-learn, score with numpy.
 
     Inputs are standardised (mean/scale saved with the weights). Soft rewards become
-    row pairs: (x, 1) with weight r and (x, 0) with weight 1 - r.
+    row pairs: (x, 1) with weight r and (x, 0) with weight 1 - r. They personalise only
+    with query-prompt interaction features (``concat-product``): a linear model on
+    ``[q, p]`` scores sigma(w.q + v.p + b), whose best prompt never depends on q.
     """
 
     model_file = "model.weights.npz"
+    default_layout = "concat-product"
 
     @abstractmethod
     def _make_estimator(self): ...
@@ -254,32 +325,30 @@ class _NumpyForwardReward(RewardModel):
         keep = w2 > 0
         if len(np.unique(y2[keep])) < 2:
             raise OirlError("the training rewards are all 0 or all 1; a reward model needs both outcomes")
-        estimator = self._make_estimator().fit(X2[keep], y2[keep], sample_weight=w2[keep])
-        self.weights_ = self._weights_from(estimator)
+        self.weights_ = self._weights_from(self._fit_estimator(X2[keep], y2[keep], w2[keep]))
         return self
+
+    def _fit_estimator(self, X, y, weight):
+        return self._make_estimator().fit(X, y, sample_weight=weight)
 
     def predict_reward(self, X):
         self._check_fitted()
         Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
         return 1.0 / (1.0 + np.exp(-np.clip(self._logit(Xs), -50, 50)))
 
-    def save(self, directory):
-        with atomic_path(directory / self.model_file) as tmp:
-            with tmp.open("wb") as handle:
-                np.savez(handle, mean=self.mean_, scale=self.scale_, **self.weights_)
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean_, scale=self.scale_, **self.weights_)
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, directory, params):
-        path = directory / cls.model_file
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            raise BundleError(f"{path}: missing model file") from None
-        except Exception as exc:
-            raise BundleError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
+    def from_bytes(cls, data, params, *, where="model file"):
+        arrays = _load_npz(data, where)
         model = cls(**params)
-        model.mean_, model.scale_ = arrays.pop("mean"), arrays.pop("scale")
+        try:
+            model.mean_, model.scale_ = arrays.pop("mean"), arrays.pop("scale")
+        except KeyError as exc:
+            raise BundleError(f"{where}: missing array {exc}") from None
         model.weights_ = arrays
         return model
 
@@ -288,7 +357,6 @@ class LogisticReward(_NumpyForwardReward):
     """L2-regularised logistic regression on standardised features."""
 
     name = "logistic"
-    _param_names = ("C", "max_iter")
 
     def __init__(self, *, C: float = 0.05, max_iter: int = 500):
         self.C = C
@@ -310,10 +378,9 @@ class MLPReward(_NumpyForwardReward):
     """A small ReLU network (scikit-learn ``MLPClassifier``) with early stopping."""
 
     name = "mlp"
-    _param_names = ("hidden_layer_sizes", "alpha", "max_iter", "seed")
 
-    def __init__(self, *, hidden_layer_sizes: tuple[int, ...] = (128,), alpha: float = 1e-2, max_iter: int = 200, seed: int = 0):
-        self.hidden_layer_sizes = tuple(hidden_layer_sizes)
+    def __init__(self, *, hidden_layer_sizes: tuple[int, ...] = (64,), alpha: float = 1e-2, max_iter: int = 100, seed: int = 0):
+        self.hidden_layer_sizes = hidden_layer_sizes
         self.alpha = alpha
         self.max_iter = max_iter
         self.seed = seed
@@ -321,13 +388,17 @@ class MLPReward(_NumpyForwardReward):
     def _make_estimator(self):
         from sklearn.neural_network import MLPClassifier
 
-        return MLPClassifier(
-            hidden_layer_sizes=self.hidden_layer_sizes,
-            alpha=self.alpha,
-            max_iter=self.max_iter,
-            early_stopping=True,
-            random_state=self.seed,
-        )
+        return MLPClassifier(hidden_layer_sizes=tuple(self.hidden_layer_sizes), alpha=self.alpha, max_iter=self.max_iter,
+                             early_stopping=True, random_state=self.seed)
+
+    def _fit_estimator(self, X, y, weight):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # early stopping decides; max_iter is only a cap
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return self._make_estimator().fit(X, y, sample_weight=weight)
 
     def _weights_from(self, estimator):
         layers = {f"coef_{i}": w for i, w in enumerate(estimator.coefs_)}
@@ -344,21 +415,26 @@ class MLPReward(_NumpyForwardReward):
         return h.ravel()
 
 
+# --------------------------------------------------------------------------- neighbours
+
+
 class NeighbourReward(RewardModel):
     """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
 
     For a query q and prompt p, the estimate pools the logged rewards of the ``k``
     training queries most similar to q (cosine), each weighted by
-    ``exp((cos - 1) / query_tau)``, over the training prompts weighted by their
-    similarity to p (``prompt_tau = 0``: the same prompt only), and shrinks it toward
-    that prompt's mean training reward with ``alpha`` pseudo-observations:
+    ``exp((cos - 1) / query_tau)``, over the training prompts weighted by ``v_j``, and
+    shrinks it toward the prompt's mean training reward with ``alpha``
+    pseudo-observations:
 
-        r(q, p) = (sum_ij w_i v_j S_ij + alpha * m_p) / (sum_ij w_i v_j C_ij + alpha)
+        r(q, p) = (sum_ij w_i v_j S_ij + alpha * sum_j v_j m_j) / (sum_ij w_i v_j C_ij + alpha)
 
-    where S and C are reward sums and counts per (training query text, prompt). With
-    ``prompt_tau = 0`` a prompt's scores depend on that prompt's rows alone, so one fit
-    serves every subset of the training prompts. A prompt never seen in training
-    borrows from the training prompts by similarity (``new_prompt_tau``).
+    where S and C are reward sums and counts per (training query text, prompt). For a
+    training prompt ``v`` is one-hot (``prompt_tau = 0``: a prompt's scores depend on
+    its own rows only) or a softmax over the training prompts' cosines with width
+    ``prompt_tau``. A prompt never seen in training borrows from the training prompts
+    by similarity: ``v = softmax((cos - 1) / new_prompt_tau)``, normalised to sum to
+    one so the borrowed estimate keeps its query dependence however far the prompt is.
 
     It reads the features as ``[query, prompt, ...]``: call
     :meth:`set_embedding_dimension` (the recommender does) or pass ``dimension``.
@@ -366,17 +442,10 @@ class NeighbourReward(RewardModel):
 
     name = "knn"
     model_file = "model.neighbours.npz"
-    _param_names = ("k", "query_tau", "prompt_tau", "new_prompt_tau", "alpha", "dimension")
 
     def __init__(
-        self,
-        *,
-        k: int = 20,
-        query_tau: float = 0.05,
-        prompt_tau: float = 0.0,
-        new_prompt_tau: float = 0.05,
-        alpha: float = 1.0,
-        dimension: int | None = None,
+        self, *, k: int = 20, query_tau: float = 0.05, prompt_tau: float = 0.0, new_prompt_tau: float = 0.05,
+        alpha: float = 2.0, dimension: int | None = None,
     ):
         self.k = k
         self.query_tau = query_tau
@@ -385,29 +454,32 @@ class NeighbourReward(RewardModel):
         self.alpha = alpha
         self.dimension = dimension
 
-    def set_embedding_dimension(self, dimension: int) -> NeighbourReward:
+    def set_embedding_dimension(self, dimension):
         self.dimension = dimension
         return self
-
-    def _split(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.dimension is None:
-            raise OirlError("the knn reward model needs the embedding dimension (set_embedding_dimension)")
-        d = self.dimension
-        return np.asarray(X[:, :d], dtype=np.float32), np.asarray(X[:, d : 2 * d], dtype=np.float32)
 
     def fit(self, X, y, sample_weight=None):
         X, y = _check_training_data(X, y, sample_weight)
         weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        q, p = self._split(X)
-        queries, qi = np.unique(q, axis=0, return_inverse=True)
-        prompts, pi = np.unique(p, axis=0, return_inverse=True)
+        queries, qi = _unique_rows(_query_part(X, self.dimension, self.name))
+        prompts, pi = _unique_rows(np.asarray(X[:, self.dimension : 2 * self.dimension], dtype=np.float32))
         sums = np.zeros((len(queries), len(prompts)))
         counts = np.zeros((len(queries), len(prompts)))
-        np.add.at(sums, (qi.ravel(), pi.ravel()), weight * y)
-        np.add.at(counts, (qi.ravel(), pi.ravel()), weight)
-        return self.fit_grid(queries, prompts, sums, counts)
+        np.add.at(sums, (qi, pi), weight * y)
+        np.add.at(counts, (qi, pi), weight)
+        return self.fit_counts(queries, prompts, sums, counts)
 
-    def fit_grid(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> NeighbourReward:
+    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None):
+        logged = ~np.isnan(rewards)
+        weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
+        sums = np.zeros((len(query_vectors), rewards.shape[1]))
+        counts = np.zeros_like(sums)
+        np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
+        np.add.at(counts, text_index, weight)
+        seen = counts.sum(axis=1) > 0  # texts of this fold only
+        return self.set_embedding_dimension(query_vectors.shape[1]).fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
+
+    def fit_counts(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> NeighbourReward:
         """Fit from aggregated logs: reward sums and counts of shape (n_queries, n_prompts)."""
         self.queries_ = np.asarray(query_vectors, dtype=np.float32)
         self.prompts_ = np.asarray(prompt_vectors, dtype=np.float32)
@@ -429,18 +501,19 @@ class NeighbourReward(RewardModel):
             cosines[start : start + 2048] = np.take_along_axis(top, order, axis=1)
         return indices, cosines
 
-    def _prompt_weights(self, prompts: np.ndarray) -> np.ndarray:
-        """(n_prompts, n_train_prompts) weights of the training prompts for each prompt."""
-        cos = prompts @ self.prompts_.T
-        if self.prompt_tau > 0:
-            return np.exp((cos - 1) / self.prompt_tau)
+    def prompt_weights(self, prompt_vectors: np.ndarray) -> np.ndarray:
+        """(n_prompts, n_train_prompts) weights ``v`` of the training prompts, rows summing to one."""
+        cos = np.asarray(prompt_vectors, dtype=np.float32) @ self.prompts_.T
         exact = cos > 1 - 1e-5
-        soft = np.exp((cos - 1) / max(self.new_prompt_tau, 1e-6))
-        return np.where(exact.any(axis=1, keepdims=True), exact.astype(float), soft)
+        known = exact.any(axis=1, keepdims=True)
+        tau = np.where(known, self.prompt_tau, self.new_prompt_tau)
+        logits = (cos.astype(np.float64) - 1) / np.maximum(tau, 1e-6)
+        soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+        soft /= soft.sum(axis=1, keepdims=True)
+        one_hot = exact / np.maximum(exact.sum(axis=1, keepdims=True), 1)
+        return np.where(known & (tau <= 0), one_hot, soft)
 
-    def predict_grid(
-        self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> np.ndarray:
+    def predict_grid(self, query_vectors, prompt_vectors, layout="concat", neighbours=None):
         """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p).
 
         ``neighbours`` (from :meth:`neighbours`, at least ``k`` wide) saves the search
@@ -452,54 +525,74 @@ class NeighbourReward(RewardModel):
         w = np.exp((cos.astype(np.float64) - 1) / self.query_tau)
         sums = np.einsum("nk,nkp->np", w, self.sums_[idx])
         counts = np.einsum("nk,nkp->np", w, self.counts_[idx])
-        v = self._prompt_weights(np.asarray(prompt_vectors, dtype=np.float32))
-        prior = (v @ self.sums_.sum(axis=0)) / np.maximum(v @ self.counts_.sum(axis=0), 1e-12)
-        return (sums @ v.T + self.alpha * prior[None, :]) / (counts @ v.T + self.alpha)
+        v = self.prompt_weights(prompt_vectors)
+        prompt_means = self.sums_.sum(axis=0) / np.maximum(self.counts_.sum(axis=0), 1e-12)
+        return (sums @ v.T + self.alpha * (v @ prompt_means)[None, :]) / (counts @ v.T + self.alpha)
 
     def predict_reward(self, X):
         self._check_fitted()
-        q, p = self._split(np.asarray(X))
-        queries, qi = np.unique(q, axis=0, return_inverse=True)
-        prompts, pi = np.unique(p, axis=0, return_inverse=True)
-        return self.predict_grid(queries, prompts)[qi.ravel(), pi.ravel()]
+        X = np.asarray(X, dtype=np.float32)
+        queries, qi = _unique_rows(_query_part(X, self.dimension, self.name))
+        prompts, pi = _unique_rows(X[:, self.dimension : 2 * self.dimension])
+        return self.predict_grid(queries, prompts)[qi, pi]
 
-    def save(self, directory):
-        with atomic_path(directory / self.model_file) as tmp:
-            with tmp.open("wb") as handle:
-                np.savez(handle, queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, directory, params):
-        path = directory / cls.model_file
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in ("queries", "prompts", "sums", "counts")}
-        except FileNotFoundError:
-            raise BundleError(f"{path}: missing model file") from None
-        except Exception as exc:
-            raise BundleError(f"{path}: not a readable neighbours file ({type(exc).__name__})") from None
+    def from_bytes(cls, data, params, *, where="model file"):
+        arrays = _load_npz(data, where)
         model = cls(**params)
-        model.queries_, model.prompts_, model.sums_, model.counts_ = (arrays[k] for k in ("queries", "prompts", "sums", "counts"))
+        try:
+            model.queries_, model.prompts_, model.sums_, model.counts_ = (arrays[k] for k in ("queries", "prompts", "sums", "counts"))
+        except KeyError as exc:
+            raise BundleError(f"{where}: missing array {exc}") from None
+        n_q, n_p = len(model.queries_), len(model.prompts_)
+        if model.sums_.shape != (n_q, n_p) or model.counts_.shape != (n_q, n_p):
+            raise BundleError(f"{where}: sums/counts of shape {model.sums_.shape}, expected {(n_q, n_p)}")
         return model
 
 
-#: Backends by name; the keys are the CLI's ``--model`` choices.
+# --------------------------------------------------------------------------- helpers
+
+
+def _query_part(X: np.ndarray, dimension: int | None, model: str) -> np.ndarray:
+    if dimension is None:
+        raise OirlError(f"the {model} reward model needs the embedding dimension (set_embedding_dimension)")
+    return np.asarray(X[:, :dimension], dtype=np.float32)
+
+
+def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows and the index of each row's distinct row: (n_distinct, d), (n,).
+
+    Compares raw bytes (much faster than ``np.unique(axis=0)``'s lexicographic sort).
+    """
+    vectors = np.ascontiguousarray(vectors)
+    keys = vectors.view(np.dtype((np.void, vectors.dtype.itemsize * vectors.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return vectors[first], inverse.ravel()
+
+
+def _load_npz(data: bytes, where: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zip, npy-format and pickle-refusal errors all mean "unreadable"
+        raise BundleError(f"{where}: not a readable weights file ({type(exc).__name__})") from None
+
+
+#: Backends by name; the keys are the CLI's ``--model`` choices (besides ``auto``).
 REWARD_MODELS: dict[str, type[RewardModel]] = {
-    cls.name: cls for cls in (LightGBMReward, XGBoostReward, LogisticReward, MLPReward, NeighbourReward)
+    cls.name: cls for cls in (LightGBMReward, CentredLightGBMReward, XGBoostReward, LogisticReward, MLPReward, NeighbourReward)
 }
-DEFAULT_MODEL = "lightgbm"
 
 
-def make_reward_model(name: str = DEFAULT_MODEL, **params: Any) -> RewardModel:
+def make_reward_model(name: str, **params) -> RewardModel:
     if name not in REWARD_MODELS:
         raise OirlError(f"unknown reward model {name!r} (choose from {', '.join(REWARD_MODELS)})")
-    return REWARD_MODELS[name](**params)
-
-
-def _read_model_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"{path}: missing model file") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise BundleError(f"{path}: unreadable model file ({type(exc).__name__})") from None
+        return REWARD_MODELS[name](**params)
+    except TypeError as exc:
+        raise OirlError(f"bad parameters for the {name} reward model: {exc}") from None

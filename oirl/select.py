@@ -1,14 +1,16 @@
 """Best-of-N selection: a score matrix plus a policy picks one candidate per query.
 
-Every policy takes ``scores`` of shape (n_queries, n_candidates), predicted rewards,
-with ``-inf`` (or NaN) where a candidate is not available for a query, and returns the
-chosen column per query, shape (n_queries,). No policy looks inside a reward model.
+Every policy takes ``scores`` of shape (n_queries, n_candidates), finite predicted
+rewards, and an optional boolean ``mask`` of the same shape saying which candidates
+are available for which query (e.g. only the prompts logged for it); it returns the
+chosen column per query, shape (n_queries,). No policy looks inside a reward model. A
+NaN or infinite score is an error, never a silent pick.
 
 * ``argmax``: the highest predicted reward.
 * ``conservative``: keep the *default* candidate (the best training prompt on average,
   among those available) unless another candidate's predicted reward beats the
   default's by more than ``margin``. The margin is chosen by cross-validation on
-  training queries (:func:`choose_margin`); a margin of ``inf`` is the best single
+  training queries (:func:`oirl.crossfit.choose_margin`); a margin of ``inf`` is the best single
   prompt, so the conservative policy only departs from it where the folds show a gain.
 * ``fallback``: the paper's rule for prompts never trained on: use the bundle's
   training prompts unless the best predicted reward among them is below
@@ -26,7 +28,7 @@ import numpy as np
 from oirl.errors import OirlError
 
 DEFAULT_THRESHOLD = 0.5
-MARGIN_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, float("inf"))
+DEFAULT_POLICY = "argmax"
 
 
 def _available(scores: np.ndarray) -> np.ndarray:
@@ -94,13 +96,16 @@ def cost_aware_policy(
 ) -> np.ndarray:
     """Maximise predicted reward minus ``cost_weight`` x cost; ``cost`` (n_candidates,).
 
-    Candidates without a known cost (NaN) count as free, so give every candidate a
-    cost when using this policy.
+    Every candidate needs a finite cost: an unknown (NaN) or infinite cost is an error,
+    never a free prompt.
     """
-    if cost is None:
-        return argmax_policy(scores, prior=prior)
-    penalty = cost_weight * np.nan_to_num(np.asarray(cost, dtype=np.float64))
-    return argmax_policy(scores - penalty[None, :], prior=prior)
+    cost = None if cost is None else np.asarray(cost, dtype=np.float64)
+    if cost is None or not np.isfinite(cost).all():
+        missing = "no costs" if cost is None else f"candidate(s) {', '.join(map(str, np.flatnonzero(~np.isfinite(cost))[:10]))}"
+        raise OirlError(f"the cost-aware policy needs a finite cost for every candidate ({missing})")
+    if not np.isfinite(cost_weight) or cost_weight < 0:
+        raise OirlError(f"the cost weight must be a finite number >= 0, got {cost_weight}")
+    return argmax_policy(scores - cost_weight * cost[None, :], prior=prior)
 
 
 #: Policies by name; the keys are the CLI's ``--policy`` choices.
@@ -112,39 +117,23 @@ POLICIES: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def choose(policy: str, scores: np.ndarray, **context: object) -> np.ndarray:
-    """Apply a named policy; ``context`` holds ``prior``, ``margin``, ``in_bundle``, ``threshold``."""
+def choose(policy: str, scores: np.ndarray, *, mask: np.ndarray | None = None, **context: object) -> np.ndarray:
+    """Apply a named policy; ``context`` holds ``prior``, ``margin``, ``in_bundle``,
+    ``threshold``, ``cost``, ``cost_weight``. ``mask`` (n_q, n_c) marks available candidates."""
     if policy not in POLICIES:
         raise OirlError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
-    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        row, col = np.argwhere(~np.isfinite(scores))[0]
+        raise OirlError(f"non-finite score {scores[row, col]} for query {row}, candidate {col}: mark unavailable candidates with a mask")
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(mask, dtype=bool), scores.shape)
+        if not mask.any(axis=1).all():
+            raise OirlError(f"query {int(np.argmin(mask.any(axis=1)))} has no available candidate")
+        scores = np.where(mask, scores, -np.inf)
     return POLICIES[policy](scores, **context)
 
 
 def policy_value(choices: np.ndarray, rewards: np.ndarray) -> float:
     """Mean logged reward of the chosen candidates; ``rewards`` (n_q, n_c)."""
     return float(rewards[np.arange(len(choices)), choices].mean())
-
-
-def choose_margin(
-    scores: np.ndarray, rewards: np.ndarray, prior: np.ndarray, grid: tuple[float, ...] = MARGIN_GRID
-) -> tuple[float, dict[float, float]]:
-    """The conservative margin chosen on out-of-fold ``scores`` by the one-standard-error rule.
-
-    ``scores`` must come from models that did not see these queries (cross-fitting).
-    Single-sample rewards are noisy, so the best margin on the folds often wins by a
-    handful of queries; the rule keeps the *largest* (most conservative) margin whose
-    value is within one standard error of the best, the error taken over the paired
-    per-query differences. Returns the margin and the value of every margin tried.
-    """
-    rows = np.arange(len(scores))
-    per_query = {m: rewards[rows, choose("conservative", scores, prior=prior, margin=m)] for m in grid}
-    values = {m: float(r.mean()) for m, r in per_query.items()}
-    best = max(values, key=lambda m: (values[m], m))
-    n = len(scores)
-
-    def within_one_se(m: float) -> bool:
-        difference = per_query[best] - per_query[m]
-        standard_error = difference.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
-        return difference.mean() <= standard_error + 1e-12
-
-    return max(m for m in grid if within_one_se(m)), values

@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from oirl.embed import MemoryCachedEmbedder, get_embedder
 from oirl.errors import OirlError, UnknownPromptError
-from oirl.features import pair_features
 from oirl.recommender import Candidate, Recommender
 
 MAX_QUERIES = 256
@@ -56,7 +55,7 @@ class RecommendRequest(BaseModel):
     candidates: list[Text] | None = Field(None, max_length=MAX_CANDIDATES, description="Candidate prompt texts; new prompts allowed.")
     candidate_ids: list[str] | None = Field(None, max_length=MAX_CANDIDATES, description="Ids of bundle prompts to choose among.")
     top_k: int = Field(3, ge=1, le=MAX_CANDIDATES, description="Length of each ranking.")
-    policy: Policy = "argmax"
+    policy: Policy | None = Field(None, description="Selection policy; default: the bundle's, chosen by cross-validation.")
 
     _check_queries = field_validator("queries")(lambda v: _non_blank(v, "query"))
     _check_candidates = field_validator("candidates")(lambda v: _non_blank(v, "candidate"))
@@ -276,13 +275,11 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, max_body
     @app.post("/v1/score", response_model=ScoreResponse, dependencies=protected)
     async def score(body: ScoreRequest) -> ScoreResponse:
         queries = [p.query for p in body.pairs]
-        prompts = [Candidate(p.prompt) for p in body.pairs]
-        resolved = recommender.resolve_candidates(prompts)
+        resolved = [recommender.as_candidate(p.prompt) for p in body.pairs]
         new_texts = recommender.texts_to_embed(resolved)
         vectors = await batcher.embed(queries + new_texts)
         prompt_vectors = recommender.candidate_vectors(resolved, vectors[len(queries):])
-        features = pair_features(vectors[: len(queries)], prompt_vectors, recommender.layout)
-        scores = await asyncio.to_thread(recommender.model.predict_reward, features)
+        scores = await asyncio.to_thread(recommender.score_pairs, vectors[: len(queries)], prompt_vectors)
         return ScoreResponse(model_version=version, scores=[float(s) for s in scores])
 
     @app.get("/v1/prompts", response_model=PromptsResponse, dependencies=protected)
@@ -297,7 +294,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, max_body
             "embedder": recommender.embedder_spec,
             "model": {"kind": recommender.model.name, "params": recommender.model.get_params()},
             "features": recommender.layout,
-            "policy": {"conservative_margin": None if np.isinf(recommender.margin) else recommender.margin,
+            "policy": {"default": recommender.default_policy,
+                       "conservative_margin": None if np.isinf(recommender.margin) else recommender.margin,
                        "fallback_threshold": recommender.threshold, "default_prompt_id": recommender.default_prompt_id},
             "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "body_bytes": max_body_bytes},
             **recommender.metadata,

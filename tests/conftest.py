@@ -62,5 +62,5 @@ def minilm_bundle(gsm8k_slice, tmp_path_factory) -> Path:
     train = training_rows(gsm8k_slice, "split", "train", source="slice")
     keep = train["query_id"].drop_duplicates().head(300)
     work = tmp_path_factory.mktemp("bundle")
-    rec = Recommender.train(train[train["query_id"].isin(keep)], model_params={"n_estimators": 100}, cache_dir=work / "emb")
+    rec = Recommender.train(train[train["query_id"].isin(keep)], model="lightgbm", model_params={"n_estimators": 100}, cache_dir=work / "emb")
     return rec.save(work / "model")

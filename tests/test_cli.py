@@ -20,7 +20,7 @@ def run(*args, ok=True):
 
 @pytest.fixture(scope="module")
 def trained(gsm8k_slice, tmp_path_factory):
-    """A LightGBM bundle trained by `oirl train` on 600 GSM8K train queries."""
+    """A bundle trained by `oirl train` with every default (--model auto) on 600 GSM8K train queries."""
     work = tmp_path_factory.mktemp("cli")
     log_file = write_logs(gsm8k_slice, work / "gsm8k_slice.jsonl")
     result = run("train", log_file, "--out", work / "model", "--cache-dir", work / "emb")
@@ -31,14 +31,24 @@ def trained(gsm8k_slice, tmp_path_factory):
 def test_train_writes_a_bundle_with_cv_metrics(trained):
     work, _, summary = trained
     assert summary["training"]["query_instances"] == 600
-    assert 0 <= summary["cv_selection"]["argmax"] <= 1
+    assert 0 <= summary["cv_selection"]["policies"]["argmax"] <= 1
     meta = json.loads((work / "model" / "bundle.json").read_text())
-    assert meta["embedder"] == {"spec": "minilm", "model_id": "sentence-transformers/all-MiniLM-L6-v2", "dimension": 384}
+    assert {k: meta["embedder"][k] for k in ("spec", "model_id", "dimension")} == {
+        "spec": "minilm", "model_id": "sentence-transformers/all-MiniLM-L6-v2", "dimension": 384}
     assert [p["prompt_id"] for p in meta["prompts"]] == ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
-    assert meta["model"]["kind"] == "lightgbm" and (work / "model" / "model.lightgbm.txt").is_file()
-    assert meta["features"] == {"layout": "concat", "dimension": 768}
+    assert meta["model"]["kind"] == summary["model"] and (work / "model" / meta["model"]["file"]).is_file()
+    assert meta["features"]["dimension"] == {"concat": 768, "concat-product": 1152}[meta["features"]["layout"]]
+    assert meta["training"]["cv_groups"] == "text" and meta["training"]["feedback"] == "full"
     assert len(meta["training"]["fingerprint"]) == 16
     assert not list(work.glob(".model*"))  # no temp directory left behind
+    table = meta["metrics"]["model_selection"]
+    options = {row["option"] for row in table}
+    assert "prior" in options and any(o.startswith("knn(") for o in options) and any(o.startswith("lightgbm ") for o in options)
+    assert any(o.startswith("lightgbm-centred") for o in options) and any(o.startswith("mlp") for o in options)
+    [chosen] = [row for row in table if row["chosen"]]
+    assert meta["policy"]["default"] == summary["default_policy"] == chosen["policy"]
+    best = max(row["value"] for row in table)
+    assert best - chosen["value"] <= chosen["se_vs_best"] + 1e-12  # the one-standard-error rule
 
 
 def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
@@ -81,6 +91,19 @@ def test_evaluate_reports_every_figure_and_writes_it(trained, tmp_path):
     assert report["reward_model"]["rows"] == 1200
     # A reward model trained on 600 questions ranks correct above wrong answers better than chance.
     assert report["reward_model"]["roc_auc"] > 0.6
+    assert report["seen_in_training"] == {"query_instances": 0, "of": 200}
+    assert report["model_selection"] == json.loads((work / "model" / "bundle.json").read_text())["metrics"]["model_selection"]
+
+
+def test_evaluating_training_rows_says_so(trained, tmp_path):
+    work, log_file, _ = trained
+    result = run("evaluate", work / "model", log_file, "--split", "train", "--cache-dir", work / "emb")
+    report = json.loads(result.stdout)
+    assert report["seen_in_training"] == {"query_instances": 600, "of": 600}
+    assert "600 of 600 evaluated query instances have a question text the model was trained on" in result.stderr
+    result = run("evaluate", work / "model", log_file, "--split-column", "fold", "--cache-dir", work / "emb")
+    assert "no column 'fold'; evaluating every row" in result.stderr
+    assert json.loads(result.stdout)["seen_in_training"] == {"query_instances": 600, "of": 800}
 
 
 def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_path):
@@ -134,13 +157,13 @@ def test_a_corrupt_bundle_is_a_clear_error(trained, tmp_path):
     (tmp_path / "model" / "bundle.json").write_text((work / "model" / "bundle.json").read_text())
     (tmp_path / "model" / "prompt_vectors.npy").write_bytes(b"junk")
     result = run("recommend", tmp_path / "model", "--query", "hi", ok=False)
-    assert result.exit_code == 2 and "prompt_vectors.npy: missing or unreadable" in result.stderr
+    assert result.exit_code == 2 and "prompt_vectors.npy: content does not match the hash" in result.stderr
 
 
 def test_ranking_orders_ties_like_the_policies(trained):
     work, _, _ = trained
     rec = Recommender.load(work / "model", cache_dir=work / "emb")
-    [result] = rec.recommend(["What is 7 times 8?"], top_k=6)
+    [result] = rec.recommend(["What is 7 times 8?"], top_k=6, policy="argmax")
     scores = [r["score"] for r in result.ranking]
     assert scores == sorted(scores, reverse=True)
     for a, b in zip(result.ranking, result.ranking[1:], strict=False):

@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from oirl.cli import cli
-from oirl.embed import CachedEmbedder, HashingEmbedder
 from oirl.errors import OirlError
 from oirl.evaluate import cost_sweep, reward_cost_area
 from oirl.importers.cruxeval import arm_id, build_logs, default_cost, import_cruxeval
@@ -97,21 +96,17 @@ def _write(logs, tmp_path):
     return write_logs(logs.assign(split="test"), tmp_path / "crux_slice.parquet")
 
 
-def test_reproduction_folds_are_grouped_by_sample_and_run_at_toy_size(data_dir, tmp_path):
-    from oirl.reproduce.cruxeval import N_FOLDS, load_arms, reproduce_cruxeval
+def test_reproduction_holds_out_whole_samples_and_runs_at_toy_size(data_dir, tmp_path):
+    from oirl.reproduce.cruxeval import reproduce_cruxeval, split_logs
 
-    embedder = CachedEmbedder(HashingEmbedder(), tmp_path / "emb")
-    data = load_arms(data_dir, embedder)
-    from sklearn.model_selection import GroupKFold
-
-    seen = []
-    for train, test in GroupKFold(n_splits=N_FOLDS).split(data.texts, groups=data.query_ids):
-        assert not set(data.query_ids[train]) & set(data.query_ids[test])
-        seen += data.query_ids[test].tolist()
-    assert sorted(seen) == sorted(data.query_ids.tolist())
-    result = reproduce_cruxeval(data_dir, tmp_path / "out", embedder=embedder, n_boot=100, progress=False)
+    logs = split_logs(data_dir)
+    assert logs.groupby("query_id")["split"].nunique().eq(1).all()  # a sample is on one side only
+    share = (logs.drop_duplicates("query_id")["split"] == "test").mean()
+    assert 0.15 < share < 0.25
+    result = reproduce_cruxeval(data_dir, tmp_path / "out", cache_dir=tmp_path / "emb", embedder="hashing", n_boot=100, limit=200, progress=False)
     overall = result["overall"].set_index("method")["expected reward"]
-    assert overall["oracle"] == pytest.approx(0.947, abs=5e-4) and overall["best single arm (train folds)"] == pytest.approx(0.755, abs=5e-3)
-    assert overall["oirl conservative"] >= overall["random"]
+    assert overall["oracle"] >= overall.filter(like="oirl").max() >= overall["random"]
+    report = result["report"]
+    assert overall[f"oirl default policy ({result['default_policy']})"] == pytest.approx(report["policies"][result["default_policy"]])
     assert len(result["styles"]) == 9  # 8 models + their average
-    assert (tmp_path / "out" / "cruxeval_reward_cost.png").is_file()
+    assert (tmp_path / "out" / "cruxeval_reward_cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -143,3 +143,55 @@ def test_jsonl_texts_may_hold_unicode_line_separators(tmp_path):
     frame = read_logs(write_csv(tmp_path / "u.csv", rows))
     again = read_logs(write_logs(frame, tmp_path / "u.jsonl"))
     assert again["query"][0] == "Line one\u2028line two\x85end"
+
+
+def test_duplicates_are_never_averaged_across_splits(tmp_path):
+    """A test outcome must not merge into the training row of the same key."""
+    rows = [dict(GOOD[0], reward="1", split="train"), dict(GOOD[0], reward="0", split="test"), GOOD[1]]
+    frame = read_logs(write_csv(tmp_path / "s.csv", rows))
+    assert len(frame) == 3
+    train = training_rows(frame, "split", "train", source="s.csv")
+    assert train.set_index("prompt_id").loc["nan", "reward"] == 1.0
+
+
+def test_duplicates_within_a_custom_split_column_are_averaged_after_selection(tmp_path):
+    from oirl.logs import split_rows
+
+    rows = [dict(GOOD[0], fold="a", reward="1"), dict(GOOD[0], fold="a", reward="0"), dict(GOOD[0], fold="b", reward="1")]
+    rows = [{k: v for k, v in r.items() if k != "split"} for r in rows]
+    with pytest.warns(UserWarning, match="averaged"):
+        frame = read_logs(write_csv(tmp_path / "f.csv", rows))  # no split column: all three merge at read time
+    assert len(frame) == 1
+    rows[1]["query_id"] = "q1"
+    frame = pd.DataFrame(rows)
+    frame["reward"] = frame["reward"].astype(float)
+    with pytest.warns(UserWarning, match="averaged"):
+        picked = split_rows(frame, "fold", "a", source="f")
+    assert len(picked) == 1 and picked["reward"][0] == 0.5
+    assert split_rows(frame, "fold", "b", source="f")["reward"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    "propensities, message",
+    [
+        (["0.5", "", "1"], r"row 2 \(line 3\), column 'propensity': missing value"),
+        (["0.5", "0", "1"], r"column 'propensity': 0 is outside \(0, 1\]"),
+        (["0.5", "1.5", "1"], r"column 'propensity': 1.5 is outside \(0, 1\]"),
+        (["0.5", "abc", "1"], r"column 'propensity': 'abc' is not a number"),
+        (["0.7", "0.6", "1"], r"query instance 'q1' \(split 'train'\) has several prompts logged with propensities summing to 1.3 > 1"),
+    ],
+)
+def test_bad_propensities_are_named(tmp_path, propensities, message):
+    rows = [dict(row, propensity=p) for row, p in zip(GOOD, propensities, strict=True)]
+    with pytest.raises(LogFormatError, match=message):
+        read_logs(write_csv(tmp_path / "p.csv", rows))
+
+
+def test_propensities_and_coverage(tmp_path):
+    from oirl.logs import coverage
+
+    rows = [dict(row, propensity=p) for row, p in zip(GOOD, ["0.5", "0.25", "1"], strict=True)]
+    frame = read_logs(write_csv(tmp_path / "p.csv", rows))
+    assert frame["propensity"].tolist() == [0.5, 0.25, 1.0]
+    assert coverage(frame) == "partial"  # q2 has only one of three prompts
+    assert coverage(frame[frame["query_id"] == "q1"]) == "full"

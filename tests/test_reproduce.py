@@ -1,65 +1,61 @@
-"""The Prompt-OIRL reproduction on the real logs, with the fast hashing embedder."""
+"""The Prompt-OIRL reproduction: its splits on the real logs, and one path with the CLI."""
+
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
+from click.testing import CliRunner
 
-from oirl.embed import CachedEmbedder, HashingEmbedder
+from oirl.cli import cli
 from oirl.reproduce.prompt_oirl import (
-    heldout_fold,
+    critique,
+    critique_picks,
+    critique_rows,
+    dataset_logs,
+    disjoint_heldout_split,
     leakage,
-    load_dataset,
-    protocol_folds,
+    protocol_split,
     reproduce,
-    run_folds,
-    selection_vs_k,
 )
 from oirl.reproduce.report import paired_cluster_bootstrap
 
 
 @pytest.fixture(scope="module")
-def mawps(data_dir, tmp_path_factory):
-    return load_dataset(data_dir, "mawps", CachedEmbedder(HashingEmbedder(), tmp_path_factory.mktemp("emb")))
+def mawps(data_dir):
+    return dataset_logs(data_dir, "mawps")
 
 
-def test_subsets_cover_every_non_empty_subset_of_six_prompts(mawps):
-    table, k6 = selection_vs_k(mawps, run_folds(mawps, "paper"), "paper")
-    assert table["subsets"].tolist() == [6, 15, 20, 15, 6, 1]
-    assert len(k6["oracle"]) == 1685
+def test_paper_split_leaks_and_disjoint_split_does_not(mawps):
+    six, heldout = mawps
+    paper = protocol_split("mawps", six, heldout, "paper")
+    assert set(paper.test["query"]) <= set(paper.train["query"])  # the paper split leaks
+    assert paper.cv_groups == "instance" and len(paper.test16) == 1685 * 16
+    disjoint = protocol_split("mawps", six, heldout, "disjoint")
+    assert disjoint.cv_groups == "text" and disjoint.test16 is None
+    assert not set(disjoint.train["query"]) & set(disjoint.test["query"])
+    assert len(disjoint.train) + len(disjoint.test) == len(six)  # train and test rows pooled
+    share = disjoint.test["query"].nunique() / six["query"].nunique()
+    assert 0.17 < share < 0.23  # 20% of the question texts
+    held = disjoint_heldout_split("mawps", six, heldout)
+    assert not set(held.train["query"]) & set(held.test["query"]) and held.train["query"].nunique() == 199
 
 
-def test_baselines_match_direct_computations(mawps):
-    table, _ = selection_vs_k(mawps, run_folds(mawps, "paper"), "paper")
-    k6 = table.iloc[-1]
-    test = mawps.split == "test"
-    rewards, confidence = mawps.rewards[test][:, :6], mawps.confidence[test][:, :6]
-    assert k6["random mean"] == pytest.approx(rewards.mean())
-    assert k6["oracle mean"] == pytest.approx(rewards.max(axis=1).mean())
-    assert k6["best prompt (train) mean"] == pytest.approx(0.646, abs=5e-4)  # 'nan' is best on train and on test
-    assert k6["self-critique (argmax) mean"] == pytest.approx(rewards[np.arange(len(rewards)), confidence.argmax(axis=1)].mean())
-    assert k6["self-critique (argmax) mean"] == pytest.approx(0.555, abs=5e-4)  # the issue's reference figure
-    # K = 1: each method is the single prompt itself, so all but the critique agree.
-    k1 = table.iloc[0]
-    assert k1["oirl argmax mean"] == pytest.approx(k1["random mean"]) == pytest.approx(k1["oracle mean"])
+def test_leakage_counts(mawps):
+    six, heldout = mawps
+    assert leakage(protocol_split("mawps", six, heldout, "paper")) == {
+        "dataset": "mawps", "protocol": "paper", "test queries": 1685, "distinct test questions": 1545,
+        "test questions also in train": 1545, "test queries whose question is in train": 1685}
 
 
-def test_disjoint_protocol_never_shares_a_question(mawps):
-    folds = protocol_folds(mawps, "disjoint")
-    assert len(folds) == 5
-    tested = np.concatenate([f.test for f in folds])
-    assert sorted(tested.tolist()) == list(range(len(mawps.texts)))  # every row tested once
-    for fold in folds:
-        assert not set(mawps.texts[fold.train]) & set(mawps.texts[fold.test])
-    held = heldout_fold(mawps, "disjoint")
-    assert not set(mawps.texts[held.train]) & set(mawps.texts[held.test])
-    assert len(set(mawps.texts[held.train])) == 199
-    paper = protocol_folds(mawps, "paper")[0]
-    assert set(mawps.texts[paper.test]) <= set(mawps.texts[paper.train])  # the paper split leaks
-
-
-def test_leakage_counts(mawps, data_dir, tmp_path):
-    assert leakage(mawps) == {"dataset": "mawps", "test queries": 1685, "distinct test questions": 1545,
-                              "test questions also in train (paper)": 1545, "test queries whose question is in train (paper)": 1685,
-                              "shared questions (disjoint)": 0}
+def test_self_critique_baseline_matches_the_reference_figure(data_dir, mawps):
+    six, _ = mawps
+    test = six[six["split"] == "test"]
+    pivot = test.pivot(index="query_id", columns="prompt_id", values="reward")
+    confidence, _ = critique(data_dir, "mawps")
+    conf = critique_rows("mawps", list(pivot.index), list(pivot.columns), confidence)
+    rewards = pivot.to_numpy()
+    assert rewards[np.arange(len(rewards)), critique_picks(conf, list(pivot.columns))].mean() == pytest.approx(0.555, abs=5e-4)
 
 
 def test_paired_cluster_bootstrap_resamples_questions():
@@ -72,16 +68,38 @@ def test_paired_cluster_bootstrap_resamples_questions():
     assert (high - low) == pytest.approx(2 * 1.96 * differences[::5].std() / np.sqrt(200), rel=0.25)
 
 
-def test_reproduce_writes_tables_and_plots(data_dir, tmp_path):
+def test_reproduce_is_the_cli_path(data_dir, mawps, tmp_path):
+    """One cell both ways: `oirl reproduce` and `oirl train` + `oirl evaluate` on the same split."""
     out = tmp_path / "results"
-    result = reproduce(data_dir, out, datasets=("mawps",), protocols=("paper", "disjoint"),
-                       embedder=CachedEmbedder(HashingEmbedder(), tmp_path / "emb"), authors_config=False, n_boot=100, progress=False)
-    for name in ("summary_k6", "bootstrap_k6", "heldout_prompts", "reward_model_quality", "prompts", "leakage", "cost",
-                 "selection_vs_k_paper_mawps", "selection_vs_k_disjoint_mawps"):
+    result = reproduce(data_dir, out, datasets=("mawps",), protocols=("paper",), cache_dir=tmp_path / "emb", embedder="hashing",
+                       authors_config=False, n_boot=100, limit=150, progress=False)
+    for name in ("summary_k6", "model_choice", "bootstrap_k6", "heldout_prompts", "reward_model_quality", "prompts", "leakage",
+                 "selection_vs_k_paper_mawps"):
         assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file()
     assert (out / "success_vs_k_paper_mawps.png").read_bytes()[:4] == b"\x89PNG"
-    assert {r["protocol"] for r in result["summary"]} == {"paper", "disjoint"}
-    # On the paper split even a bag-of-words neighbour model finds each question's repeats.
-    paper = next(r for r in result["summary"] if r["protocol"] == "paper")
-    assert paper["oirl argmax"] > paper["best prompt (train)"]
-    assert paper["conservative >= best (train) at every K"]
+    table = pd.read_csv(out / "selection_vs_k_paper_mawps.csv")
+    assert table["subsets"].tolist() == [6, 15, 20, 15, 6, 1]
+    [row] = result["summary"]
+    [heldout_row] = result["heldout"]
+
+    six, heldout = mawps
+    split = protocol_split("mawps", six, heldout, "paper", limit=150)
+    log = tmp_path / "slice.parquet"
+    pd.concat([split.train, split.test, split.test16[split.test16["prompt_id"].str.startswith("gpt4")]]).to_parquet(log)
+
+    def run(*args):
+        outcome = CliRunner().invoke(cli, [str(a) for a in args])
+        assert outcome.exit_code == 0, outcome.output
+        return outcome
+
+    run("train", log, "--out", tmp_path / "model", "--cv-groups", "instance", "--embedder", "hashing", "--cache-dir", tmp_path / "emb")
+    six_prompts = tmp_path / "six.parquet"
+    pd.concat([split.train, split.test]).to_parquet(six_prompts)
+    report = json.loads(run("evaluate", tmp_path / "model", six_prompts, "--cache-dir", tmp_path / "emb").stdout)
+    default = report["default_policy"]
+    assert row["oirl (default policy)"] == pytest.approx(report["policies"][default], abs=1e-12)
+    assert row["oirl argmax"] == pytest.approx(report["policies"]["argmax"], abs=1e-12)
+    assert row["best prompt (train)"] == pytest.approx(report["best_single_prompt"]["success_rate"], abs=1e-12)
+    report16 = json.loads(run("evaluate", tmp_path / "model", log, "--cache-dir", tmp_path / "emb").stdout)
+    assert heldout_row["oirl fallback (<0.5), all 16"] == pytest.approx(report16["policies"]["fallback"], abs=1e-12)
+    assert heldout_row["oirl default policy, all 16"] == pytest.approx(report16["policies"][default], abs=1e-12)

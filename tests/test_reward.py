@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,7 @@ from oirl.reward import REWARD_MODELS, make_reward_model
 
 FAST = {
     "lightgbm": {"n_estimators": 60},
+    "lightgbm-centred": {"n_estimators": 60, "dimension": 4},
     "xgboost": {"n_estimators": 60},
     "logistic": {},
     "mlp": {"hidden_layer_sizes": (16,), "max_iter": 50},
@@ -31,9 +34,20 @@ def test_every_backend_learns_and_round_trips_exactly(tmp_path, name):
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y[1000:], proba[:, 1]) > 0.75  # the signal is learnable
-    model.save(tmp_path)
-    loaded = type(model).load(tmp_path, model.get_params())
+    loaded = type(model).from_bytes(model.to_bytes(), model.get_params())
     np.testing.assert_array_equal(loaded.predict_reward(X[1000:]), model.predict_reward(X[1000:]))
+
+
+@pytest.mark.parametrize("name", REWARD_MODELS)
+def test_every_backend_is_a_scikit_learn_estimator(name):
+    from sklearn.base import clone
+
+    model = make_reward_model(name)
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == model.get_params()
+    assert set(model.get_params()) == set(inspect.signature(type(model).__init__).parameters) - {"self"}
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        model.set_params(no_such_parameter=1)
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -46,8 +60,10 @@ def test_soft_rewards_train_every_backend(name):
 
 
 def test_bad_inputs_and_unfitted_models():
-    with pytest.raises(OirlError, match="unknown reward model 'forest'.*lightgbm, xgboost, logistic, mlp"):
+    with pytest.raises(OirlError, match="unknown reward model 'forest'.*lightgbm, lightgbm-centred, xgboost, logistic, mlp, knn"):
         make_reward_model("forest")
+    with pytest.raises(OirlError, match="bad parameters for the knn reward model"):
+        make_reward_model("knn", neighbours=3)
     with pytest.raises(ValueError, match=r"`y` must hold rewards in \[0, 1\]"):
         make_reward_model("logistic").fit(np.zeros((3, 2)), np.array([0, 1, 2]))
     with pytest.raises(OirlError, match="not fitted"):
@@ -57,13 +73,10 @@ def test_bad_inputs_and_unfitted_models():
 
 
 @pytest.mark.parametrize("name", REWARD_MODELS)
-def test_corrupt_or_missing_model_files_raise_bundle_errors(tmp_path, name):
+def test_corrupt_model_bytes_raise_bundle_errors(name):
     model_cls = REWARD_MODELS[name]
-    with pytest.raises(BundleError, match="missing model file"):
-        model_cls.load(tmp_path, make_reward_model(name).get_params())
-    (tmp_path / model_cls.model_file).write_bytes(b"garbage")
-    with pytest.raises(BundleError, match="not a readable"):
-        model_cls.load(tmp_path, make_reward_model(name).get_params())
+    with pytest.raises(BundleError, match="model.bin: not a readable"):
+        model_cls.from_bytes(b"garbage", make_reward_model(name).get_params(), where="model.bin")
 
 
 def unit(rng, n, d):
@@ -82,14 +95,13 @@ def test_knn_pools_neighbours_per_prompt_and_round_trips(tmp_path):
     truth[:20, 0] = 1
     truth[20:, 1] = 1
     X = grid_features(queries, prompts)
-    model = NeighbourReward(k=1, alpha=0.5).set_embedding_dimension(8).fit(X, truth.ravel())
+    model = NeighbourReward(k=1, alpha=0.5, query_tau=0.05).set_embedding_dimension(8).fit(X, truth.ravel())
     scores = model.predict_reward(X).reshape(40, 3)
     # With k=1 each query is its own neighbour: (1 + .5 * prior) / (1 + .5) or (.5 * prior) / 1.5.
     assert scores[:20].argmax(axis=1).tolist() == [0] * 20 and scores[20:].argmax(axis=1).tolist() == [1] * 20
     assert scores[0, 0] == pytest.approx((1 + 0.5 * 0.5) / 1.5)
     assert scores[0, 2] == pytest.approx(0.0)
-    model.save(tmp_path)
-    loaded = NeighbourReward.load(tmp_path, model.get_params())
+    loaded = NeighbourReward.from_bytes(model.to_bytes(), model.get_params())
     np.testing.assert_array_equal(loaded.predict_reward(X), model.predict_reward(X))
 
 
@@ -111,3 +123,27 @@ def test_knn_scores_of_a_prompt_ignore_other_prompts_rows():
     # A prompt never trained on borrows from the training prompts by similarity.
     new = full.predict_reward(grid_features(test, unit(rng, 1, 8)))
     assert new.shape == (10,) and np.all((new >= 0) & (new <= 1))
+
+
+def test_knn_borrowing_for_a_new_prompt_keeps_its_query_dependence():
+    """A new prompt far from every training prompt must not fade to a constant score."""
+    from oirl.reward import NeighbourReward
+
+    rng = np.random.default_rng(2)
+    centres = unit(rng, 2, 16)
+    queries = np.vstack([centres[0] + 0.05 * rng.normal(size=(20, 16)), centres[1] + 0.05 * rng.normal(size=(20, 16))])
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    prompts = unit(rng, 2, 16)
+    rewards = np.zeros((40, 2))
+    rewards[:20, 0] = 1  # prompt 0 works on cluster 0 only; prompt 1 never
+    sums, counts = rewards, np.ones_like(rewards)
+    model = NeighbourReward(k=10, new_prompt_tau=0.05).fit_counts(queries, prompts, sums, counts)
+    # A new prompt at cosine .7 to prompt 0 (and unrelated to prompt 1).
+    other = rng.normal(size=16)
+    other -= (other @ prompts[0]) * prompts[0]
+    new = 0.7 * prompts[0] + np.sqrt(1 - 0.49) * other / np.linalg.norm(other)
+    grid = model.predict_grid(queries, np.vstack([prompts[0], new]).astype(np.float32))
+    trained_gap = grid[:20, 0].mean() - grid[20:, 0].mean()
+    new_gap = grid[:20, 1].mean() - grid[20:, 1].mean()
+    assert trained_gap > 0.7, trained_gap
+    assert new_gap > 0.5 * trained_gap, (new_gap, trained_gap)  # before normalising the prompt weights: .03 against .92

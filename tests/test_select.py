@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from oirl.errors import OirlError
-from oirl.select import choose, choose_margin, policy_value
+from oirl.select import choose
 
 INF = float("inf")
 # Three queries, three candidates; candidate 0 has the best training prior.
@@ -26,9 +26,9 @@ def test_conservative_switches_only_past_the_margin(margin, expected):
 
 
 def test_conservative_default_is_the_best_prior_among_available_candidates():
-    scores = SCORES.copy()
-    scores[0, 0] = np.nan  # candidate 0 not available for query 0: candidate 1 is its default
-    assert choose("conservative", scores, prior=PRIOR, margin=INF).tolist() == [1, 0, 0]
+    mask = np.ones_like(SCORES, dtype=bool)
+    mask[0, 0] = False  # candidate 0 not available for query 0: candidate 1 is its default
+    assert choose("conservative", SCORES, mask=mask, prior=PRIOR, margin=INF).tolist() == [1, 0, 0]
     # No candidate with a prior (all never trained on): conservative falls back to argmax.
     assert choose("conservative", SCORES, prior=np.full(3, np.nan), margin=INF).tolist() == [1, 2, 0]
 
@@ -48,26 +48,31 @@ def test_unknown_policy_lists_the_choices():
         choose("best", SCORES)
 
 
-def test_choose_margin_takes_the_largest_margin_within_one_standard_error():
-    rewards = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    margin, values = choose_margin(SCORES, rewards, PRIOR)
-    # Switching on query 0 (by .02) loses, switching on query 1 (by .30) wins.
-    assert values[0.0] == pytest.approx(2 / 3) and values[INF] == pytest.approx(2 / 3)
-    assert values[0.03] == pytest.approx(1.0) and values[0.2] == pytest.approx(1.0)
-    # With three queries a one-query gain is within one standard error (1/3 vs SE 1/3):
-    # the rule keeps the most conservative margin.
-    assert margin == INF
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_score_is_an_error_not_a_pick(bad):
+    scores = SCORES.copy()
+    scores[1, 2] = bad
+    with pytest.raises(OirlError, match="non-finite score .* query 1, candidate 2"):
+        choose("argmax", scores)
 
 
-def test_choose_margin_switches_when_the_gain_is_clear():
-    n = 60
-    scores = np.tile([[0.5, 0.9]], (n, 1))
-    rewards = np.tile([[0.0, 1.0]], (n, 1))
-    rewards[:5] = [1.0, 0.0]  # the challenger wins on 55 of 60 queries
-    margin, values = choose_margin(scores, rewards, np.array([0.6, 0.4]))
-    assert values[margin] == pytest.approx(55 / 60)
-    assert margin == 0.3  # the largest margin below the .4 score gap
-    assert policy_value(choose("conservative", scores, prior=np.array([0.6, 0.4]), margin=margin), rewards) == pytest.approx(55 / 60)
+def test_unavailable_candidates_are_masked_explicitly():
+    mask = np.array([[True, False, True], [True, True, False], [False, True, True]])
+    assert choose("argmax", SCORES, mask=mask).tolist() == [0, 0, 1]
+    with pytest.raises(OirlError, match="query 0 has no available candidate"):
+        choose("argmax", SCORES, mask=np.zeros_like(mask))
+
+
+@pytest.mark.parametrize("cost", [None, np.array([1.0, np.nan, 2.0]), np.array([1.0, np.inf, 2.0])])
+def test_cost_aware_refuses_unknown_or_infinite_costs(cost):
+    with pytest.raises(OirlError, match="finite cost for every candidate"):
+        choose("cost-aware", SCORES, cost=cost, cost_weight=0.1)
+
+
+def test_cost_aware_trades_reward_for_cost():
+    cost = np.array([0.0, 0.0, 10.0])
+    assert choose("cost-aware", SCORES, cost=cost, cost_weight=0.0).tolist() == [1, 2, 0]
+    assert choose("cost-aware", SCORES, cost=cost, cost_weight=0.1).tolist() == [1, 0, 0]
 
 
 def test_argmax_breaks_exact_ties_by_the_training_prior():

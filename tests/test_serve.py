@@ -84,7 +84,7 @@ def test_health_prompts_model_and_openapi(server):
 
 
 def test_recommend_with_bundle_and_new_candidates(server):
-    body = server.post("/v1/recommend", json={"queries": [QUERY, "What is 7 times 8?"], "top_k": 2}).json()
+    body = server.post("/v1/recommend", json={"queries": [QUERY, "What is 7 times 8?"], "top_k": 2, "policy": "argmax"}).json()
     assert body["object"] == "prompt.recommendation" and len(body["model_version"]) == 16
     assert [r["index"] for r in body["results"]] == [0, 1]
     for result in body["results"]:
@@ -179,4 +179,4 @@ def test_serving_a_missing_or_corrupt_bundle_fails_at_start(tmp_path, minilm_bun
     del meta["prompts"]
     (tmp_path / "broken" / "bundle.json").write_text(json.dumps(meta))
     result = subprocess.run([sys.executable, "-m", "oirl.cli", "serve", str(tmp_path / "broken")], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "missing or malformed field 'prompts'" in result.stderr
+    assert result.returncode == 2 and "bundle.json: prompts: Field required" in result.stderr

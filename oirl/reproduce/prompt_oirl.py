@@ -1,42 +1,46 @@
-"""Reproduce the Prompt-OIRL tables (LLaMA-2-7B-chat; GSM8K, SVAMP, MAWPS) from the logs.
+"""Reproduce the Prompt-OIRL tables (LLaMA-2-7B-chat; GSM8K, SVAMP, MAWPS) on the shipped path.
 
-Two protocols:
+Every number comes from :meth:`Recommender.train` and :func:`oirl.evaluate.score_logs`,
+the code behind ``oirl train`` and ``oirl evaluate``, with their defaults; the only
+setting a protocol changes is ``cv_groups`` (what "new" means in cross-validation):
 
-* ``paper`` — the paper's splits. On SVAMP and MAWPS every test question also occurs
-  among the training questions (as other samples), so this protocol rewards
-  memorisation; the inner cross-validation that chooses hyperparameters mirrors it
-  by grouping training rows by query *instance*.
-* ``disjoint`` — no question text on both sides. GSM8K keeps its paper split (already
-  disjoint); SVAMP and MAWPS pool all rows and use 5-fold cross-validation grouped by
-  question text; inner cross-validation groups by text too.
+* ``paper`` — the paper's splits, ``cv_groups="instance"``. On SVAMP and MAWPS every
+  test question also occurs among the training questions (as other samples), so this
+  protocol rewards memorisation; grouping cross-validation by query instance mirrors it.
+  Same as ``oirl train LOG --cv-groups instance`` then ``oirl evaluate MODEL LOG``.
+* ``disjoint`` — no question text on both sides, every default (``cv_groups="text"``).
+  GSM8K keeps its paper split (already disjoint); SVAMP and MAWPS pool all rows and hold
+  out 20% of the question texts (chosen by a hash of the text) as test.
 
-The reward model is :class:`oirl.reward.NeighbourReward` with ``prompt_tau = 0``: a
-prompt's scores depend on that prompt's rows only, so **one fit per fold serves all
-63 subsets** of the six training prompts exactly (tested in ``tests/test_reward.py``).
-Its hyperparameters and the conservative margin are chosen by inner
-cross-validation on training rows only, never on test rows.
+The K = 6 columns and the held-out-prompt table are exactly what the bundle's
+evaluation reports. For K < 6 the same bundle scores only the subset's prompts, with
+the subset's training prior and the bundle's margin and default policy: for the
+neighbour model (a prompt's scores depend on its own rows only) that equals a fit on
+the subset's rows; for other models it reuses the model chosen for the fold.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from oirl._atomic import write_text_atomic
 from oirl.errors import OirlError
-from oirl.evaluate import classification_metrics
+from oirl.evaluate import ScoredLogs, classification_metrics, score_logs
 from oirl.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
+from oirl.recommender import Recommender
 from oirl.reproduce.report import paired_cluster_bootstrap, plot_success_vs_k, write_table
-from oirl.reward import NeighbourReward
-from oirl.select import choose, choose_margin
 
 PROTOCOLS = ("paper", "disjoint")
-ALL_PROMPTS = TRAINING_PROMPTS + HELDOUT_PROMPTS
+CV_GROUPS = {"paper": "instance", "disjoint": "text"}
+DISJOINT_TEST_FRACTION = 0.2
 # Published reference points (authors' per-query results, from the issue), never computed here.
 AUTHORS_MEAN_BY_K = {
     "gsm8k": {2: 0.233, 3: 0.246, 4: 0.245, 5: 0.253, 6: 0.258},
@@ -45,384 +49,298 @@ AUTHORS_MEAN_BY_K = {
 }
 AUTHORS_HELDOUT_FALLBACK = {"gsm8k": 0.205, "svamp": 0.660, "mawps": 0.677}
 TARGETS_K6 = {"gsm8k": 0.270, "svamp": 0.700, "mawps": 0.720}
-# Inner-CV grid of the neighbour model: neighbours, kernel width, shrinkage.
-KNN_GRID = tuple({"k": k, "query_tau": t, "alpha": a} for k in (5, 20, 50) for t in (0.02, 0.05, 0.1) for a in (0.5, 2.0))
-INNER_FOLDS = 3
-OUTER_FOLDS = 5
-METHODS = ("random", "best prompt (train)", "best prompt (test, hindsight)", "self-critique (argmax)",
-           "self-critique (random ties)", "oirl argmax", "oirl conservative", "oracle")
+METHODS = ("random", "best prompt (train)", "best prompt (test, hindsight)", "self-critique (argmax)", "self-critique (random ties)",
+           "oirl (default policy)", "oirl argmax", "oirl conservative", "oracle")
 
 
-# --------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------- splits
 
 
 @dataclass
-class Dataset:
-    """One dataset's logs as matrices: rows are query instances, columns the 16 prompts."""
+class Split:
+    """One dataset under one protocol: training rows (6 prompts), test rows (6 prompts),
+    and the test rows with all 16 prompts for the held-out-prompt table."""
 
-    name: str
-    query_ids: np.ndarray  # (n,)
-    texts: np.ndarray  # (n,) question text of each instance
-    split: np.ndarray  # (n,) "train" / "test" of the paper
-    rewards: np.ndarray  # (n, 16) NaN where not logged (held-out prompts on train rows)
-    text_vectors: dict[str, np.ndarray]
-    prompt_vectors: np.ndarray  # (16, d)
-    confidence: np.ndarray  # (n, 16) LLM self-critique confidence, NaN outside paper test rows
-    critic: np.ndarray  # (n, 16) LLM self-critique verdict 0/1, NaN outside paper test rows
+    dataset: str
+    protocol: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    test16: pd.DataFrame | None
 
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack([self.text_vectors[t] for t in self.texts[rows]])
+    @property
+    def cv_groups(self) -> str:
+        return CV_GROUPS[self.protocol]
 
 
-def load_dataset(data_dir: Path, name: str, embedder, progress: bool = False) -> Dataset:
-    """Import the logs of ``name`` and attach embeddings and the self-critique arrays."""
-    logs = pd.concat([build_logs(data_dir, name, TRAINING_PROMPTS), build_logs(data_dir, name, HELDOUT_PROMPTS)])
-    pivot = logs.pivot(index="query_id", columns="prompt_id", values="reward")[ALL_PROMPTS]
-    order = np.argsort([int(q.rsplit("-", 1)[1]) for q in pivot.index])
-    pivot = pivot.iloc[order]
-    meta = logs.drop_duplicates("query_id").set_index("query_id").loc[pivot.index]
-    texts = meta["query"].to_numpy(dtype=str)
-    distinct = list(dict.fromkeys(texts))
-    vectors = embedder.embed(distinct + [PROMPTS[p] for p in ALL_PROMPTS], progress=progress)
+def dataset_logs(data_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The imported logs of ``name``: six training prompts, and the ten held-out prompts."""
+    return build_logs(data_dir, name, TRAINING_PROMPTS), build_logs(data_dir, name, HELDOUT_PROMPTS)
+
+
+def in_test_fraction(texts: pd.Series, fraction: float = DISJOINT_TEST_FRACTION) -> pd.Series:
+    """A fixed, order-free choice of held-out questions: by a hash of the text."""
+    return texts.map(lambda t: int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little") / 2**64 < fraction)
+
+
+def protocol_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, protocol: str, *, limit: int | None = None) -> Split:
+    """The train/test rows of a protocol (see the module docstring). ``limit`` keeps the
+    first N training and N test query instances (for toy-size runs)."""
+    if protocol not in PROTOCOLS:
+        raise OirlError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    if protocol == "paper" or name == "gsm8k":
+        train, test = six[six["split"] == "train"], six[six["split"] == "test"]
+    else:
+        held = in_test_fraction(six["query"])
+        train, test = six[~held], six[held]
+    if limit is not None:
+        train = train[train["query_id"].isin(pd.unique(train["query_id"])[:limit])]
+        test = test[test["query_id"].isin(pd.unique(test["query_id"])[:limit])]
+    test16 = None
+    if protocol == "paper" or name == "gsm8k":
+        test16 = pd.concat([test, heldout[heldout["query_id"].isin(test["query_id"])]], ignore_index=True)
+    return Split(name, protocol, train.reset_index(drop=True), test.reset_index(drop=True), test16)
+
+
+def disjoint_heldout_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, *, limit: int | None = None) -> Split:
+    """The held-out prompts ran on the paper's test rows only: for a question-disjoint
+    held-out table, train on the paper's training rows minus every question among them."""
+    paper = protocol_split(name, six, heldout, "paper", limit=limit)
+    train = paper.train[~paper.train["query"].isin(set(paper.test["query"]))]
+    return Split(name, "disjoint", train.reset_index(drop=True), paper.test, paper.test16)
+
+
+# --------------------------------------------------------------------------- one split, the shipped path
+
+
+@dataclass
+class SplitResult:
+    split: Split
+    rec: Recommender
+    scored: ScoredLogs  # the test rows, six training prompts
+    report: dict  # what `oirl evaluate` reports on them
+    seconds: float
+
+
+def run_split(split: Split, *, cache_dir, embedder: str = "minilm", progress: bool = False) -> SplitResult:
+    """``oirl train`` on the split's training rows, ``oirl evaluate`` on its test rows."""
+    started = time.perf_counter()
+    rec = Recommender.train(split.train, embedder=embedder, cv_groups=split.cv_groups, cache_dir=cache_dir, progress=progress,
+                            source=f"{split.dataset} ({split.protocol})")
+    seconds = time.perf_counter() - started
+    scored = score_logs(rec, split.test)
+    report = rec.evaluate(split.test, source=f"{split.dataset} test")
+    return SplitResult(split, rec, scored, report, seconds)
+
+
+def critique(data_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The LLM self-critique baseline on the paper's test rows: confidence and 0/1 verdict,
+    each (n_test, 16) in the order of :data:`PROMPTS`."""
     layout = LAYOUTS[name]
-    confidence = np.full((len(pivot), 16), np.nan)
-    critic = np.full((len(pivot), 16), np.nan)
+    confidence, verdict = np.empty((layout.n_test, 16)), np.empty((layout.n_test, 16))
     for i in range(16):
         base = data_dir / "prompt-oirl-llama2" / "critics" / f"Processed_llama_{name}_prompt_{i}"
         conf = np.load(f"{base}_confidence.npy", allow_pickle=False).astype(float)
-        verdict = np.load(f"{base}_critic.npy", allow_pickle=False).astype(float)
-        if len(conf) != layout.n_test or len(verdict) != layout.n_test:
+        crit = np.load(f"{base}_critic.npy", allow_pickle=False).astype(float)
+        if len(conf) != layout.n_test or len(crit) != layout.n_test:
             raise OirlError(f"{base}_*.npy: {len(conf)} values, expected one per test query ({layout.n_test})")
-        confidence[layout.n_train :, i] = conf
-        critic[layout.n_train :, i] = verdict
-    return Dataset(
-        name=name, query_ids=pivot.index.to_numpy(dtype=str), texts=texts, split=meta["split"].to_numpy(dtype=str),
-        rewards=pivot.to_numpy(dtype=float), text_vectors=dict(zip(distinct, vectors[: len(distinct)], strict=True)),
-        prompt_vectors=vectors[len(distinct) :], confidence=confidence, critic=critic,
-    )
+        confidence[:, i], verdict[:, i] = conf, crit
+    return confidence, verdict
 
 
-@dataclass
-class Fold:
-    train: np.ndarray  # row indices
-    test: np.ndarray
-    inner_groups: str  # "instance" or "text": how inner cross-validation groups training rows
+def critique_rows(name: str, query_ids: list[str], columns: list[str], arrays: np.ndarray) -> np.ndarray:
+    """Rows of a critique array for paper test query ids ``{ds}-{row}``, in ``columns`` order."""
+    rows = np.array([int(q.rsplit("-", 1)[1]) - LAYOUTS[name].n_train for q in query_ids])
+    order = [list(PROMPTS).index(c) for c in columns]
+    return arrays[np.ix_(rows, order)]
 
 
-def protocol_folds(data: Dataset, protocol: str) -> list[Fold]:
-    """The outer train/test folds of a protocol (see module docstring)."""
-    rows = np.arange(len(data.texts))
-    paper = Fold(rows[data.split == "train"], rows[data.split == "test"], "instance")
-    if protocol == "paper":
-        return [paper]
-    if protocol != "disjoint":
-        raise OirlError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
-    if data.name == "gsm8k":  # already question-disjoint
-        return [Fold(paper.train, paper.test, "text")]
-    from sklearn.model_selection import GroupKFold
-
-    folds = GroupKFold(n_splits=OUTER_FOLDS).split(rows, groups=data.texts)
-    return [Fold(train, test, "text") for train, test in folds]
+def critique_picks(confidence: np.ndarray, columns: list[str]) -> np.ndarray:
+    """The self-critique's pick per row: the most confident prompt, ties to the first in
+    the paper's prompt order (as the authors' argmax over their arrays)."""
+    paper_order = np.argsort([list(PROMPTS).index(c) for c in columns], kind="stable")
+    return paper_order[np.argmax(confidence[:, paper_order], axis=1)]
 
 
-def heldout_fold(data: Dataset, protocol: str) -> Fold:
-    """Train on the six training prompts, test on the paper's test rows (all 16 prompts).
-
-    ``disjoint`` drops from training every row whose question occurs among the test rows.
-    """
-    rows = np.arange(len(data.texts))
-    train, test = rows[data.split == "train"], rows[data.split == "test"]
-    if protocol == "disjoint":
-        train = train[~np.isin(data.texts[train], data.texts[test])]
-        return Fold(train, test, "text")
-    return Fold(train, test, "instance")
-
-
-# --------------------------------------------------------------------------- the reward model
-
-
-def fit_neighbours(data: Dataset, rows: np.ndarray, prompt_columns: list[int], params: dict) -> NeighbourReward:
-    """A neighbour model on ``rows``, aggregating repeated question texts."""
-    texts, index = np.unique(data.texts[rows], return_inverse=True)
-    rewards = data.rewards[np.ix_(rows, prompt_columns)]
-    sums = np.zeros((len(texts), len(prompt_columns)))
-    counts = np.zeros_like(sums)
-    np.add.at(sums, index, np.nan_to_num(rewards))
-    np.add.at(counts, index, ~np.isnan(rewards))
-    vectors = np.stack([data.text_vectors[t] for t in texts])
-    return NeighbourReward(**params).fit_grid(vectors, data.prompt_vectors[prompt_columns], sums, counts)
+def subset_values(result: SplitResult, columns: list[int], confidence: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per test instance, the reward each method earns choosing among ``columns``."""
+    s = result.scored
+    rewards = s.rewards[:, columns]
+    sub = ScoredLogs(s.query_ids, s.texts, [s.prompt_ids[c] for c in columns], rewards, s.scores[:, columns],
+                     {**s.context, **{k: s.context[k][columns] for k in ("prior", "in_bundle", "cost")}}, s.seen)
+    prior = sub.context["prior"]
+    rows = np.arange(len(rewards))
+    out = {
+        "random": rewards.mean(axis=1),
+        "best prompt (train)": rewards[:, int(np.argmax(prior))],
+        "best prompt (test, hindsight)": rewards[:, int(np.argmax(rewards.mean(axis=0)))],
+        "oirl (default policy)": sub.values(result.rec.default_policy),
+        "oirl argmax": sub.values("argmax"),
+        "oirl conservative": sub.values("conservative"),
+        "oracle": rewards.max(axis=1),
+    }
+    if confidence is not None:
+        conf = confidence[:, columns]
+        out["self-critique (argmax)"] = rewards[rows, critique_picks(conf, sub.prompt_ids)]
+        tied = conf >= conf.max(axis=1, keepdims=True)
+        out["self-critique (random ties)"] = (rewards * tied).sum(axis=1) / tied.sum(axis=1)
+    return out
 
 
-def inner_cv(data: Dataset, fold: Fold, columns: list[int] | None = None) -> tuple[dict, np.ndarray, dict[str, float]]:
-    """Choose the neighbour parameters by inner CV on the fold's training rows.
-
-    ``data`` needs ``texts``, ``query_ids``, ``rewards``, ``text_vectors`` and
-    ``prompt_vectors``; ``columns`` are the prompts trained on (default: the six
-    training prompts). Returns the chosen parameters, the out-of-fold scores of the
-    training rows under them (n_train x n_prompts, used for the conservative margin)
-    and the CV value of each setting (argmax success rate).
-    """
-    from sklearn.model_selection import GroupKFold
-
-    columns = list(range(6)) if columns is None else columns
-    groups = data.query_ids[fold.train] if fold.inner_groups == "instance" else data.texts[fold.train]
-    oof = {i: np.empty((len(fold.train), len(columns))) for i in range(len(KNN_GRID))}
-    k_max = max(p["k"] for p in KNN_GRID)
-    for inner_train, inner_test in GroupKFold(n_splits=INNER_FOLDS).split(fold.train, groups=groups):
-        model = fit_neighbours(data, fold.train[inner_train], columns, KNN_GRID[0])
-        test_vectors = data.vectors(fold.train[inner_test])
-        neighbours = model.neighbours(test_vectors, k_max)
-        for i, params in enumerate(KNN_GRID):
-            model.set_params(**params)
-            oof[i][inner_test] = model.predict_grid(test_vectors, model.prompts_, neighbours)
-    rewards = np.nan_to_num(data.rewards[fold.train][:, columns])
-    prior = np.nanmean(data.rewards[fold.train][:, columns], axis=0)
-    values = {json.dumps(p): float(rewards[np.arange(len(rewards)), choose("argmax", oof[i], prior=prior)].mean())
-              for i, p in enumerate(KNN_GRID)}
-    best = max(range(len(KNN_GRID)), key=lambda i: (values[json.dumps(KNN_GRID[i])], -i))
-    return KNN_GRID[best], oof[best], values
-
-
-# --------------------------------------------------------------------------- selection vs K
-
-
-@dataclass
-class FoldResult:
-    """Everything a fold contributes: test rows, their rewards and scores, OOF training scores."""
-
-    fold: Fold
-    params: dict
-    test_scores: np.ndarray  # (n_test, 6)
-    train_oof: np.ndarray  # (n_train, 6)
-    seconds: float
-    cv_values: dict = field(default_factory=dict)
-
-
-def run_folds(data: Dataset, protocol: str) -> list[FoldResult]:
-    results = []
-    for fold in protocol_folds(data, protocol):
-        started = time.perf_counter()
-        params, oof, values = inner_cv(data, fold)
-        model = fit_neighbours(data, fold.train, list(range(6)), params)
-        scores = model.predict_grid(data.vectors(fold.test), model.prompts_)
-        results.append(FoldResult(fold, params, scores, oof, time.perf_counter() - started, values))
-    return results
-
-
-def subset_rewards(data: Dataset, results: list[FoldResult], subset: tuple[int, ...], with_critique: bool) -> dict[str, np.ndarray]:
-    """Per test instance (all folds concatenated), the reward each method earns with ``subset``."""
-    cols = list(subset)
-    out: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-    for r in results:
-        test_rewards = data.rewards[np.ix_(r.fold.test, cols)]
-        train_rewards = data.rewards[np.ix_(r.fold.train, cols)]
-        prior = np.nanmean(train_rewards, axis=0)
-        rows = np.arange(len(test_rewards))
-        out["random"].append(test_rewards.mean(axis=1))
-        out["best prompt (train)"].append(test_rewards[:, int(np.argmax(prior))])
-        out["best prompt (test, hindsight)"].append(test_rewards[:, int(np.argmax(test_rewards.mean(axis=0)))])
-        out["oracle"].append(test_rewards.max(axis=1))
-        scores = r.test_scores[:, cols]
-        out["oirl argmax"].append(test_rewards[rows, choose("argmax", scores, prior=prior)])
-        margin, _ = choose_margin(r.train_oof[:, cols], np.nan_to_num(train_rewards), prior)
-        out["oirl conservative"].append(test_rewards[rows, choose("conservative", scores, prior=prior, margin=margin)])
-        if with_critique:
-            confidence = data.confidence[np.ix_(r.fold.test, cols)]
-            out["self-critique (argmax)"].append(test_rewards[rows, np.argmax(confidence, axis=1)])  # first of ties, as the authors
-            tied = confidence >= confidence.max(axis=1, keepdims=True)
-            out["self-critique (random ties)"].append((test_rewards * tied).sum(axis=1) / tied.sum(axis=1))
-    return {m: np.concatenate(v) if v else np.full(sum(len(r.fold.test) for r in results), np.nan) for m, v in out.items()}
-
-
-def selection_vs_k(data: Dataset, results: list[FoldResult], protocol: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Mean ± std over the C(6, K) subsets per K, for every method; plus K=6 per-row rewards."""
-    with_critique = protocol == "paper" or data.name == "gsm8k"  # critique exists for paper test rows only
-    rows, full = [], {}
+def selection_vs_k(result: SplitResult, confidence: np.ndarray | None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Mean ± std over the C(6, K) subsets of training prompts per K; and the K = 6 rows."""
+    rows, k6 = [], {}
     for k in range(1, 7):
-        per_subset = [subset_rewards(data, results, s, with_critique) for s in itertools.combinations(range(6), k)]
+        per_subset = [subset_values(result, list(s), confidence) for s in itertools.combinations(range(6), k)]
         row = {"K": k, "subsets": len(per_subset)}
         for m in METHODS:
-            values = np.array([float(np.mean(p[m])) for p in per_subset])
+            values = np.array([float(np.mean(p[m])) if m in p else np.nan for p in per_subset])
             row[f"{m} mean"], row[f"{m} std"] = values.mean(), values.std()
         rows.append(row)
-        if k == 6:
-            full = per_subset[0]
-    return pd.DataFrame(rows), full
+        k6 = per_subset[0]
+    return pd.DataFrame(rows), k6
 
 
-# --------------------------------------------------------------------------- held-out prompts
-
-
-def heldout_table(data: Dataset, protocol: str) -> tuple[dict, dict]:
-    """Selection among held-out prompts; reward-model quality on held-out queries and prompts."""
-    fold = heldout_fold(data, protocol)
-    params, oof, _ = inner_cv(data, fold)
-    model = fit_neighbours(data, fold.train, list(range(6)), params)
-    scores = model.predict_grid(data.vectors(fold.test), data.prompt_vectors)  # (n_test, 16)
-    rewards = data.rewards[fold.test]
-    train_prior = np.nanmean(data.rewards[fold.train][:, :6], axis=0)
-    prior16 = np.concatenate([train_prior, np.full(10, np.nan)])
-    in_bundle = np.arange(16) < 6
-    margin, _ = choose_margin(oof, np.nan_to_num(data.rewards[fold.train][:, :6]), train_prior)
-    rows = np.arange(len(rewards))
-    held = list(range(6, 16))
-    confidence = data.confidence[fold.test]
-    result = {
-        "training questions": int(len(np.unique(data.texts[fold.train]))),
-        "best training prompt (train)": float(rewards[:, int(np.argmax(train_prior))].mean()),
+def heldout_row(result: SplitResult, confidence: np.ndarray | None) -> tuple[dict, dict]:
+    """Selection among all 16 prompts (6 trained, 10 never seen) on the paper's test rows."""
+    rec, test16 = result.rec, result.split.test16
+    report = rec.evaluate(test16, source=f"{result.split.dataset} test, 16 prompts")
+    scored = score_logs(rec, test16)
+    rewards = scored.rewards
+    held = [j for j, p in enumerate(scored.prompt_ids) if p in HELDOUT_PROMPTS]
+    trained = [j for j, p in enumerate(scored.prompt_ids) if p in TRAINING_PROMPTS]
+    row = {
+        "training questions": int(result.split.train["query"].nunique()),
+        "best training prompt (train)": report["best_single_prompt"]["success_rate"],
         "best of 16 (test, hindsight)": float(rewards.mean(axis=0).max()),
-        "random of 16": float(rewards.mean()),
-        "oirl argmax, 10 held-out": float(rewards[rows, 6 + choose("argmax", scores[:, held])].mean()),
-        "oirl argmax, all 16": float(rewards[rows, choose("argmax", scores, prior=prior16)].mean()),
-        "oirl conservative, all 16": float(rewards[rows, choose("conservative", scores, prior=prior16, margin=margin)].mean()),
-        "oirl fallback (<0.5), all 16": float(rewards[rows, choose("fallback", scores, in_bundle=in_bundle, prior=prior16, threshold=0.5)].mean()),
-        "self-critique, all 16": float(rewards[rows, np.argmax(confidence, axis=1)].mean()),
-        "Prompt-OIRL (authors), fallback": AUTHORS_HELDOUT_FALLBACK[data.name],
-        "oracle of 16": float(rewards.max(axis=1).mean()),
+        "random of 16": report["random"],
+        "oirl default policy, all 16": report["policies"][rec.default_policy],
+        "oirl argmax, all 16": report["policies"]["argmax"],
+        "oirl conservative, all 16": report["policies"]["conservative"],
+        "oirl fallback (<0.5), all 16": report["policies"]["fallback"],
+        "oirl argmax, 10 held-out": float(rewards[np.arange(len(rewards)), np.array(held)[scored.scores[:, held].argmax(axis=1)]].mean()),
+        "Prompt-OIRL (authors), fallback": AUTHORS_HELDOUT_FALLBACK[result.split.dataset],
+        "oracle of 16": report["oracle"],
     }
     quality = {}
-    for label, cols in (("held-out queries (6 training prompts)", list(range(6))), ("held-out prompts (10 gpt4 prompts)", held)):
-        r, s = rewards[:, cols].ravel(), scores[:, cols].ravel()
+    for label, cols in (("held-out queries (6 training prompts)", trained), ("held-out prompts (10 gpt4 prompts)", held)):
+        r, s = rewards[:, cols].ravel(), scored.scores[:, cols].ravel()
         quality[f"oirl: {label}"] = classification_metrics(r, s)
-        verdict, conf = data.critic[fold.test][:, cols].ravel(), confidence[:, cols].ravel()
-        critique = classification_metrics(r, np.clip(conf, 0, 1))
-        # Accuracy, precision, recall and F1 of the critique come from its 0/1 verdict.
-        critique.update({k: v for k, v in classification_metrics(r, verdict).items() if k in ("accuracy", "precision", "recall", "f1")})
-        quality[f"self-critique: {label}"] = critique
-    return result, quality
+        if confidence is not None:
+            conf = critique_rows(result.split.dataset, scored.query_ids, [scored.prompt_ids[c] for c in cols], confidence[0]).ravel()
+            verdict = critique_rows(result.split.dataset, scored.query_ids, [scored.prompt_ids[c] for c in cols], confidence[1]).ravel()
+            metrics = classification_metrics(r, np.clip(conf, 0, 1))
+            # Accuracy, precision, recall and F1 of the critique come from its 0/1 verdict.
+            metrics.update({k: v for k, v in classification_metrics(r, verdict).items() if k in ("accuracy", "precision", "recall", "f1")})
+            quality[f"self-critique: {label}"] = metrics
+    if confidence is not None:
+        conf16 = critique_rows(result.split.dataset, scored.query_ids, scored.prompt_ids, confidence[0])
+        row["self-critique, all 16"] = float(rewards[np.arange(len(rewards)), critique_picks(conf16, scored.prompt_ids)].mean())
+    return row, quality
+
+
+def leakage(split: Split) -> dict:
+    train_texts = set(split.train["query"])
+    test = split.test.drop_duplicates("query_id")["query"]
+    return {"dataset": split.dataset, "protocol": split.protocol, "test queries": int(len(test)),
+            "distinct test questions": int(test.nunique()), "test questions also in train": int(len(set(test) & train_texts)),
+            "test queries whose question is in train": int(test.isin(train_texts).sum())}
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def leakage(data: Dataset) -> dict:
-    train_texts = set(data.texts[data.split == "train"])
-    test = data.texts[data.split == "test"]
-    return {
-        "dataset": data.name,
-        "test queries": int(len(test)),
-        "distinct test questions": int(len(set(test))),
-        "test questions also in train (paper)": int(len(set(test) & train_texts)),
-        "test queries whose question is in train (paper)": int(sum(t in train_texts for t in test)),
-        "shared questions (disjoint)": 0,
-    }
-
-
-def authors_config_timing(data: Dataset, n_estimators: int = 2000) -> dict:
-    """The authors' reward model (XGBoost, depth 10, eta 0.001, 2,000 rounds, concat
-    features) against oirl's neighbour model, on the paper split with all six prompts."""
-    from oirl.features import grid_features
-    from oirl.reward import XGBoostReward
-
-    fold = protocol_folds(data, "paper")[0]
-    train_rewards = data.rewards[np.ix_(fold.train, range(6))]
-    test_rewards = data.rewards[np.ix_(fold.test, range(6))]
-    prior = np.nanmean(train_rewards, axis=0)
-    X = grid_features(data.vectors(fold.train), data.prompt_vectors[:6])
-    started = time.perf_counter()
-    xgb = XGBoostReward(n_estimators=n_estimators, learning_rate=0.001, max_depth=10, colsample=1.0, min_child_weight=1.0)
-    xgb.fit(X, train_rewards.ravel())
-    xgb_seconds = time.perf_counter() - started
-    test_X = grid_features(data.vectors(fold.test), data.prompt_vectors[:6])
-    xgb_scores = xgb.predict_reward(test_X).reshape(len(fold.test), 6)
-    started = time.perf_counter()
-    [ours] = run_folds(data, "paper")
-    ours_seconds = time.perf_counter() - started
-    rows = np.arange(len(fold.test))
-    return {
-        "dataset": data.name,
-        "authors' XGBoost seconds": round(xgb_seconds, 1),
-        "authors' XGBoost success (argmax)": float(test_rewards[rows, choose("argmax", xgb_scores, prior=prior)].mean()),
-        "oirl neighbours seconds (inner CV + fit + score)": round(ours_seconds, 1),
-        "oirl neighbours success (argmax)": float(test_rewards[rows, choose("argmax", ours.test_scores, prior=prior)].mean()),
-        "time ratio": round(xgb_seconds / max(ours_seconds, 1e-9), 1),
-    }
-
-
 def reproduce(
     data_dir: Path, out_dir: Path, *, datasets: tuple[str, ...] = DATASETS, protocols: tuple[str, ...] = PROTOCOLS,
-    embedder=None, authors_config: bool = True, n_boot: int = 2000, progress: bool = True,
+    cache_dir=None, embedder: str = "minilm", authors_config: bool = True, n_boot: int = 2000, limit: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Run everything and write the tables, CSVs and plots under ``out_dir``; returns a summary."""
     from tqdm import tqdm
 
-    from oirl.embed import CachedEmbedder, get_embedder
-
     started = time.perf_counter()
-    embedder = embedder or CachedEmbedder(get_embedder("minilm"))
     timings: dict[str, float] = {}
-    sections: list[str] = []
-    summary_rows, interval_rows, heldout_rows, quality_rows, leak_rows, prompt_rows = [], [], [], [], [], []
-    loaded = {}
-    for name in tqdm(datasets, desc="loading and embedding", disable=not progress):
-        loaded[name] = load_dataset(data_dir, name, embedder, progress=progress)
-    timings["load and embed"] = time.perf_counter() - started
-
-    for name, data in loaded.items():
-        leak_rows.append(leakage(data))
-        train, test = data.split == "train", data.split == "test"
-        for j, alias in enumerate(ALL_PROMPTS):
-            prompt_rows.append({"dataset": name, "prompt": alias, "kind": "training" if j < 6 else "held-out",
-                                "train accuracy": float(np.nanmean(data.rewards[train, j])) if j < 6 else np.nan,
-                                "test accuracy": float(np.nanmean(data.rewards[test, j]))})
-
-    for protocol in protocols:
-        for name, data in tqdm(loaded.items(), desc=f"{protocol} protocol", disable=not progress):
+    summary, intervals, heldout_rows, quality_rows, leak_rows, prompt_rows, choices = [], [], [], [], [], [], []
+    for name in datasets:
+        six, heldout = dataset_logs(data_dir, name)
+        confidence = critique(data_dir, name)
+        for alias, group in six.groupby("prompt_id", sort=False):
+            prompt_rows.append({"dataset": name, "prompt": alias, "kind": "training",
+                                "train accuracy": group.loc[group["split"] == "train", "reward"].mean(),
+                                "test accuracy": group.loc[group["split"] == "test", "reward"].mean()})
+        for alias, group in heldout.groupby("prompt_id", sort=False):
+            prompt_rows.append({"dataset": name, "prompt": alias, "kind": "held-out", "train accuracy": np.nan, "test accuracy": group["reward"].mean()})
+        for protocol in tqdm(protocols, desc=f"{name}", disable=not progress):
+            split = protocol_split(name, six, heldout, protocol, limit=limit)
             t0 = time.perf_counter()
-            results = run_folds(data, protocol)
-            table, k6 = selection_vs_k(data, results, protocol)
-            timings[f"{protocol}/{name} selection vs K"] = time.perf_counter() - t0
+            result = run_split(split, cache_dir=cache_dir, embedder=embedder, progress=False)
+            on_paper_rows = split.test16 is not None
+            table, k6 = selection_vs_k(result, critique_rows(name, result.scored.query_ids, result.scored.prompt_ids, confidence[0]) if on_paper_rows else None)
+            timings[f"{protocol}/{name} train + evaluate"] = time.perf_counter() - t0
+            _check_same_as_evaluate(k6, result)
             table.insert(0, "dataset", name)
             write_table(_mean_std_columns(table), out_dir, f"selection_vs_k_{protocol}_{name}",
-                        f"{name}, {protocol} protocol: test success rate vs K (mean ± std over subsets)",
-                        f"Neighbour parameters per fold (inner CV): {[r.params for r in results]}")
+                        f"{name}, {protocol} protocol (--cv-groups {split.cv_groups}): test success rate vs K (mean ± std over subsets)",
+                        f"Chosen by cross-validation: {result.rec.model.name} {result.rec.model.get_params()}, default policy "
+                        f"{result.rec.default_policy}, margin {result.rec.margin}.")
             plot_success_vs_k(table, list(METHODS), out_dir / f"success_vs_k_{protocol}_{name}.png", f"{name} ({protocol} protocol)",
                               AUTHORS_MEAN_BY_K[name] if protocol == "paper" else None)
             k6_row = table.iloc[-1]
-            summary_rows.append({"dataset": name, "protocol": protocol, **{m: k6_row[f"{m} mean"] for m in METHODS},
-                                 "Prompt-OIRL (authors)": AUTHORS_MEAN_BY_K[name][6] if protocol == "paper" else np.nan,
-                                 "target": TARGETS_K6[name] if protocol == "paper" else np.nan})
-            all_test = np.concatenate([r.fold.test for r in results])
-            for policy in ("oirl argmax", "oirl conservative"):
-                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], data.texts[all_test], n_boot=n_boot)
-                interval_rows.append({"dataset": name, "protocol": protocol, "policy": policy, "gain over best prompt (train)": mean,
-                                      "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(data.texts[all_test])))})
-            # The conservative policy against the best training prompt at every K.
-            by_k = table[["K", "oirl conservative mean", "best prompt (train) mean", "oirl argmax mean"]]
-            summary_rows[-1]["conservative >= best (train) at every K"] = bool((by_k["oirl conservative mean"] >= by_k["best prompt (train) mean"] - 1e-12).all())
-            if protocol == "paper":
-                beats = [table.loc[table["K"] == k, ["oirl argmax mean", "oirl conservative mean"]].to_numpy().max() > AUTHORS_MEAN_BY_K[name][k]
-                         for k in range(2, 7)]
-                summary_rows[-1]["beats authors at K=2..6"] = bool(all(beats))
+            summary.append({"dataset": name, "protocol": protocol, "cv groups": split.cv_groups,
+                            **{m: k6_row[f"{m} mean"] for m in METHODS},
+                            "Prompt-OIRL (authors)": AUTHORS_MEAN_BY_K[name][6] if protocol == "paper" else np.nan,
+                            "target": TARGETS_K6[name] if protocol == "paper" else np.nan})
+            choices.append({"dataset": name, "protocol": protocol, "cv groups": split.cv_groups, "model": result.rec.model.name,
+                            "params": json.dumps({k: v for k, v in result.rec.model.get_params().items() if k != "dimension"}),
+                            "layout": result.rec.layout, "default policy": result.rec.default_policy,
+                            "margin": result.rec.margin, "train seconds": round(result.seconds, 1)})
+            by_k = table[["oirl (default policy) mean", "best prompt (train) mean"]]
+            summary[-1]["default >= best (train) - .005 at every K"] = bool((by_k.iloc[:, 0] >= by_k.iloc[:, 1] - 0.005).all())
+            for policy in ("oirl (default policy)", "oirl argmax", "oirl conservative"):
+                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], result.scored.texts, n_boot=n_boot)
+                intervals.append({"dataset": name, "protocol": protocol, "policy": policy, "gain over best prompt (train)": mean,
+                                  "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(result.scored.texts)))})
+            leak_rows.append(leakage(split))
             t0 = time.perf_counter()
-            held, quality = heldout_table(data, protocol)
-            timings[f"{protocol}/{name} held-out"] = time.perf_counter() - t0
-            heldout_rows.append({"dataset": name, "protocol": protocol, **held})
+            if on_paper_rows:  # the same training rows: the same bundle
+                held_result = result
+            else:
+                held_result = run_split(disjoint_heldout_split(name, six, heldout, limit=limit), cache_dir=cache_dir, embedder=embedder)
+            row, quality = heldout_row(held_result, confidence)
+            timings[f"{protocol}/{name} held-out prompts"] = time.perf_counter() - t0
+            heldout_rows.append({"dataset": name, "protocol": protocol, **row})
             for label, metrics in quality.items():
                 quality_rows.append({"dataset": name, "protocol": protocol, "model": label, **metrics})
-
-    sections.append(write_table(pd.DataFrame(summary_rows), out_dir, "summary_k6", "Test success rate with the 6 training prompts (K = 6)"))
-    sections.append(write_table(pd.DataFrame(interval_rows), out_dir, "bootstrap_k6",
-                                "Gain over the best training prompt at K = 6, paired cluster bootstrap over questions (95%)"))
-    sections.append(write_table(pd.DataFrame(heldout_rows), out_dir, "heldout_prompts", "Selection with the 10 held-out prompts (test rows)"))
-    sections.append(write_table(pd.DataFrame(quality_rows), out_dir, "reward_model_quality", "Reward-model quality vs LLM self-critique"))
-    sections.append(write_table(pd.DataFrame(prompt_rows), out_dir, "prompts", "Accuracy of each prompt (paper split)"))
-    sections.append(write_table(pd.DataFrame(leak_rows), out_dir, "leakage", "Test questions that also occur in training"))
-    if authors_config and "mawps" in loaded:
-        t0 = time.perf_counter()
-        timing = authors_config_timing(loaded["mawps"])
-        timings["authors' XGBoost configuration"] = time.perf_counter() - t0
-        sections.append(write_table(pd.DataFrame([timing]), out_dir, "authors_config", "The authors' reward-model configuration vs oirl (MAWPS, paper split, K = 6)"))
-    per_query_ms = _oirl_ms_per_query(loaded, getattr(embedder, "embedder", embedder))
-    cost = pd.DataFrame([
-        {"method": "oirl (any policy)", "extra LLM calls to choose": 0, "LLM calls per query (K candidates)": "1", "wall time per query (ms)": per_query_ms},
-        {"method": "LLM self-critique", "extra LLM calls to choose": "2K - 1", "LLM calls per query (K candidates)": "2K (an answer and a critique per candidate)", "wall time per query (ms)": np.nan},
-    ])
-    sections.append(write_table(cost, out_dir, "cost", "Cost of choosing a prompt"))
+            if authors_config and name == "mawps" and protocol == "paper":
+                t0 = time.perf_counter()
+                authors = authors_config_timing(result, cache_dir=cache_dir, embedder=embedder)
+                timings["authors' XGBoost configuration"] = time.perf_counter() - t0
+    sections = [
+        write_table(pd.DataFrame(summary), out_dir, "summary_k6", "Test success rate with the 6 training prompts (K = 6)"),
+        write_table(pd.DataFrame(choices), out_dir, "model_choice", "What cross-validation chose on each training set"),
+        write_table(pd.DataFrame(intervals), out_dir, "bootstrap_k6",
+                    "Gain over the best training prompt at K = 6, paired cluster bootstrap over questions (95%)"),
+        write_table(pd.DataFrame(heldout_rows), out_dir, "heldout_prompts", "Selection with the 10 held-out prompts (paper test rows)"),
+        write_table(pd.DataFrame(quality_rows), out_dir, "reward_model_quality", "Reward-model quality vs LLM self-critique"),
+        write_table(pd.DataFrame(prompt_rows), out_dir, "prompts", "Accuracy of each prompt (paper split)"),
+        write_table(pd.DataFrame(leak_rows), out_dir, "leakage", "Test questions that also occur in training"),
+    ]
+    if authors_config and "mawps" in datasets and "paper" in protocols:
+        sections.append(write_table(pd.DataFrame([authors]), out_dir, "authors_config",
+                                    "The authors' reward-model configuration vs oirl (MAWPS, paper split, K = 6)"))
     timings["total"] = time.perf_counter() - started
-    (out_dir / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2) + "\n")
-    (out_dir / "README.md").write_text("# Prompt-OIRL reproduction\n\nWritten by `oirl reproduce`.\n\n" + "\n".join(sections))
-    return {"timings": timings, "summary": summary_rows}
+    write_text_atomic(out_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2) + "\n")
+    write_text_atomic(out_dir / "README.md", "# Prompt-OIRL reproduction\n\nWritten by `oirl reproduce`: every figure from "
+                      "`Recommender.train` + `oirl.evaluate` (the code of `oirl train` and `oirl evaluate`).\n\n" + "\n".join(sections))
+    return {"timings": timings, "summary": summary, "choices": choices, "heldout": heldout_rows}
+
+
+def _check_same_as_evaluate(k6: dict[str, np.ndarray], result: SplitResult) -> None:
+    """The K = 6 cells must be the evaluation report's own figures (one path)."""
+    report = result.report
+    for method, value in (("oirl argmax", report["policies"]["argmax"]), ("oirl conservative", report["policies"]["conservative"]),
+                          ("best prompt (train)", report["best_single_prompt"]["success_rate"]), ("oracle", report["oracle"])):
+        if abs(float(np.mean(k6[method])) - value) > 1e-12:
+            raise AssertionError(f"reproduction and evaluation disagree on {method}: {np.mean(k6[method])} vs {value}")
 
 
 def _mean_std_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -434,13 +352,27 @@ def _mean_std_columns(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _oirl_ms_per_query(loaded: dict[str, Dataset], embedder) -> float:
-    """Wall time to score one new query against 16 prompts: embedding (no cache) plus the model."""
-    data = next(iter(loaded.values()))
-    model = fit_neighbours(data, np.arange(len(data.texts))[data.split == "train"], list(range(6)), KNN_GRID[0])
-    embedder.embed(["warm up"])
-    queries = [f"{t} (variant)" for t in data.texts[data.split == "test"][:50]]  # distinct from anything cached
+def authors_config_timing(result: SplitResult, *, cache_dir, embedder: str, n_estimators: int = 2000) -> dict:
+    """The authors' reward model (XGBoost, depth 10, eta 0.001, 2,000 rounds, concatenated
+    vectors, argmax) against the bundle oirl chose, on the same training and test rows."""
+    from oirl.crossfit import fit_on, spec
+    from oirl.embed import CachedEmbedder, get_embedder
+    from oirl.features import LogMatrix
+
+    cached = CachedEmbedder(get_embedder(embedder), cache_dir)
+    matrix = LogMatrix.from_logs(result.split.train, cached.embed)
+    authors = spec("xgboost", 1, "concat", n_estimators=n_estimators, learning_rate=0.001, max_depth=10, colsample=1.0, min_child_weight=1.0)
     started = time.perf_counter()
-    for q in queries:
-        model.predict_grid(embedder.embed([q]), data.prompt_vectors)
-    return round((time.perf_counter() - started) / len(queries) * 1000, 1)
+    model = fit_on(authors.make(), matrix, "concat")
+    seconds = time.perf_counter() - started
+    s = result.scored
+    test_vectors = cached.embed(list(s.texts))
+    scores = model.predict_grid(test_vectors, result.rec.candidate_vectors([result.rec.as_candidate(PROMPTS[p]) for p in s.prompt_ids]), "concat")
+    picks = ScoredLogs(s.query_ids, s.texts, s.prompt_ids, s.rewards, scores, s.context, s.seen).picks("argmax")
+    return {
+        "dataset": result.split.dataset,
+        "authors' XGBoost seconds (one fit)": round(seconds, 1),
+        "authors' XGBoost success (argmax)": float(s.rewards[np.arange(len(picks)), picks].mean()),
+        "oirl seconds (model selection + fit)": round(result.seconds, 1),
+        "oirl success (default policy)": result.report["policies"][result.rec.default_policy],
+    }
