@@ -3,8 +3,10 @@
 A bundle holds ``bundle.json`` (validated by :class:`BundleSchema`: embedder, feature
 layout, model kind and parameters, prompt table, policy, training summary, metrics,
 and the sha256 of every other file), the model in its library's own format,
-``prompt_vectors.npy``, ``train_text_hashes.npy`` (64-bit hashes of the training
-query texts, to tell which evaluated queries were seen in training) and, for a static
+``prompt_vectors.npy``, ``train_text_hashes.npy`` and ``train_instance_hashes.npy``
+(64-bit hashes of the training query texts and query ids, to tell which evaluated
+queries were seen in training, and whether the model may serve as an off-policy
+evaluation's reward model for them) and, for a static
 embedder, its files under ``embedder/``. Nothing in it is pickled.
 
 Loading trusts nothing: unknown keys, wrong types, out-of-range values, file names
@@ -41,6 +43,7 @@ BUNDLE_FORMAT = 2
 BUNDLE_FILE = "bundle.json"
 PROMPT_VECTORS_FILE = "prompt_vectors.npy"
 TEXT_HASHES_FILE = "train_text_hashes.npy"
+INSTANCE_HASHES_FILE = "train_instance_hashes.npy"
 EMBEDDER_DIR = "embedder"
 
 FileName = Annotated[str, StringConstraints(pattern=rf"^({EMBEDDER_DIR}/)?[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}$")]
@@ -132,7 +135,7 @@ class BundleSchema(_Strict):
         if self.model.file != model_cls.model_file:
             raise ValueError(f"model.file {self.model.file!r}: a {self.model.kind} model is stored as {model_cls.model_file!r}")
         params_schema(model_cls).model_validate(self.model.params)
-        for name in (self.model.file, PROMPT_VECTORS_FILE, TEXT_HASHES_FILE, *self.embedder.files):
+        for name in (self.model.file, PROMPT_VECTORS_FILE, TEXT_HASHES_FILE, INSTANCE_HASHES_FILE, *self.embedder.files):
             if name not in self.files:
                 raise ValueError(f"files: no hash recorded for {name!r}")
         return self
@@ -189,6 +192,7 @@ def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:
         rec.model.model_file: rec.model.to_bytes(),
         PROMPT_VECTORS_FILE: _npy_bytes(rec.prompt_vectors.astype(np.float32)),
         TEXT_HASHES_FILE: _npy_bytes(rec.train_text_hashes.astype("<u8")),
+        INSTANCE_HASHES_FILE: _npy_bytes(rec.train_instance_hashes.astype("<u8")),
         **{f"{EMBEDDER_DIR}/{name}": data for name, data in rec.embedder_files().items()},
     }
     dimension = int(rec.prompt_vectors.shape[1])
@@ -285,6 +289,7 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
     prompt_vectors = _load_npy(directory, PROMPT_VECTORS_FILE, schema.files[PROMPT_VECTORS_FILE], np.floating,
                                (len(schema.prompts), schema.embedder.dimension))
     text_hashes = _load_npy(directory, TEXT_HASHES_FILE, schema.files[TEXT_HASHES_FILE], np.unsignedinteger, None)
+    instance_hashes = _load_npy(directory, INSTANCE_HASHES_FILE, schema.files[INSTANCE_HASHES_FILE], np.unsignedinteger, None)
     embedder_files = {name.split("/", 1)[1]: read_bundle_file(directory, name, digest) for name, digest in schema.embedder.files.items()}
     prompts = [Candidate(p.prompt, p.prompt_id) for p in schema.prompts]
     rec = Recommender(
@@ -295,7 +300,7 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
         default_policy=schema.policy.default, threshold=schema.policy.fallback_threshold,
         costs={p.prompt_id: p.cost for p in schema.prompts if p.cost is not None},
         metadata={"training": schema.training.model_dump(), "metrics": schema.metrics},
-        train_text_hashes=text_hashes, cache_dir=cache_dir, embedder_bundle_files=embedder_files,
+        train_text_hashes=text_hashes, train_instance_hashes=instance_hashes, cache_dir=cache_dir, embedder_bundle_files=embedder_files,
     )
     if check_embedder:
         rec.check_embedder(where=str(directory / BUNDLE_FILE))

@@ -133,21 +133,20 @@ def row_values(picks: np.ndarray, matrix: LogMatrix, q_hat: np.ndarray) -> np.nd
     """Estimated reward of each instance's pick, shape (n,).
 
     Full information: the logged reward of the pick. Partial feedback with
-    propensities: doubly robust, ``q_hat[pick] + mean over logged j of
-    1{j = pick} / p_j * (r_j - q_hat[j])`` (``q_hat`` must be out-of-fold). Without
-    propensities: the direct method, ``q_hat[pick]``.
+    propensities: doubly robust (:func:`oirl.ope.dr`, averaged over the instance's
+    logged rounds; ``q_hat`` must be out-of-fold). Without propensities: the direct
+    method, ``q_hat[pick]``.
     """
+    from oirl import ope
+
     rows = np.arange(len(picks))
     if matrix.full_information and matrix.propensity is None:
         return matrix.rewards[rows, picks]
-    direct = q_hat[rows, picks]
     if matrix.propensity is None:
-        return direct
-    logged = matrix.logged
-    chosen = np.zeros_like(logged)
-    chosen[rows, picks] = True
-    correction = np.where(chosen & logged, (np.nan_to_num(matrix.rewards) - q_hat) / np.where(logged, matrix.propensity, 1.0), 0.0)
-    return direct + correction.sum(axis=1) / np.maximum(logged.sum(axis=1), 1)
+        return q_hat[rows, picks]
+    rounds = ope.logged_rounds(matrix.rewards, matrix.propensity)
+    terms = ope.dr(rounds, ope.one_hot(picks, matrix.rewards.shape[1]), q_hat)
+    return ope.per_instance(rounds, terms, len(picks))
 
 
 def policy_values(fit: CrossFit, matrix: LogMatrix, policy: str, margin: float = 0.0) -> np.ndarray:

@@ -178,6 +178,11 @@ class ScoredLogs:
     scores: np.ndarray
     context: dict[str, Any]
     seen: np.ndarray
+    propensity: np.ndarray | None = None  # (n_instances, n_prompts), NaN where not logged
+
+    @property
+    def full_information(self) -> bool:
+        return bool(self.logged.all())
 
     @property
     def logged(self) -> np.ndarray:
@@ -188,6 +193,11 @@ class ScoredLogs:
         prompts, and within ``mask`` if given)."""
         available = self.logged if mask is None else self.logged & mask
         return choose(policy, self.scores, mask=available, **{**self.context, **overrides})
+
+    def policy_picks(self, policy: str, **overrides: Any) -> np.ndarray:
+        """(n,) the pick among *every* candidate, logged or not (what a deployed policy does;
+        off-policy estimators value it)."""
+        return choose(policy, self.scores, **{**self.context, **overrides})
 
     def values(self, policy: str, *, mask: np.ndarray | None = None, **overrides: Any) -> np.ndarray:
         """(n,) the logged reward of each instance's pick."""
@@ -215,12 +225,15 @@ def score_logs(rec, logs: pd.DataFrame, candidates: list | None = None, *, costs
     seen = rec.seen_in_training(texts)[inverse.ravel()]
     logged_costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
     context = rec.policy_context(eval_candidates, costs={**logged_costs, **(costs or {})})
-    return ScoredLogs(query_ids, instance_texts, prompt_ids, rewards, scores, context, seen)
+    propensity = None
+    if "propensity" in logs.columns:
+        propensity = logs.pivot(index="query_id", columns="prompt_id", values="propensity").loc[query_ids, prompt_ids].to_numpy(dtype=np.float64)
+    return ScoredLogs(query_ids, instance_texts, prompt_ids, rewards, scores, context, seen, propensity)
 
 
 def evaluate_recommender(
     rec, logs: pd.DataFrame, candidates: list | None = None, *, costs: dict[str, float] | None = None,
-    cost_weights: list[float] | None = None, source: str = "<logs>",
+    cost_weights: list[float] | None = None, source: str = "<logs>", n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Selection and reward-model metrics of a recommender on logged outcomes.
 
@@ -228,7 +241,9 @@ def evaluate_recommender(
     With costs known for every prompt, ``cost_weights`` sweeps the cost-aware policy
     (``cost_sweep`` in the report, with single prompts as points). The report says how
     many evaluated queries occurred among the training queries (and warns when any
-    did: their scores are not those of new queries).
+    did: their scores are not those of new queries). Every report carries off-policy
+    estimates (``ope``, :func:`ope_report`); on a partial-feedback log they replace the
+    full-information figures, which are ``null`` with a ``refused`` note.
     """
     from oirl.bundle import json_safe
 
@@ -238,17 +253,21 @@ def evaluate_recommender(
                       "the model was trained on; their success rates measure memory as much as generalisation", stacklevel=2)
     rewards, scores, logged, context = scored.rewards, scored.scores, scored.logged, scored.context
     cost = None if np.isnan(context["cost"]).any() else context["cost"]  # a partial cost table cannot rank every candidate
-    report = selection_report(
-        scores, rewards, scored.prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"],
-        margin=rec.margin, threshold=rec.threshold, cost=cost,
-    )
-    report["feedback"] = "full" if logged.all() else "partial"
+    if scored.full_information:
+        report = selection_report(
+            scores, rewards, scored.prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"],
+            margin=rec.margin, threshold=rec.threshold, cost=cost,
+        )
+    else:
+        report = partial_feedback_report(scored)
+    report["feedback"] = "full" if scored.full_information else "partial"
     report["default_policy"] = rec.default_policy
     report["seen_in_training"] = {"query_instances": int(scored.seen.sum()), "of": int(len(scored.seen))}
     report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
     report["conservative_margin"] = None if np.isinf(rec.margin) else rec.margin
+    report["ope"] = ope_report(rec, logs, scored, cost_weights=cost_weights if cost is not None else None, n_boot=n_boot)
     report["model_selection"] = rec.metadata.get("metrics", {}).get("model_selection")
-    if cost is not None and cost_weights:
+    if cost is not None and cost_weights and scored.full_information:
         curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), context["prior"])
         arms = pd.DataFrame({"prompt_id": scored.prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
         span = (float(cost.min()), float(cost.max()))
@@ -260,3 +279,80 @@ def evaluate_recommender(
             "cost_range": list(span),
         }
     return json_safe(report)
+
+
+REFUSED_ON_PARTIAL = (
+    "a partial-feedback log holds one (or a few) prompts per query: the best logged prompt of a query is not its best "
+    "prompt, and a policy's pick is mostly not logged; see the off-policy estimates under 'ope'"
+)
+
+
+def partial_feedback_report(scored: ScoredLogs) -> dict[str, Any]:
+    """What can be said without every prompt logged: counts and the logged means only."""
+    logged = scored.logged
+    known = ~np.isnan(scored.context["prior"])
+    best = scored.prompt_ids[int(np.where(known, scored.context["prior"], -np.inf).argmax())] if known.any() else None
+    return {
+        "queries": int(len(scored.rewards)),
+        "rounds": int(logged.sum()),
+        "policies": None,
+        "best_single_prompt": {"prompt_id": best, "success_rate": None, "chosen_on": "training data"},
+        "oracle": None,
+        "random": None,
+        "gap_recovered": None,
+        "prompts": {p: {"logged": int(logged[:, j].sum()), "mean_logged_reward": float(np.nanmean(scored.rewards[:, j])) if logged[:, j].any() else None}
+                    for j, p in enumerate(scored.prompt_ids)},
+        "refused": {key: REFUSED_ON_PARTIAL for key in ("policies", "best_single_prompt.success_rate", "oracle", "random", "gap_recovered")},
+    }
+
+
+def ope_report(rec, logs: pd.DataFrame, scored: ScoredLogs, *, cost_weights: list[float] | None = None, n_boot: int = 1000) -> dict[str, Any]:
+    """Off-policy estimates of every policy oirl can run on the logged rounds (:mod:`oirl.ope`).
+
+    Policies: ``argmax``, ``conservative``, ``fallback``, ``cost-aware@<lambda>`` (with
+    costs) and ``prompt:<id>``; each picks among *all* candidates. The reward model
+    inside DM and DR is the bundle's when none of the evaluated instances was trained
+    on (its predictions are then independent of these rewards), else the bundle's model
+    kind cross-fitted on the evaluated log. Intervals resample question texts. A partial
+    log without propensities gets the direct method only.
+    """
+    from oirl import ope
+
+    n, m = scored.rewards.shape
+    policies = {name: scored.policy_picks(name) for name in ("argmax", "conservative", "fallback")}
+    for weight in cost_weights or []:
+        policies[f"cost-aware@{weight:g}"] = scored.policy_picks("cost-aware", cost_weight=float(weight))
+    policies.update({f"prompt:{p}": np.full(n, j) for j, p in enumerate(scored.prompt_ids)})
+    dists = {name: ope.one_hot(picks, m) for name, picks in policies.items()}
+    trained_on = rec.trained_on_instances(scored.query_ids)
+    if trained_on.any():
+        q_hat, model_note = cross_fitted_scores(rec, logs, scored), "the bundle's model kind, cross-fitted on the evaluated log (3 folds by question text)"
+    else:
+        q_hat, model_note = scored.scores, "the bundle's model (trained on other rows)"
+    has_propensities = scored.propensity is not None or scored.full_information
+    estimators = tuple(ope.ESTIMATORS) if has_propensities else ("dm",)
+    rounds = ope.logged_rounds(scored.rewards, scored.propensity)
+    clusters = scored.texts[rounds.instance]
+    estimates = ope.evaluate_policies(dists, rounds, q_hat, estimators=estimators, clusters=clusters, n_boot=n_boot)
+    block: dict[str, Any] = {"rounds": int(len(rounds.reward)), "reward_model": model_note, "clusters": "question texts",
+                             "propensities": "logged" if scored.propensity is not None else
+                             ("implied: uniform over each query's logged prompts (full information)" if scored.full_information else None),
+                             "estimates": estimates}
+    if not has_propensities:
+        warnings.warn("partial feedback without a propensity column: only the direct method (dm), which is biased where "
+                      "the reward model is", stacklevel=3)
+        block["refused"] = {"ips, snips, dr, switch-dr, dr-os": "the log has no propensity column"}
+    return block
+
+
+def cross_fitted_scores(rec, logs: pd.DataFrame, scored: ScoredLogs, n_folds: int = 3) -> np.ndarray:
+    """Out-of-fold predictions (n_instances, n_prompts) of the bundle's model kind fit on ``logs``."""
+    from oirl.crossfit import cross_fit, make_folds, spec
+    from oirl.features import LogMatrix
+
+    params = {k: v for k, v in rec.model.get_params().items() if k != "dimension"}
+    matrix = LogMatrix.from_logs(logs[logs["prompt_id"].isin(scored.prompt_ids)], rec.query_embedder.embed)
+    fit = cross_fit(spec(rec.model.name, 1, rec.layout, **params), matrix, make_folds(matrix, n_folds, "text"))
+    rows = pd.Index(matrix.query_ids).get_indexer(scored.query_ids)
+    cols = pd.Index(matrix.prompt_ids).get_indexer(scored.prompt_ids)
+    return fit.scores[np.ix_(rows, cols)]

@@ -344,3 +344,19 @@ def full_information_rounds(rewards: np.ndarray) -> Rounds:
     _first_bad(logged & ~in_range, array, "`rewards` must be in [0, 1] (NaN: unlogged)", ("instance", "action"))
     instance, action = np.nonzero(logged)
     return Rounds(instance, action, array[instance, action], 1.0 / logged.sum(axis=1)[instance])
+
+
+def logged_rounds(rewards: np.ndarray, propensity: np.ndarray | None = None) -> Rounds:
+    """The logged cells of ``rewards`` (n_instances, n_actions; NaN = unlogged) as rounds,
+    with the logger's ``propensity`` of each cell (same shape) or, without it, the
+    uniform logger over each instance's logged actions (:func:`full_information_rounds`)."""
+    if propensity is None:
+        return full_information_rounds(rewards)
+    rounds = full_information_rounds(rewards)
+    return rounds._replace(pscore=np.asarray(propensity, dtype=np.float64)[rounds.instance, rounds.action])
+
+
+def per_instance(rounds: Rounds, terms: np.ndarray, n_instances: int) -> np.ndarray:
+    """The mean of per-round ``terms`` within each instance, shape (n_instances,) (0 where none)."""
+    counts = np.bincount(rounds.instance, minlength=n_instances)
+    return np.bincount(rounds.instance, weights=terms, minlength=n_instances) / np.maximum(counts, 1)

@@ -73,7 +73,7 @@ class Recommender:
         prompts: list[Candidate], prompt_vectors: np.ndarray, prior: dict[str, float], margin: float,
         default_policy: str = DEFAULT_POLICY, threshold: float = DEFAULT_THRESHOLD, costs: dict[str, float] | None = None,
         metadata: dict[str, Any] | None = None, train_text_hashes: np.ndarray | None = None,
-        cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
+        train_instance_hashes: np.ndarray | None = None, cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
     ):
         self.model = model
         self.embedder_spec = embedder_spec
@@ -88,7 +88,8 @@ class Recommender:
         self.threshold = threshold
         self.costs = costs or {}  # prompt id -> cost of one call, for the cost-aware policy
         self.metadata = metadata or {}
-        self.train_text_hashes = np.sort(train_text_hashes) if train_text_hashes is not None else np.zeros(0, dtype="<u8")
+        self.train_text_hashes = _sorted_hashes(train_text_hashes)
+        self.train_instance_hashes = _sorted_hashes(train_instance_hashes)
         self._cache_dir = cache_dir
         self._embedder_bundle_files = embedder_bundle_files or {}
         self._embedder = None
@@ -153,7 +154,8 @@ class Recommender:
             model=fitted, embedder_spec=embedder, embedder_id=live.model_id, embedder_revision=embedder_revision(live),
             layout=chosen_layout, prompts=[Candidate(t, p) for p, t in zip(matrix.prompt_ids, matrix.prompt_texts, strict=True)],
             prompt_vectors=matrix.prompt_vectors, prior=prior, margin=selection.margin, default_policy=selection.policy,
-            costs=costs, metadata=metadata, train_text_hashes=text_hashes64(matrix.texts), cache_dir=cache_dir,
+            costs=costs, metadata=metadata, train_text_hashes=text_hashes64(matrix.texts),
+            train_instance_hashes=text_hashes64(matrix.query_ids), cache_dir=cache_dir,
         )
 
     # ------------------------------------------------------------------ bundle I/O
@@ -336,17 +338,28 @@ class Recommender:
 
     def seen_in_training(self, texts: list[str] | np.ndarray) -> np.ndarray:
         """(n,) True where a query text occurred among the training queries."""
-        hashes = text_hashes64(texts)
-        if not len(self.train_text_hashes):
-            return np.zeros(len(hashes), dtype=bool)
-        at = np.clip(np.searchsorted(self.train_text_hashes, hashes), 0, len(self.train_text_hashes) - 1)
-        return self.train_text_hashes[at] == hashes
+        return _member(text_hashes64(texts), self.train_text_hashes)
+
+    def trained_on_instances(self, query_ids: list[str] | np.ndarray) -> np.ndarray:
+        """(n,) True where a query instance (id) was among the training rows."""
+        return _member(text_hashes64(query_ids), self.train_instance_hashes)
 
     def evaluate(self, logs: pd.DataFrame, candidates: list[Candidate] | None = None, **options: Any) -> dict[str, Any]:
         """Selection and reward-model metrics on logged outcomes (see :func:`oirl.evaluate.evaluate_recommender`)."""
         from oirl.evaluate import evaluate_recommender
 
         return evaluate_recommender(self, logs, candidates, **options)
+
+
+def _sorted_hashes(hashes: np.ndarray | None) -> np.ndarray:
+    return np.sort(np.asarray(hashes, dtype="<u8")) if hashes is not None else np.zeros(0, dtype="<u8")
+
+
+def _member(hashes: np.ndarray, sorted_hashes: np.ndarray) -> np.ndarray:
+    if not len(sorted_hashes):
+        return np.zeros(len(hashes), dtype=bool)
+    at = np.clip(np.searchsorted(sorted_hashes, hashes), 0, len(sorted_hashes) - 1)
+    return sorted_hashes[at] == hashes
 
 
 def embedder_revision(embedder) -> str:
