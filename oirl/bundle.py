@@ -301,6 +301,7 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
         costs={p.prompt_id: p.cost for p in schema.prompts if p.cost is not None},
         metadata={"training": schema.training.model_dump(), "metrics": schema.metrics},
         train_text_hashes=text_hashes, train_instance_hashes=instance_hashes, cache_dir=cache_dir, embedder_bundle_files=embedder_files,
+        embedder_directory=directory / EMBEDDER_DIR if embedder_files else None,
     )
     if check_embedder:
         rec.check_embedder(where=str(directory / BUNDLE_FILE))

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from oirl._threads import configure_openmp
 from oirl.errors import OirlError
 
 try:  # file locks guard recovery and migration; SQLite does its own locking
@@ -207,8 +208,11 @@ class SentenceTransformerEmbedder(Embedder):
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch weights at run time
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            configure_openmp()
+            import transformers
             from sentence_transformers import SentenceTransformer
 
+            transformers.logging.disable_progress_bar()  # a "Loading weights" bar on every start is noise
             location = self.spec
             if self.spec == DEFAULT_EMBEDDER:
                 location = str(self.weights_dir())

@@ -74,6 +74,7 @@ class Recommender:
         default_policy: str = DEFAULT_POLICY, threshold: float = DEFAULT_THRESHOLD, costs: dict[str, float] | None = None,
         metadata: dict[str, Any] | None = None, train_text_hashes: np.ndarray | None = None,
         train_instance_hashes: np.ndarray | None = None, cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
+        embedder_directory: str | Path | None = None,
     ):
         self.model = model
         self.embedder_spec = embedder_spec
@@ -92,6 +93,7 @@ class Recommender:
         self.train_instance_hashes = _sorted_hashes(train_instance_hashes)
         self._cache_dir = cache_dir
         self._embedder_bundle_files = embedder_bundle_files or {}
+        self._embedder_directory = embedder_directory  # a static embedder carried inside the bundle
         self._embedder = None
         self._query_embedder = None
         self._by_id = {p.prompt_id: p for p in prompts}
@@ -130,7 +132,7 @@ class Recommender:
         if logs.empty:
             raise OirlError(f"{source}: no training rows")
         live = get_embedder(embedder)
-        cached = CachedEmbedder(live, cache_dir)
+        cached = CachedEmbedder(live, cache_dir)  # also tells a static embedder where to build itself
         matrix = LogMatrix.from_logs(logs, cached.embed, progress=progress)
         selection = select_model(matrix, candidates, n_folds=cv_folds, cv_groups=cv_groups, progress=progress)
         chosen_layout = selection.spec.layout_for()
@@ -156,6 +158,7 @@ class Recommender:
             prompt_vectors=matrix.prompt_vectors, prior=prior, margin=selection.margin, default_policy=selection.policy,
             costs=costs, metadata=metadata, train_text_hashes=text_hashes64(matrix.texts),
             train_instance_hashes=text_hashes64(matrix.query_ids), cache_dir=cache_dir,
+            embedder_bundle_files=bundle_files_of(live),
         )
 
     # ------------------------------------------------------------------ bundle I/O
@@ -195,8 +198,14 @@ class Recommender:
 
     @property
     def embedder(self):
+        """The live embedder: the one carried inside the bundle, else the one its spec names."""
         if self._embedder is None:
-            self._embedder = get_embedder(self.embedder_spec)
+            if self._embedder_directory is not None:
+                from oirl.static_embedder import StaticEmbedder
+
+                self._embedder = StaticEmbedder.from_directory(self._embedder_directory)
+            else:
+                self._embedder = get_embedder(self.embedder_spec)
         return self._embedder
 
     def set_query_embedder(self, embedder) -> None:
@@ -360,6 +369,15 @@ def _member(hashes: np.ndarray, sorted_hashes: np.ndarray) -> np.ndarray:
         return np.zeros(len(hashes), dtype=bool)
     at = np.clip(np.searchsorted(sorted_hashes, hashes), 0, len(sorted_hashes) - 1)
     return sorted_hashes[at] == hashes
+
+
+def bundle_files_of(embedder) -> dict[str, bytes]:
+    """The files a bundle carries so that serving needs no distillation (static embedders)."""
+    from oirl.static_embedder import StaticEmbedder, static_model_files
+
+    if not isinstance(embedder, StaticEmbedder):
+        return {}
+    return {path.name: path.read_bytes() for path in static_model_files(embedder)}
 
 
 def embedder_revision(embedder) -> str:
