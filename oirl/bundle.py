@@ -100,6 +100,7 @@ class TrainingSection(_Strict):
     feedback: Literal["full", "partial"]
     cv_folds: Annotated[int, Field(ge=2)]
     cv_groups: Literal["text", "instance"]
+    importance_weights: bool = False
     seconds: NonNegative
 
 

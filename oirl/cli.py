@@ -127,9 +127,10 @@ def import_logs_command(source: Path, target: Path) -> None:
 @click.option("--train-split", default="train", show_default=True, help="Value of --split-column whose rows are trained on.")
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=3, show_default=True, help="Cross-validation folds for model, margin and policy choice.")
 @click.option("--cv-groups", type=click.Choice(CV_GROUPS), default="text", show_default=True, help="What a held-out fold means: 'text' = unseen questions (new traffic), 'instance' = new samples of known questions (the paper's protocol).")
+@click.option("--importance-weights/--no-importance-weights", default=False, show_default=True, help="Partial-feedback logs: weight each logged row by 1 / propensity when fitting the reward model.")
 @CACHE_OPTION
 def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str | None, split_column: str, train_split: str,
-          cv_folds: int, cv_groups: str, cache_dir: Path) -> None:
+          cv_folds: int, cv_groups: str, importance_weights: bool, cache_dir: Path) -> None:
     """Train a reward model on LOG_FILE and save it as a bundle in --out."""
     from oirl.bundle import check_output_directory
     from oirl.logs import read_logs, training_rows
@@ -138,7 +139,7 @@ def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str 
     check_output_directory(out_dir)  # refuse before hours of work, not after
     rows = training_rows(read_logs(log_file), split_column, train_split, source=str(log_file))
     rec = Recommender.train(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
-                            cache_dir=cache_dir, progress=True, source=str(log_file))
+                            cache_dir=cache_dir, progress=True, source=str(log_file), importance_weights=importance_weights)
     rec.save(out_dir)
     metrics = rec.metadata["metrics"]
     click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
@@ -248,7 +249,7 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
 
 
 @cli.command()
-@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce.")
+@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
 @click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets (prompt-oirl).")
 @click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's (--cv-groups instance), question-disjoint (every default), or both.")
@@ -256,10 +257,12 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
 @click.option("--authors-config/--no-authors-config", default=False, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples for the intervals.")
 @click.option("--limit", type=click.IntRange(10), default=None, help="Keep the first N training and N test query instances (a toy-size run).")
+@click.option("--repetitions", type=click.IntRange(1), default=100, show_default=True, help="ope: simulated logs per logging policy.")
+@click.option("--learn-repetitions", type=click.IntRange(0), default=10, show_default=True, help="ope: bundles trained on simulated partial logs, per dataset.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
 def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embedder: str, authors_config: bool, n_boot: int,
-              limit: int | None, out_dir: Path, cache_dir: Path) -> None:
+              limit: int | None, repetitions: int, learn_repetitions: int, out_dir: Path, cache_dir: Path) -> None:
     """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.importers.prompt_oirl import DATASETS
     from oirl.reproduce.prompt_oirl import PROTOCOLS
@@ -267,6 +270,19 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embe
     from oirl.reproduce.report import markdown_table
 
     out_dir = out_dir or Path("experiments/results") / benchmark
+    if benchmark == "ope":
+        from oirl.reproduce.ope_simulation import DATASETS as OPE_DATASETS
+        from oirl.reproduce.ope_simulation import reproduce_ope
+
+        chosen = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets != "gsm8k,svamp,mawps" else OPE_DATASETS
+        unknown = [d for d in chosen if d not in OPE_DATASETS]
+        if unknown or not chosen:
+            raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} for --benchmark ope (choose from {', '.join(OPE_DATASETS)})")
+        result = reproduce_ope(data_dir, out_dir, datasets=chosen, repetitions=repetitions, learn_repetitions=learn_repetitions,
+                               n_boot=min(n_boot, 500), cache_dir=cache_dir, embedder=embedder, limit=limit)
+        click.echo((out_dir / "ope_estimators.md").read_text())
+        click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
+        return
     if benchmark == "cruxeval-input":
         from oirl.reproduce.cruxeval import reproduce_cruxeval
 
@@ -306,6 +322,24 @@ def serve(model_dir: Path, host: str, port: int, workers: int) -> None:
     Recommender.load(model_dir)  # fail here, with a clear message, before any worker starts
     os.environ["OIRL_MODEL_DIR"] = str(model_dir.resolve())
     uvicorn.run("oirl.serve:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
+@cli.command("export-decisions")
+@click.argument("decisions", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Partial log to write (.parquet, .jsonl or .csv).")
+def export_decisions(decisions: Path, out_file: Path) -> None:
+    """Write the served decisions that have feedback as a partial log (for 'oirl train' and 'oirl evaluate').
+
+    One row per decision: decision_id, query_id (= the decision id, so repeated query
+    texts stay separate), query, prompt_id, prompt, reward, propensity, model_version,
+    created_at, feedback_at.
+    """
+    from oirl.decisions import DecisionStore
+
+    if not decisions.is_file():
+        raise OirlError(f"{decisions}: no such decision database (start 'oirl serve --decisions {decisions}')")
+    with DecisionStore(decisions) as store:
+        click.echo(json.dumps(store.export(out_file)))
 
 
 # --------------------------------------------------------------------------- input files

@@ -115,7 +115,8 @@ def cross_fit(spec: ModelSpec, matrix: LogMatrix, folds: list[tuple[np.ndarray, 
 def fit_on(model: RewardModel, matrix: LogMatrix, layout: str) -> RewardModel:
     """Fit a reward model on the logged cells of ``matrix``."""
     model.set_embedding_dimension(matrix.query_vectors.shape[1])
-    return model.fit_matrix(matrix.query_vectors, matrix.text_index, matrix.prompt_vectors, matrix.rewards, layout)
+    return model.fit_matrix(matrix.query_vectors, matrix.text_index, matrix.prompt_vectors, matrix.rewards, layout,
+                            sample_weight=matrix.sample_weight)
 
 
 def check_scores(scores: np.ndarray, where: str) -> None:

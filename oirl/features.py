@@ -71,6 +71,7 @@ class LogMatrix:
     prompt_vectors: np.ndarray
     rewards: np.ndarray
     propensity: np.ndarray | None = None
+    sample_weight: np.ndarray | None = None  # (n, m) weights of the logged cells in training, e.g. 1 / propensity
 
     @classmethod
     def from_logs(cls, logs: pd.DataFrame, embed, *, prompt_vectors: np.ndarray | None = None, progress: bool = False) -> LogMatrix:
@@ -125,7 +126,17 @@ class LogMatrix:
             query_ids=self.query_ids[rows], texts=self.texts, text_index=self.text_index[rows], query_vectors=self.query_vectors,
             prompt_ids=self.prompt_ids, prompt_texts=self.prompt_texts, prompt_vectors=self.prompt_vectors,
             rewards=self.rewards[rows], propensity=None if self.propensity is None else self.propensity[rows],
+            sample_weight=None if self.sample_weight is None else self.sample_weight[rows],
         )
+
+    def importance_weighted(self, cap: float = 100.0) -> LogMatrix:
+        """The same matrix whose logged cells train with weight 1 / propensity (capped at
+        ``cap``): the reward model then fits the prompts' outcomes as if every prompt had
+        been logged uniformly, instead of fitting best where the logging policy went."""
+        if self.propensity is None:
+            raise OirlError("importance weighting needs a propensity column in the log")
+        weight = np.where(self.logged, np.minimum(1.0 / np.where(self.logged, self.propensity, 1.0), cap), 0.0)
+        return LogMatrix(**{**self.__dict__, "sample_weight": weight})
 
     def prompt_means(self) -> np.ndarray:
         """(m,) each prompt's mean logged reward, importance-weighted when propensities

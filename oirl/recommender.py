@@ -107,7 +107,7 @@ class Recommender:
     def train(
         cls, logs: pd.DataFrame, *, model: str = AUTO, model_params: dict[str, Any] | None = None, embedder: str = DEFAULT_EMBEDDER,
         layout: str | None = None, cv_folds: int = 3, cv_groups: str = "text", cache_dir: str | Path | None = None,
-        progress: bool = False, source: str = "<logs>",
+        progress: bool = False, source: str = "<logs>", importance_weights: bool = False,
     ) -> Recommender:
         """Fit on ``logs`` (canonical frame, training rows only).
 
@@ -115,7 +115,10 @@ class Recommender:
         :data:`oirl.crossfit.AUTO_CANDIDATES` and the prior alone by the selection value
         of their policies; a model name forces that backend (``model_params`` go to its
         constructor). Either way cross-validation chooses the conservative margin and
-        the bundle's default policy, and the final model is fit on all rows.
+        the bundle's default policy, and the final model is fit on all rows. On a
+        partial-feedback log the reward model learns from the logged cells (weighted by
+        1 / propensity with ``importance_weights``) and cross-validated values are doubly
+        robust estimates.
         """
         from oirl.crossfit import AUTO_CANDIDATES, CV_GROUPS, choose_new_prompt_tau, fit_on, make_folds, select_model, spec
 
@@ -134,6 +137,8 @@ class Recommender:
         live = get_embedder(embedder)
         cached = CachedEmbedder(live, cache_dir)  # also tells a static embedder where to build itself
         matrix = LogMatrix.from_logs(logs, cached.embed, progress=progress)
+        if importance_weights:
+            matrix = matrix.importance_weighted()
         selection = select_model(matrix, candidates, n_folds=cv_folds, cv_groups=cv_groups, progress=progress)
         chosen_layout = selection.spec.layout_for()
         fitted = fit_on(selection.spec.make(), matrix, chosen_layout)
@@ -148,6 +153,7 @@ class Recommender:
                 "source": source, "fingerprint": fingerprint(logs), "rows": int(len(logs)),
                 "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(matrix.texts)),
                 "feedback": "full" if matrix.full_information else "partial", "cv_folds": cv_folds, "cv_groups": cv_groups,
+                "importance_weights": importance_weights,
                 "seconds": round(time.perf_counter() - started, 2),
             },
             "metrics": {"cross_validation": cv_metrics(selection, matrix, new_prompt_widths), "model_selection": selection.table},

@@ -1,0 +1,140 @@
+"""Partial feedback: evaluation and training on logs with one prompt per query, and the export of served decisions."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from oirl.cli import cli
+from oirl.errors import OirlError
+from oirl.logs import read_logs, write_logs
+from oirl.recommender import Recommender
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def one_prompt_per_instance(frame: pd.DataFrame, seed: int = 0, propensity: bool = True) -> pd.DataFrame:
+    """A uniform logger's partial log: one of the logged prompts per query instance."""
+    rng = np.random.default_rng(seed)
+    prompts = list(pd.unique(frame["prompt_id"]))
+    chosen = {q: prompts[i] for q, i in zip(pd.unique(frame["query_id"]), rng.integers(0, len(prompts), frame["query_id"].nunique()), strict=True)}
+    part = frame[frame["prompt_id"] == frame["query_id"].map(chosen)]
+    return part.assign(propensity=1.0 / len(prompts)) if propensity else part
+
+
+@pytest.fixture(scope="module")
+def mawps(data_dir, tmp_path_factory):
+    """A MAWPS slice (400 train, 300 test instances) and a knn bundle trained on its train rows."""
+    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+
+    logs = build_logs(data_dir, "mawps", TRAINING_PROMPTS)
+    train = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "train", "query_id"])[:400])]
+    test = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "test", "query_id"])[:300])]
+    work = tmp_path_factory.mktemp("feedback")
+    rec = Recommender.train(train, model="knn", embedder="hashing", cache_dir=work / "emb")
+    rec.save(work / "model")
+    return work, train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def evaluate(work, frame, name):
+    path = write_logs(frame, work / f"{name}.parquet")
+    result = run("evaluate", work / "model", path, "--cache-dir", work / "emb")
+    return json.loads(result.stdout), result.stderr
+
+
+def test_on_full_information_the_estimators_agree_with_the_direct_count(mawps):
+    work, _, test = mawps
+    report, _ = evaluate(work, test, "full")
+    assert report["feedback"] == "full" and report["ope"]["rounds"] == 6 * 300
+    for policy in ("argmax", "conservative", "fallback"):
+        for estimator in ("ips", "snips", "dr", "switch-dr"):
+            assert report["ope"]["estimates"][policy][estimator]["value"] == pytest.approx(report["policies"][policy], abs=1e-9)
+    for prompt, value in report["prompts"].items():
+        assert report["ope"]["estimates"][f"prompt:{prompt}"]["dr"]["value"] == pytest.approx(value, abs=1e-9)
+
+
+def test_a_partial_log_refuses_full_information_figures_and_estimates_off_policy(mawps):
+    work, _, test = mawps
+    full, _ = evaluate(work, test, "full")
+    report, _ = evaluate(work, one_prompt_per_instance(test), "partial")
+    assert report["feedback"] == "partial"
+    assert report["oracle"] is None and report["gap_recovered"] is None and report["policies"] is None
+    assert "partial-feedback log" in report["refused"]["oracle"]
+    estimates = report["ope"]["estimates"]
+    assert set(estimates) >= {"argmax", "conservative", "fallback", "prompt:nan", "prompt:CoT"}
+    assert set(estimates["argmax"]) == {"dm", "ips", "snips", "dr", "switch-dr", "dr-os"}
+    for policy in ("argmax", "conservative"):
+        low, high = estimates[policy]["dr"]["ci"]
+        assert low < estimates[policy]["dr"]["value"] < high
+        assert low - 0.05 < full["policies"][policy] < high + 0.05  # one simulated log: the truth lies near its interval
+    assert report["ope"]["reward_model"] == "the bundle's model (trained on other rows)"
+
+
+def test_a_partial_log_without_propensities_gets_the_direct_method_only(mawps):
+    work, _, test = mawps
+    report, stderr = evaluate(work, one_prompt_per_instance(test, propensity=False), "nopropensity")
+    assert set(report["ope"]["estimates"]["argmax"]) == {"dm"}
+    assert "no propensity column" in report["ope"]["refused"]["ips, snips, dr, switch-dr, dr-os"]
+    assert "only the direct method" in stderr
+
+
+def test_evaluating_training_instances_cross_fits_the_reward_model(mawps):
+    work, train, _ = mawps
+    report, _ = evaluate(work, one_prompt_per_instance(train).assign(split="test"), "trained_on")
+    assert report["ope"]["reward_model"].startswith("the bundle's model kind, cross-fitted on the evaluated log")
+
+
+def test_training_on_a_partial_log_uses_doubly_robust_cross_validation(mawps, tmp_path):
+    work, train, _ = mawps
+    partial = one_prompt_per_instance(train)
+    rec = Recommender.train(partial, model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
+    assert rec.metadata["training"]["feedback"] == "partial" and rec.metadata["training"]["importance_weights"]
+    cv = rec.metadata["metrics"]["cross_validation"]["selection"]
+    assert cv["oracle"] is None and 0 < cv["best_single_prompt"] < 1
+    # The prior is the importance-weighted mean of each prompt's logged rewards.
+    logged = partial.groupby("prompt_id")["reward"].mean()
+    assert rec.prior == pytest.approx(logged.to_dict())
+    rec.save(tmp_path / "model")
+    assert Recommender.load(tmp_path / "model").metadata["training"]["importance_weights"]
+    with pytest.raises(OirlError, match="importance weighting needs a propensity column"):
+        Recommender.train(partial.drop(columns="propensity"), model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
+
+
+def test_export_decisions_writes_a_partial_log_that_trains(tmp_path):
+    from oirl.decisions import Decision, DecisionStore
+
+    store_path = tmp_path / "decisions.sqlite"
+    prompts = {"a": "Answer directly.", "b": "Think step by step."}
+    with DecisionStore(store_path) as store:
+        decisions = [Decision(query=f"What is {i} plus {i % 3}?", candidate_ids=list(prompts), candidate_prompts=list(prompts.values()),
+                              prompt_id="ab"[i % 2], prompt=prompts["ab"[i % 2]], score=0.5, policy="argmax", model_version="m",
+                              propensity=0.5) for i in range(12)]
+        store.record(decisions)
+        for i, d in enumerate(decisions[:10]):
+            store.feedback(d.decision_id, float(i % 2))
+    result = run("export-decisions", store_path, "--out", tmp_path / "feedback.parquet")
+    assert json.loads(result.stdout)["rows"] == 10
+    logs = read_logs(tmp_path / "feedback.parquet")
+    assert len(logs) == 10 and logs["propensity"].eq(0.5).all() and logs["query_id"].nunique() == 10
+    missing = run("export-decisions", tmp_path / "none.sqlite", "--out", tmp_path / "x.parquet", ok=False)
+    assert missing.exit_code == 2 and "no such decision database" in missing.stderr and not (tmp_path / "x.parquet").exists()
+
+
+def test_the_ope_simulation_runs_at_toy_size(data_dir, tmp_path):
+    from oirl.reproduce.ope_simulation import reproduce_ope
+
+    result = reproduce_ope(data_dir, tmp_path / "out", datasets=("mawps",), repetitions=20, learn_repetitions=1, n_boot=100,
+                           cache_dir=tmp_path / "emb", embedder="hashing", limit=300, progress=False)
+    summary = result["summary"]
+    uniform = summary[(summary["logger"] == "uniform") & (summary["policy"] == "argmax") & (summary["size"] == 300)].set_index("estimator")
+    assert abs(uniform.loc["dr", "bias"]) < 0.03 and uniform.loc["dr", "rmse"] < uniform.loc["ips", "rmse"]
+    assert uniform.loc["dm", "coverage"] < uniform.loc["dr", "coverage"]  # the model alone is biased
+    assert (tmp_path / "out" / "ope_rmse_vs_size_mawps.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(result["learning"]) == 1
