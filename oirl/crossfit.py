@@ -32,6 +32,10 @@ from oirl.select import choose
 CV_GROUPS = ("text", "instance")
 MARGIN_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, float("inf"))
 NEW_PROMPT_TAU_GRID = (0.02, 0.05, 0.1, 0.2, 0.5)
+#: Smallest gain in expected reward worth a more complex choice, whatever its standard
+#: error: two policies that differ on a handful of queries have a tiny standard error,
+#: and a 2-query win among thousands is not per-query signal.
+MIN_EFFECT = 0.002
 
 
 @dataclass(frozen=True)
@@ -165,18 +169,20 @@ def prior_values(fit: CrossFit, matrix: LogMatrix) -> np.ndarray:
     return policy_values(fit, matrix, "conservative", float("inf"))
 
 
-def one_standard_error_choice(values: dict[str, np.ndarray], complexity: dict[str, float], clusters: np.ndarray) -> tuple[str, dict[str, float]]:
+def one_standard_error_choice(
+    values: dict[str, np.ndarray], complexity: dict[str, float], clusters: np.ndarray, min_effect: float = MIN_EFFECT,
+) -> tuple[str, dict[str, float]]:
     """The simplest option whose mean value is within one standard error of the best.
 
     ``values[name]`` (n,) are per-instance values on the same rows; the standard error
     of each paired difference to the best is clustered by ``clusters`` (question
-    texts). Ties in complexity go to the higher mean. Returns the choice and each
-    option's standard error against the best.
+    texts) and never taken below ``min_effect``. Ties in complexity go to the higher
+    mean. Returns the choice and each option's standard error against the best.
     """
     means = {name: float(v.mean()) for name, v in values.items()}
     best = max(means, key=lambda name: (means[name], -complexity[name]))
     errors = {name: clustered_standard_error(values[best] - v, clusters) for name, v in values.items()}
-    eligible = [name for name in values if means[best] - means[name] <= errors[name] + 1e-12]
+    eligible = [name for name in values if means[best] - means[name] <= max(errors[name], min_effect) + 1e-12]
     return min(eligible, key=lambda name: (complexity[name], -means[name])), errors
 
 

@@ -178,3 +178,12 @@ def test_logistic_regression_personalises_only_with_interaction_features():
         picks[layout] = len(np.unique(model.predict_grid(matrix.query_vectors, matrix.prompt_vectors, layout).argmax(axis=1)))
     assert picks["concat"] == 1  # sigma(w.q + v.p + b): the same prompt wins for every query
     assert picks["concat-product"] == 2
+
+
+def test_a_win_on_a_handful_of_queries_is_not_worth_a_model():
+    """Two policies that agree on all but 3 of 3,000 queries: a tiny standard error, no signal."""
+    simple, complex_ = np.zeros(3000), np.zeros(3000)
+    complex_[:3] = 1
+    options, complexity = {"simple": simple, "complex": complex_}, {"simple": 0, "complex": 1}
+    assert one_standard_error_choice(options, complexity, np.arange(3000), min_effect=0.0)[0] == "complex"
+    assert one_standard_error_choice(options, complexity, np.arange(3000))[0] == "simple"
