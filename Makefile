@@ -19,13 +19,18 @@ $(BIN)/oirl: pyproject.toml
 
 install: $(BIN)/oirl
 
-## The main job on built-in defaults: import the Prompt-OIRL logs, train on GSM8K,
-## recommend prompts for a few queries, evaluate on the 1,000 GSM8K test queries.
+## The main job on built-in defaults: import the Prompt-OIRL logs; train with every default
+## on MAWPS (where per-query choice pays) and GSM8K (where it does not); recommend prompts for
+## a few queries; evaluate both on their test queries and print one table. Writes only into
+## logs/, models/ and embeddings/ (all git-ignored).
 demo: install
 	$(BIN)/oirl import prompt-oirl --data-dir $(DATA_DIR) --out logs
+	$(BIN)/oirl train logs/mawps.parquet --out models/mawps
 	$(BIN)/oirl train logs/gsm8k.parquet --out models/gsm8k
-	$(BIN)/oirl recommend models/gsm8k --queries experiments/demo_queries.jsonl --policy conservative --top-k 3
-	$(BIN)/oirl evaluate models/gsm8k logs/gsm8k.parquet --split test --out experiments/results/gsm8k_evaluate.json
+	$(BIN)/oirl recommend models/mawps --queries experiments/demo_queries.jsonl --top-k 3
+	$(BIN)/oirl evaluate models/mawps logs/mawps.parquet --out models/mawps.evaluate.json > /dev/null
+	$(BIN)/oirl evaluate models/gsm8k logs/gsm8k.parquet --out models/gsm8k.evaluate.json > /dev/null
+	$(BIN)/python experiments/demo_table.py models/mawps.evaluate.json models/gsm8k.evaluate.json
 
 test: install
 	$(BIN)/python -m pytest

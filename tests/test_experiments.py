@@ -20,3 +20,35 @@ def test_bench_core_runs_at_toy_size(data_dir, tmp_path):
     assert json.loads(out.read_text()) == result
     assert result["train_queries"] == 60 and result["recommend_calls"] == 5
     assert 0 < result["recommend_ms"]["p50"] <= result["recommend_ms"]["p99"]
+
+
+def test_bench_threads_runs_at_toy_size(data_dir, tmp_path):
+    out = tmp_path / "threads.json"
+    result = load("bench_threads").main(["--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "emb"), "--sizes", "12",
+                                         "--loads", "idle", "--threads", "1,auto", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    rows = result["results"]
+    assert {r["rows"] for r in rows} == {72} and len(rows) == 4
+    assert all(r["threads used"] == 1 for r in rows)  # a small fit gets one thread (auto included)
+
+
+def test_demo_table_summarises_real_reports(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from oirl.cli import cli
+    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+    from oirl.logs import write_logs
+
+    logs = build_logs(data_dir, "mawps", TRAINING_PROMPTS)
+    keep = list(logs.loc[logs["split"] == "train", "query_id"].unique()[:200]) + list(logs.loc[logs["split"] == "test", "query_id"].unique()[:100])
+    log = write_logs(logs[logs["query_id"].isin(keep)], tmp_path / "mawps.parquet")
+    for args in (["train", log, "--out", tmp_path / "model", "--model", "knn", "--embedder", "hashing"],
+                 ["evaluate", tmp_path / "model", log, "--out", tmp_path / "report.json"]):
+        result = CliRunner().invoke(cli, [str(a) for a in args] + ["--cache-dir", str(tmp_path / "emb")])
+        assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    text = load("demo_table").main([str(tmp_path / "report.json")])
+    [row] = text.splitlines()[2:]
+    assert row.startswith("| mawps.parquet | 100 |")
+    assert f"{report['policies'][report['default_policy']]:.3f} ({report['default_policy']})" in row
+    assert f"{report['oracle']:.3f}" in row
