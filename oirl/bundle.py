@@ -135,7 +135,10 @@ class BundleSchema(_Strict):
         model_cls = REWARD_MODELS[self.model.kind]
         if self.model.file != model_cls.model_file:
             raise ValueError(f"model.file {self.model.file!r}: a {self.model.kind} model is stored as {model_cls.model_file!r}")
-        params_schema(model_cls).model_validate(self.model.params)
+        try:
+            params_schema(model_cls).model_validate(self.model.params)
+        except ValidationError as exc:
+            raise ValueError(f"model.params.{_validation_message(exc)}") from None
         for name in (self.model.file, PROMPT_VECTORS_FILE, TEXT_HASHES_FILE, INSTANCE_HASHES_FILE, *self.embedder.files):
             if name not in self.files:
                 raise ValueError(f"files: no hash recorded for {name!r}")

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from oirl.cli import cli
+from oirl.errors import OirlError
 from oirl.logs import write_logs
 from oirl.recommender import Recommender
 
@@ -130,6 +131,13 @@ def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_pa
         (["evaluate", "{model}", "{log}", "--split", "dev"], "no rows with split == 'dev'"),
         (["import", "prompt-oirl", "--data-dir", "{tmp}", "--out", "{tmp}/o", "--datasets", "gsm8k"], "missing file"),
         (["import", "prompt-oirl", "--data-dir", "{tmp}", "--datasets", "aqua"], "unknown dataset(s) aqua"),
+        (["recommend", "{model}", "--query", "hi", "--top-k", "0"], "Invalid value for '--top-k': 0 is not in the range x>=1"),
+        (["recommend", "{model}", "--query", "hi", "--policy", "best"], "Invalid value for '--policy': 'best' is not one of"),
+        (["recommend", "{model}", "--query", "hi", "--policy", "cost-aware"], "the cost-aware policy needs a cost for every candidate"),
+        (["recommend", "{model}", "--query", "hi", "--candidates", "{clash}"], "candidate id 'CoT' names a bundle prompt with another text"),
+        (["train", "{log}", "--out", "{tmp}/m", "--model", "forest"], "Invalid value for '--model': 'forest' is not one of 'auto'"),
+        (["train", "{log}", "--out", "{tmp}/m", "--cv-folds", "50"], "Invalid value for '--cv-folds'"),
+        (["export-decisions", "{tmp}/none.sqlite", "--out", "{tmp}/m.parquet"], "no such decision database"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(trained, tmp_path, args, message):
@@ -137,8 +145,10 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(trained, tmp_path, ar
     (tmp_path / "bad.csv").write_text("query,prompt,reward\nq,p,3\n")
     (tmp_path / "bad.jsonl").write_text('{"query": "a"}\n{"query": \n')
     (tmp_path / "empty_prompt.jsonl").write_text('{"prompt": ""}\n')
+    (tmp_path / "clash.jsonl").write_text('{"prompt": "Think hard.", "prompt_id": "CoT"}\n')
     names = {"missing": tmp_path / "none.csv", "bad_reward": tmp_path / "bad.csv", "tmp": tmp_path, "model": work / "model",
-             "bad_jsonl": tmp_path / "bad.jsonl", "empty_prompt": tmp_path / "empty_prompt.jsonl", "log": log_file}
+             "bad_jsonl": tmp_path / "bad.jsonl", "empty_prompt": tmp_path / "empty_prompt.jsonl", "log": log_file,
+             "clash": tmp_path / "clash.jsonl"}
     result = run(*[a.format(**names) for a in args], ok=False)
     assert result.exit_code == 2
     assert message in result.stderr
@@ -170,3 +180,16 @@ def test_ranking_orders_ties_like_the_policies(trained):
         if a["score"] == b["score"]:
             assert rec.prior[a["prompt_id"]] >= rec.prior[b["prompt_id"]]
     assert result.prompt_id == result.ranking[0]["prompt_id"]  # argmax: the pick heads the ranking
+
+
+def test_cost_aware_without_costs_fails_before_embedding_anything(trained):
+    work, _, _ = trained
+    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+
+    class NeverCalled:
+        def embed(self, texts, **_):
+            raise AssertionError("embedded before the policy was checked")
+
+    rec.set_query_embedder(NeverCalled())
+    with pytest.raises(OirlError, match="the cost-aware policy needs a cost for every candidate; none known for: nan, CoT"):
+        rec.recommend(["What is 7 times 8?"], policy="cost-aware", cost_weight=0.1)
