@@ -52,3 +52,18 @@ def test_demo_table_summarises_real_reports(data_dir, tmp_path):
     assert row.startswith("| mawps.parquet | 100 |")
     assert f"{report['policies'][report['default_policy']]:.3f} ({report['default_policy']})" in row
     assert f"{report['oracle']:.3f}" in row
+
+
+def test_compare_embedders_runs_at_toy_size(data_dir, tmp_path):
+    import os
+
+    out = tmp_path / "compare.json"
+    cache = os.environ["OIRL_EMBEDDINGS_DIR"]  # the session's: minilm-static is distilled once per test session
+    result = load("compare_embedders").main(["--data-dir", str(data_dir), "--cache-dir", cache, "--logs", "mawps",
+                                             "--limit", "60", "--throughput-texts", "20", "--n-boot", "100", "--out", str(out)])
+    [row] = result["rows"]
+    assert row["log"] == "mawps" and row["test queries"] == 60
+    assert 0 <= row["minilm: default policy"] <= 1 and 0 <= row["minilm-static: default policy"] <= 1
+    assert row["95% low"] <= row["static - minilm"] <= row["95% high"]
+    assert row["speed-up"] > 1
+    assert out.with_suffix(".md").read_text().startswith("### Embedders side by side")
