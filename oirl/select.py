@@ -17,6 +17,10 @@ NaN or infinite score is an error, never a silent pick.
   ``threshold``; then choose among the candidates that are not bundle prompts.
 * ``cost-aware``: maximise predicted reward minus ``cost_weight`` (lambda) x the
   candidate's cost; lambda = 0 is argmax.
+
+Exploration (:func:`exploration_probabilities`, :func:`draw`) turns a policy's picks
+into a distribution to sample from, so that a deployed service logs what off-policy
+evaluation needs: the prompt it used and the probability of having used it.
 """
 
 from __future__ import annotations
@@ -137,3 +141,49 @@ def choose(policy: str, scores: np.ndarray, *, mask: np.ndarray | None = None, *
 def policy_value(choices: np.ndarray, rewards: np.ndarray) -> float:
     """Mean logged reward of the chosen candidates; ``rewards`` (n_q, n_c)."""
     return float(rewards[np.arange(len(choices)), choices].mean())
+
+
+EXPLORATION_METHODS = ("epsilon", "softmax")
+
+
+def exploration_probabilities(scores: np.ndarray, picks: np.ndarray, method: str, parameter: float) -> np.ndarray:
+    """(n_q, n_c) probability of serving each candidate, rows summing to one.
+
+    ``epsilon`` (parameter epsilon in [0, 1]): the policy's pick has probability
+    1 - epsilon + epsilon / K and every other candidate epsilon / K. ``softmax``
+    (parameter temperature > 0): probability proportional to exp(score / temperature),
+    whatever the policy would have picked.
+    """
+    n, k = scores.shape
+    if method == "epsilon":
+        if not 0.0 <= parameter <= 1.0:
+            raise OirlError(f"epsilon must be in [0, 1], got {parameter}")
+        probabilities = np.full((n, k), parameter / k)
+        probabilities[np.arange(n), picks] += 1.0 - parameter
+        return probabilities
+    if method == "softmax":
+        if not (parameter > 0 and np.isfinite(parameter)):
+            raise OirlError(f"the softmax temperature must be a finite number > 0, got {parameter}")
+        logits = np.asarray(scores, dtype=np.float64) / parameter
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return weights / weights.sum(axis=1, keepdims=True)
+    raise OirlError(f"unknown exploration method {method!r} (choose from {', '.join(EXPLORATION_METHODS)})")
+
+
+def draw(probabilities: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One candidate per row drawn from ``probabilities`` (n_q, n_c): (choices, their probabilities)."""
+    cumulative = np.cumsum(probabilities, axis=1)
+    u = rng.random((len(probabilities), 1)) * cumulative[:, -1:]
+    choices = np.minimum((u >= cumulative).sum(axis=1), probabilities.shape[1] - 1)
+    return choices, probabilities[np.arange(len(choices)), choices]
+
+
+def parse_exploration(text: str) -> tuple[str, float]:
+    """``epsilon:0.1`` or ``softmax:0.05`` -> (method, parameter); checked."""
+    method, _, value = text.partition(":")
+    try:
+        parameter = float(value)
+    except ValueError:
+        raise OirlError(f"bad exploration {text!r}: expected epsilon:EPSILON or softmax:TEMPERATURE") from None
+    exploration_probabilities(np.zeros((1, 1)), np.zeros(1, dtype=int), method, parameter)  # validates
+    return method, parameter

@@ -88,3 +88,41 @@ def test_fallback_breaks_ties_by_prior_and_new_prompts_by_order():
     prior = np.array([0.2, 0.4, np.nan, np.nan])
     picks = choose("fallback", scores, in_bundle=np.array([True, True, False, False]), prior=prior, threshold=0.5)
     assert picks.tolist() == [1, 2]  # bundle tie -> better prior; new-prompt tie -> first
+
+
+def test_epsilon_greedy_explores_around_the_policy_pick():
+    from oirl.select import exploration_probabilities
+
+    probabilities = exploration_probabilities(SCORES, np.array([1, 2, 0]), "epsilon", 0.3)
+    np.testing.assert_allclose(probabilities[0], [0.1, 0.8, 0.1])  # 1 - .3 + .3/3 for the pick, .3/3 otherwise
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    np.testing.assert_allclose(exploration_probabilities(SCORES, np.array([1, 2, 0]), "epsilon", 0.0)[1], [0, 0, 1])
+
+
+def test_softmax_draws_in_proportion_to_exp_score_over_temperature():
+    from oirl.select import exploration_probabilities
+
+    probabilities = exploration_probabilities(SCORES, np.zeros(3, dtype=int), "softmax", 0.1)
+    expected = np.exp(SCORES[0] / 0.1) / np.exp(SCORES[0] / 0.1).sum()
+    np.testing.assert_allclose(probabilities[0], expected)
+    hot = exploration_probabilities(np.array([[1000.0, 0.0]]), np.zeros(1, dtype=int), "softmax", 1e-3)
+    np.testing.assert_allclose(hot, [[1.0, 0.0]])  # no overflow
+
+
+def test_draws_follow_the_probabilities_and_report_them():
+    from oirl.select import draw
+
+    probabilities = np.tile([[0.2, 0.5, 0.3]], (20000, 1))
+    choices, propensity = draw(probabilities, np.random.default_rng(0))
+    np.testing.assert_allclose(np.bincount(choices, minlength=3) / 20000, [0.2, 0.5, 0.3], atol=0.01)
+    np.testing.assert_array_equal(propensity, probabilities[np.arange(20000), choices])
+
+
+@pytest.mark.parametrize("text, message", [("epsilon:2", "epsilon must be in"), ("softmax:0", "temperature must be"),
+                                           ("greedy:0.1", "unknown exploration method"), ("epsilon", "bad exploration")])
+def test_bad_exploration_settings_are_named(text, message):
+    from oirl.select import parse_exploration
+
+    with pytest.raises(OirlError, match=message):
+        parse_exploration(text)
+    assert parse_exploration("softmax:0.05") == ("softmax", 0.05)
