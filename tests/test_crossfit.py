@@ -187,3 +187,15 @@ def test_a_win_on_a_handful_of_queries_is_not_worth_a_model():
     options, complexity = {"simple": simple, "complex": complex_}, {"simple": 0, "complex": 1}
     assert one_standard_error_choice(options, complexity, np.arange(3000), min_effect=0.0)[0] == "complex"
     assert one_standard_error_choice(options, complexity, np.arange(3000))[0] == "simple"
+
+
+def test_leaving_the_prior_takes_more_than_one_standard_error():
+    """A knn that wins on noise by about two standard errors in CV stays behind the prior."""
+    from oirl.crossfit import PRIOR_Z
+
+    matrix = planted(signal=False, n_texts=300, seed=4)
+    selection = select_model(matrix, CANDIDATES, n_folds=3, cv_groups="text")
+    best = max(selection.table, key=lambda r: r["value"])
+    assert best["option"].startswith("knn")  # on these folds an option looks better than the prior ...
+    assert 2 * best["se_vs_prior"] < best["gain_over_prior"] <= PRIOR_Z * best["se_vs_prior"]  # ... by 2.2 standard errors
+    assert [r["option"] for r in selection.table if r["chosen"]] == ["prior"]
