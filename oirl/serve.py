@@ -3,68 +3,162 @@
     app = create_app(Recommender.load("models/gsm8k"))
 
 Endpoints: ``POST /v1/recommend``, ``POST /v1/score``, ``GET /v1/prompts``,
-``GET /v1/model``, ``GET /health`` and the OpenAPI schema at ``/openapi.json``.
+``GET /v1/model``, ``GET /health`` and the OpenAPI schema at ``/openapi.json`` (behind
+the key when one is set; ``/docs`` and ``/redoc`` are then off).
 
-Concurrent requests are embedded together: each request hands its texts to one
-:class:`EmbeddingBatcher`, which embeds whatever has queued up while the previous
-batch ran, in one model call. An idle server adds no wait, a busy one amortises the
-model over many queries. Query vectors are kept in a bounded in-memory LRU cache;
-the bundle's prompt vectors are loaded once, at start-up.
+Everything is bounded, and every bound is listed in ``/v1/model`` under ``limits``:
+
+* per request: the field lengths the schema states, a body of ``body_bytes``, at most
+  ``scored_pairs`` (query, prompt) pairs to score and ``texts_to_embed`` distinct texts
+  (checked before anything is embedded: 422 naming the cap);
+* per process: ``concurrent_requests`` requests under way (one more gets a 503 at once),
+  an embedding queue of ``queued_texts`` texts (a request that does not fit gets a 503 at
+  once), one embedding thread, and two scoring threads: one for requests of up to 1,024
+  pairs, one for larger ones (one large score matrix in memory at a time, and small
+  requests never wait behind it).
+
+Concurrent requests share model calls: the :class:`EmbeddingBatcher` keeps an LRU of
+vectors by text hash, queues each request's new texts, and gives each model call up to
+``embed_batch`` texts taken one per waiting request in turn, oldest first; while small
+requests keep coming, at most ``embed_share`` from one request. A request of a few texts
+is done within a call or two while a 1,024-text one proceeds alongside. A request whose
+texts see no progress for ``stall_seconds`` gets a 503 and leaves the queue; an
+exception in a model call fails only the requests in that call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import hashlib
 import hmac
 import os
-from collections.abc import Callable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
-from oirl.embed import MemoryCachedEmbedder, get_embedder
 from oirl.errors import OirlError, UnknownPromptError
 from oirl.recommender import Candidate, Recommender
+from oirl.select import POLICIES
 
 MAX_QUERIES = 256
 MAX_CANDIDATES = 256
 MAX_PAIRS = 4096
-MAX_BODY_BYTES = 1 << 20  # 1 MiB
 MAX_TEXT_CHARS = 20_000
-QUERY_CACHE_ITEMS = 50_000
+MAX_ID_CHARS = 512
+MAX_BODY_BYTES = 1 << 20  # 1 MiB
+MAX_ERRORS = 20  # validation errors listed in one 422
+PREVIEW_CHARS = 100  # of an offending value, in a 422
+SMALL_WINDOW_SECONDS = 1.0  # small requests "come in" if one came in this recently
+SMALL_SCORE_PAIRS = 1_024  # up to this many pairs a request is scored on the thread for small ones
 
-Policy = Literal["argmax", "conservative", "fallback"]
-Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """The service's bounds beyond the schema's field lengths (all shown in ``/v1/model``)."""
+
+    scored_pairs: int = 16_384  # (query, prompt) pairs scored per request
+    texts_to_embed: int = 1_024  # distinct texts (queries and new prompts) per request
+    echoed_prompt_chars: int = 4_000_000  # prompt text one /v1/recommend answer may repeat back
+    body_bytes: int = MAX_BODY_BYTES
+    concurrent_requests: int = 64  # /v1 requests under way in this process; more get a 503
+    queued_texts: int = 4_096  # texts waiting for the embedding model; more get a 503
+    embed_batch: int = 48  # texts per model call
+    embed_share: int = 4  # texts a request may put into one call while small ones come in: they wait for short calls
+    stall_seconds: float = 30.0  # no progress this long: the request gets a 503, /health says unavailable
+    query_cache_items: int = 50_000  # vectors kept in memory, by text hash
+    retry_after_seconds: int = 2
 
 
-def _non_blank(values: list[str] | None, what: str) -> list[str] | None:
-    for i, value in enumerate(values or []):
-        if not value.strip():
-            raise ValueError(f"{what} {i} is empty")
-    return values
+# --------------------------------------------------------------------------- request and response models
+
+
+def _unicode(text: Any) -> Any:
+    """A string with any lone surrogate (JSON allows "\\ud800") replaced by U+FFFD: such a
+    string can be neither validated, hashed, tokenised nor sent back."""
+    if not isinstance(text, str):
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+# Some character that is not white space. `\s` differs between regex engines (Python's
+# str.isspace() counts \x1c-\x1f and \x85, ECMA-262 counts \ufeff), so the class leaves
+# out all of them: the schema means the same to pydantic, the recommender and clients.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NOT_BLANK), BeforeValidator(_unicode)]
+PromptId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=NOT_BLANK), BeforeValidator(_unicode)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer: 3 and 3.0, not "3", true or 3.5 (the models are strict)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+TopK = Annotated[int, Field(ge=1, le=MAX_CANDIDATES), BeforeValidator(_integral)]
+Policy = Literal[tuple(POLICIES)]  # type: ignore[valid-type]
+
+# strict: "3" is not an integer and false is not a cost, as the schema says
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+
+class CandidateIn(BaseModel):
+    """A candidate prompt as an object: its text, and optionally an id and a cost."""
+
+    model_config = _REQUEST
+    prompt: Text = Field(description="The prompt text.")
+    prompt_id: PromptId | None = Field(None, description="Id to report it under (default: `p-` and a hash of the text). "
+                                                         "A bundle prompt's text keeps the bundle's id.")
+    cost: NonNegative | None = Field(None, description="Cost of one call with this prompt, for the cost-aware policy; "
+                                                       "replaces the bundle's cost for a bundle prompt.")
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
     queries: list[Text] = Field(min_length=1, max_length=MAX_QUERIES, description="Query texts.")
-    candidates: list[Text] | None = Field(None, max_length=MAX_CANDIDATES, description="Candidate prompt texts; new prompts allowed.")
-    candidate_ids: list[str] | None = Field(None, max_length=MAX_CANDIDATES, description="Ids of bundle prompts to choose among.")
-    top_k: int = Field(3, ge=1, le=MAX_CANDIDATES, description="Length of each ranking.")
-    policy: Policy | None = Field(None, description="Selection policy; default: the bundle's, chosen by cross-validation.")
+    candidates: list[Text | CandidateIn] | None = Field(
+        None, max_length=MAX_CANDIDATES,
+        description="Candidate prompts, as texts or objects (new prompts allowed; give a `cost` to price one for the "
+                    "cost-aware policy). With `candidate_ids` too, the candidates are the union: the named bundle "
+                    "prompts, then these; naming one prompt twice is a 409. Neither: the bundle's prompts.")
+    candidate_ids: list[PromptId] | None = Field(
+        None, max_length=MAX_CANDIDATES, json_schema_extra={"uniqueItems": True},
+        description="Ids of bundle prompts to choose among (unknown ids: 404), joined with `candidates`.")
+    top_k: TopK = Field(3, description="Length of each ranking.")
+    policy: Policy | None = Field(None, description="Selection policy; default: the bundle's, chosen by cross-validation. "
+                                                    "`cost-aware` needs a cost for every candidate (the bundle's or given).")
+    cost_weight: NonNegative = Field(0.0, description="Lambda of the cost-aware policy (reward minus lambda x cost); "
+                                                      "other policies ignore it.")
 
-    _check_queries = field_validator("queries")(lambda v: _non_blank(v, "query"))
-    _check_candidates = field_validator("candidates")(lambda v: _non_blank(v, "candidate"))
+    @field_validator("candidate_ids")
+    @classmethod
+    def _unique_ids(cls, ids: list[str] | None) -> list[str] | None:
+        if ids and len(set(ids)) != len(ids):
+            raise ValueError("ids must be unique")
+        return ids
 
 
 class RankedPrompt(BaseModel):
     prompt_id: str
     prompt: str
     score: float
+    in_bundle: bool = Field(description="A bundle prompt (trained on), not a new one passed as text.")
 
 
 class RecommendResult(BaseModel):
@@ -72,30 +166,25 @@ class RecommendResult(BaseModel):
     prompt_id: str
     prompt: str
     score: float
+    in_bundle: bool
     ranking: list[RankedPrompt]
 
 
 class RecommendResponse(BaseModel):
     object: Literal["prompt.recommendation"] = "prompt.recommendation"
     model_version: str
+    policy: str = Field(description="The policy applied.")
     results: list[RecommendResult]
 
 
 class Pair(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
     query: Text
     prompt: Text
 
-    @field_validator("query", "prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("empty text")
-        return value
-
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
     pairs: list[Pair] = Field(min_length=1, max_length=MAX_PAIRS)
 
 
@@ -117,57 +206,346 @@ class PromptsResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "unavailable"]
+    reason: str | None = Field(None, description="Why the service is unavailable.")
     model_version: str
+    queued_texts: int = Field(description="Texts waiting for the embedding model.")
+    queued_requests: int
+    requests_in_flight: int
+    embedding_call_seconds: float | None = Field(description="How long the current model call has run, if one runs.")
+    texts_embedded: int = Field(description="Texts embedded since start-up.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class UnknownIdsResponse(BaseModel):
+    detail: str
+    unknown_ids: list[str] = Field(description="The unknown ids (the first 20, each cut to 100 characters).")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: str | None = Field(None, description="The start of the offending value (at most 100 characters).")
+
+
+class ValidationErrorResponse(BaseModel):
+    detail: list[FieldError] = Field(description="The first 20 errors.")
+    error_count: int
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Overloaded(Exception):
+    """The service cannot take this request now (503 with Retry-After)."""
+
+
+class EmbeddingFailed(Exception):
+    """The embedding model raised on the texts of this request (500)."""
+
+
+class RequestRefused(OirlError):
+    """A schema-valid request refused for what the schema cannot say: a per-request cap,
+    a cost the cost-aware policy lacks (422, with ``loc`` and ``type``)."""
+
+    def __init__(self, message: str, kind: str, loc: tuple[str, ...] = ("body",)):
+        super().__init__(message)
+        self.kind = kind
+        self.loc = loc
+
+
+class CandidateConflict(OirlError):
+    """A candidate set naming one prompt twice, or a bundle id for another text (409)."""
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _cut(text: str, limit: int) -> str:
+    return _unicode(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _preview(value: Any) -> str | None:
+    if value is None or isinstance(value, (bool, int, float)):
+        return None if value is None else str(value)
+    if isinstance(value, str):
+        return _cut(value, PREVIEW_CHARS)
+    if isinstance(value, (list, tuple)):
+        return f"array of {len(value):,} items"
+    if isinstance(value, dict):
+        return f"object with {len(value):,} keys"
+    return type(value).__name__
+
+
+def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A 422 body that does not echo the request: loc, msg, type and a short input preview."""
+    shown = []
+    for error in errors[:MAX_ERRORS]:
+        loc = [part if isinstance(part, int) else _cut(str(part), PREVIEW_CHARS) for part in error.get("loc", ())]
+        shown.append({"loc": loc, "msg": _cut(str(error.get("msg", "")), 500), "type": str(error.get("type", "value_error")),
+                      "input": _preview(error.get("input"))})
+    return {"detail": shown, "error_count": len(errors)}
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class _Job:
+    """One request's texts that the cache does not hold."""
+
+    __slots__ = ("items", "handed", "vectors", "future", "progress_at")
+
+    def __init__(self, items: list[tuple[bytes, str]], future: asyncio.Future):
+        self.items = items  # (key, text), distinct
+        self.handed = 0  # items[:handed] went to a model call
+        self.vectors: dict[bytes, np.ndarray] = {}
+        self.future = future
+        self.progress_at = time.monotonic()
+
+    @property
+    def waiting(self) -> int:
+        return len(self.items) - self.handed
 
 
 class EmbeddingBatcher:
-    """Collects texts from concurrent requests and embeds them in one call per batch."""
+    """Embeds the texts of concurrent requests together on one thread, within bounds.
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], max_batch: int = 512):
+    ``embed(texts) -> (n, d)`` is the model. Vectors are cached by text hash (an LRU of
+    ``cache_items``). A request's uncached texts join the queue unless ``max_queued``
+    texts already wait (then :class:`Overloaded`); each model call takes at most
+    ``max_batch`` distinct texts, one per waiting request in turn, oldest first. While
+    small requests (of at most ``max_share`` texts) keep coming, one in the last second,
+    a call takes at most ``max_share`` texts from any one request: calls for large
+    requests stay short, and a small request arriving meanwhile soon has its turn. A
+    request whose texts see no progress for ``stall_seconds`` gets :class:`Overloaded`
+    and its remaining texts leave the queue. A failed model call is retried once per
+    request, so only the requests whose own texts fail get :class:`EmbeddingFailed`.
+    """
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], *, max_batch: int = 48, max_share: int = 8,
+                 max_queued: int = 4096, stall_seconds: float = 30.0, cache_items: int = 50_000):
         self._embed = embed
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue | None = None
+        self.max_batch = max_batch
+        self.max_share = max_share
+        self.max_queued = max_queued
+        self.stall_seconds = stall_seconds
+        self.cache_items = cache_items
+        self.texts_embedded = 0
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._pending: deque[_Job] = deque()
+        self._queued = 0  # sum of `waiting` over the pending jobs
+        self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._call_started: float | None = None
+        self._small_at = -np.inf  # when a request of at most max_share texts last came in
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oirl-embed")
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._run())
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="oirl-embedding-batcher")
+        self._task.add_done_callback(lambda _: self._fail_all(Overloaded(self.problem() or "the embedding worker stopped")))
 
     async def stop(self) -> None:
-        if self._task:
+        if self._task is not None:
             self._task.cancel()
-        self._executor.shutdown(wait=False)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
+    @property
+    def queued_texts(self) -> int:
+        return self._queued
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._pending)
+
+    def call_seconds(self) -> float | None:
+        """How long the current model call has run (None: no call runs)."""
+        started = self._call_started
+        return None if started is None else time.monotonic() - started
+
+    def problem(self) -> str | None:
+        """Why the batcher cannot embed now (None: it can)."""
+        if self._task is None:
+            return "the embedding worker has not started"
+        if self._task.done():
+            error = None if self._task.cancelled() else self._task.exception()
+            return f"the embedding worker stopped ({type(error).__name__}: {error})" if error else "the embedding worker stopped"
+        seconds = self.call_seconds()
+        if seconds is not None and seconds > self.stall_seconds:
+            return f"an embedding call has run for {seconds:.0f} s (limit {self.stall_seconds:g} s)"
+        return None
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of ``texts`` in order, shape (len(texts), d); raises Overloaded or EmbeddingFailed."""
+        keys = [_text_key(t) for t in texts]
+        found: dict[bytes, np.ndarray] = {}
+        missing: dict[bytes, str] = {}
+        for text, key in zip(texts, keys, strict=True):
+            vector = self._cache.get(key)
+            if vector is not None:
+                self._cache.move_to_end(key)
+                found[key] = vector
+            else:
+                missing.setdefault(key, text)
+        if missing:
+            problem = self.problem()
+            if problem:  # cached texts are still served
+                raise Overloaded(problem)
+            if self._queued and self._queued + len(missing) > self.max_queued:
+                raise Overloaded(f"the embedding queue is full ({self._queued:,} texts wait, at most {self.max_queued:,})")
+            job = _Job(list(missing.items()), asyncio.get_running_loop().create_future())
+            if len(missing) <= self.max_share:
+                self._small_at = job.progress_at
+            self._pending.append(job)
+            self._queued += len(missing)
+            self._wakeup.set()
+            try:
+                await self._wait(job)
+            finally:
+                self._forget(job)
+            found.update(job.vectors)
+        if not keys:
             return np.zeros((0, 0), dtype=np.float32)
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((texts, future))
-        return await future
+        return np.stack([found[k] for k in keys])
+
+    async def _wait(self, job: _Job) -> None:
+        while True:
+            remaining = job.progress_at + self.stall_seconds - time.monotonic()
+            done, _ = await asyncio.wait({job.future}, timeout=max(remaining, 0.0))
+            if done:
+                return job.future.result()
+            if time.monotonic() - job.progress_at >= self.stall_seconds:
+                raise Overloaded(f"no embedding progress for {self.stall_seconds:g} s")
+
+    def _forget(self, job: _Job) -> None:
+        """Take a job out of the queue (finished, failed or abandoned); its texts in a running call only feed the cache."""
+        if not job.future.done():
+            job.future.cancel()
+        if job.waiting:
+            self._queued -= job.waiting
+            job.handed = len(job.items)
+        with contextlib.suppress(ValueError):
+            self._pending.remove(job)
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        if not job.future.done():
+            job.future.set_exception(error)
+        self._forget(job)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for job in list(self._pending):
+            self._fail(job, error)
+
+    def _next_batch(self) -> dict[_Job, list[tuple[bytes, str]]]:
+        """Up to ``max_batch`` distinct texts, one per waiting job in turn, oldest first
+        (at most ``max_share`` per job while small jobs come in)."""
+        parts: dict[_Job, list[tuple[bytes, str]]] = {}
+        distinct: set[bytes] = set()
+        share = self.max_share if time.monotonic() - self._small_at < SMALL_WINDOW_SECONDS else self.max_batch
+        handed = True
+        while handed and len(distinct) < self.max_batch:
+            handed = False
+            for job in list(self._pending):
+                if len(distinct) >= self.max_batch:
+                    break
+                if len(parts.get(job, ())) >= share:
+                    continue
+                handed = True
+                item = job.items[job.handed]
+                job.handed += 1
+                self._queued -= 1
+                parts.setdefault(job, []).append(item)
+                distinct.add(item[0])
+                if not job.waiting:
+                    self._pending.remove(job)
+        return parts
+
+    async def _call(self, texts: list[str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        self._call_started = time.monotonic()
+        try:
+            vectors = await loop.run_in_executor(self._executor, self._embed, texts)
+        finally:
+            self._call_started = None
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise EmbeddingFailed(f"the embedder returned shape {vectors.shape} for {len(texts)} texts")
+        self.texts_embedded += len(texts)
+        return vectors
+
+    def _deliver(self, parts: dict[_Job, list[tuple[bytes, str]]], vectors: dict[bytes, np.ndarray]) -> None:
+        for key, vector in vectors.items():
+            self._cache[key] = vector.copy()  # a row of its own: no cached row keeps a whole batch alive
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_items:
+            self._cache.popitem(last=False)
+        now = time.monotonic()
+        for job, items in parts.items():
+            if job.future.done():  # timed out, failed or abandoned meanwhile
+                continue
+            for key, _ in items:
+                job.vectors[key] = vectors[key]
+            job.progress_at = now
+            if len(job.vectors) == len(job.items):
+                job.future.set_result(None)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            items = [await self._queue.get()]
-            size = len(items[0][0])
-            while not self._queue.empty() and size < self._max_batch:
-                items.append(self._queue.get_nowait())
-                size += len(items[-1][0])
-            texts = [t for batch, _ in items for t in batch]
-            try:
-                vectors = await loop.run_in_executor(self._executor, self._embed, texts)
-            except Exception as exc:  # hand the failure to every waiting request
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
-            start = 0
-            for batch, future in items:
-                if not future.done():
-                    future.set_result(vectors[start : start + len(batch)])
-                start += len(batch)
+            parts = self._next_batch()
+            texts = dict(item for items in parts.values() for item in items)
+            try:
+                vectors = await self._call(list(texts.values()))
+            except Exception as error:  # noqa: BLE001 - any model failure: isolate it to the requests that cause it
+                await self._isolate(parts, error)
+                continue
+            self._deliver(parts, dict(zip(texts, vectors, strict=True)))
+
+    async def _isolate(self, parts: dict[_Job, list[tuple[bytes, str]]], error: Exception) -> None:
+        live = [job for job in parts if not job.future.done()]
+        if len(live) <= 1:
+            for job in live:
+                self._fail(job, EmbeddingFailed(f"{type(error).__name__}: {error}"))
+            return
+        for job in live:
+            items = dict(parts[job])
+            try:
+                vectors = await self._call(list(items.values()))
+            except Exception as own:  # noqa: BLE001
+                self._fail(job, EmbeddingFailed(f"{type(own).__name__}: {own}"))
+                continue
+            self._deliver({job: parts[job]}, dict(zip(items, vectors, strict=True)))
+
+
+def _length_sorted(embedder) -> Callable[[list[str]], np.ndarray]:
+    """The model call: texts sorted by length and embedded 16 at a time, so one long
+    text does not pad a whole batch to its length."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = embedder.embed([texts[i] for i in order], batch_size=16)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+    return embed
+
+
+# --------------------------------------------------------------------------- ASGI middleware
 
 
 class BodySizeLimit:
@@ -214,80 +592,262 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": response.body})
 
 
-def create_app(recommender: Recommender, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """Build the service around a loaded bundle. ``api_key`` (or ``$OIRL_API_KEY``) turns on auth."""
-    api_key = api_key if api_key is not None else os.environ.get("OIRL_API_KEY") or None
-    query_embedder = MemoryCachedEmbedder(get_embedder(recommender.embedder_spec), max_items=QUERY_CACHE_ITEMS)
-    recommender.set_query_embedder(query_embedder)
-    batcher = EmbeddingBatcher(query_embedder.embed)
+class _Gate:
+    """Counts the /v1 requests under way."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: a 503 with Retry-After, before the body is read, for a /v1 request
+    beyond ``gate.limit`` under way."""
+
+    def __init__(self, app, gate: _Gate, retry_after: int):
+        self.app = app
+        self.gate = gate
+        self.retry_after = retry_after
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        if self.gate.in_flight >= self.gate.limit:
+            response = _unavailable(f"{self.gate.limit} requests under way; try again shortly", self.retry_after)
+            return await response(scope, receive, send)
+        self.gate.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gate.in_flight -= 1
+
+
+def _unavailable(detail: str, retry_after: int) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _responses(*codes: int, auth: bool) -> dict[int | str, dict[str, Any]]:
+    retry_after = {"Retry-After": {"description": "Seconds to wait before trying again.", "required": True,
+                                   "schema": {"type": "integer"}}}
+    table: dict[int, dict[str, Any]] = {
+        400: {"model": ErrorResponse, "description": "A body that cannot be read as text (not UTF-8)."},
+        401: {"model": ErrorResponse, "description": "No or a wrong `Authorization: Bearer` key."},
+        404: {"model": UnknownIdsResponse, "description": "Unknown `candidate_ids`, named in `unknown_ids`."},
+        409: {"model": ErrorResponse, "description": "The candidates name one prompt twice (by id or text), "
+                                                     "or reuse a bundle prompt's id for another text."},
+        413: {"model": ErrorResponse, "description": "A request body over `limits.body_bytes` (1 MiB)."},
+        422: {"model": ValidationErrorResponse,
+              "description": "A request the schema refuses (the first 20 errors, with `loc`); or one over a per-request cap "
+                             "(`limits.scored_pairs` scored pairs, `limits.texts_to_embed` distinct texts, "
+                             "`limits.echoed_prompt_chars` of prompt text to answer); or the cost-aware policy "
+                             "with a candidate whose cost is unknown."},
+        503: {"model": ErrorResponse, "headers": retry_after,
+              "description": "Busy (`limits.concurrent_requests` requests under way, a full embedding queue, or no "
+                             "embedding progress for `limits.stall_seconds`); try again after `Retry-After` seconds."},
+    }
+    return {code: table[code] for code in codes if code != 401 or auth}
+
+
+def _cost_rule(recommender: Recommender) -> dict[str, Any]:
+    """JSON Schema ``if``/``then`` for a recommend request: what the cost-aware policy
+    needs from a candidate set, given which of this bundle's prompts have a cost."""
+    costed = [p for p in recommender.prompts if np.isfinite(recommender.costs.get(p.prompt_id, np.nan))]
+    texts = [p.prompt for p in costed]
+    options: list[dict[str, Any]] = [{"type": "object", "required": ["prompt", "cost"], "properties": {"cost": {"type": "number"}}}]
+    if costed:
+        options += [{"type": "string", "enum": texts}, {"type": "object", "required": ["prompt"], "properties": {"prompt": {"enum": texts}}}]
+    then: dict[str, Any] = {"properties": {
+        "candidates": {"items": {"anyOf": options}},
+        "candidate_ids": {"items": {"enum": [p.prompt_id for p in costed]}} if costed else {"maxItems": 0},
+    }}
+    if len(costed) < len(recommender.prompts):  # then the default candidates (all bundle prompts) will not do
+        then["anyOf"] = [{"required": [field], "properties": {field: {"type": "array", "minItems": 1}}}
+                         for field in ("candidates", "candidate_ids")]
+    if recommender.default_policy == "cost-aware":
+        condition = {"properties": {"policy": {"enum": ["cost-aware", None]}}}
+    else:
+        condition = {"required": ["policy"], "properties": {"policy": {"const": "cost-aware"}}}
+    return {"if": condition, "then": then}
+
+
+def _priced(recommender: Recommender, costs: dict[str, float]) -> Recommender:
+    """The recommender with request-given costs over the bundle's (a shallow copy:
+    ``rank`` and ``check_policy`` read ``costs`` and take no override)."""
+    if not costs:
+        return recommender
+    view = copy.copy(recommender)
+    view.costs = {**recommender.costs, **costs}
+    return view
+
+
+def create_app(recommender: Recommender, *, api_key: str | None = None, limits: ServiceLimits | None = None,
+               embedder=None) -> FastAPI:
+    """Build the service around a loaded bundle.
+
+    ``api_key`` (or ``$OIRL_API_KEY``) turns on bearer auth for everything but
+    ``/health``, the schema included. ``embedder`` replaces the bundle's live embedder
+    (anything with ``embed(texts, batch_size=...)``).
+    """
+    api_key = (api_key if api_key is not None else os.environ.get("OIRL_API_KEY")) or None  # "": no auth
+    limits = limits or ServiceLimits()
+    embedder = embedder if embedder is not None else recommender.embedder
+    batcher = EmbeddingBatcher(_length_sorted(embedder), max_batch=limits.embed_batch, max_share=limits.embed_share,
+                               max_queued=limits.queued_texts, stall_seconds=limits.stall_seconds, cache_items=limits.query_cache_items)
+    # one large score matrix in memory at a time, on its own thread, so small ones never wait behind it
+    scorers = {size: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"oirl-score-{size}") for size in ("small", "large")}
+    gate = _Gate(limits.concurrent_requests)
     version = recommender.fingerprint or "unsaved"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        query_embedder.embed(["warm up the embedding model"])  # load weights before the first request
+        embedder.embed(["warm up the embedding model"])  # load the weights before the first request
         await batcher.start()
         yield
         await batcher.stop()
+        for pool in scorers.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="oirl", version=version, summary="Recommend the best prompt per query.", lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, limit=max_body_bytes)
+    open_docs = api_key is None
+    app = FastAPI(title="oirl", version=version, summary="Recommend the best prompt per query.", lifespan=lifespan,
+                  openapi_url="/openapi.json" if open_docs else None, docs_url="/docs" if open_docs else None,
+                  redoc_url="/redoc" if open_docs else None)
+    app.add_middleware(BodySizeLimit, limit=limits.body_bytes)
+    app.add_middleware(ConcurrencyLimit, gate=gate, retry_after=limits.retry_after_seconds)  # outermost: refuse first
+    app.state.batcher, app.state.gate, app.state.limits = batcher, gate, limits
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+    bearer = HTTPBearer(auto_error=False, description="The key the server was started with (`OIRL_API_KEY`).")
+
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), api_key.encode()):
             raise _Unauthorized
+
+    protected = [Security(authorize)] if api_key else []
 
     @app.exception_handler(_Unauthorized)
     async def _unauthorized(request: Request, exc: _Unauthorized):
         return JSONResponse({"detail": "missing or wrong API key (Authorization: Bearer <key>)"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse(_error_body(list(exc.errors())), status_code=422)
+
     @app.exception_handler(UnknownPromptError)
     async def _unknown_prompt(request: Request, exc: UnknownPromptError):
-        return JSONResponse({"detail": str(exc), "unknown_ids": exc.unknown}, status_code=404)
+        return JSONResponse({"detail": _cut(str(exc), 1000), "unknown_ids": [_cut(i, PREVIEW_CHARS) for i in exc.unknown[:20]]},
+                            status_code=404)
+
+    @app.exception_handler(CandidateConflict)
+    async def _conflict(request: Request, exc: CandidateConflict):
+        return JSONResponse({"detail": _cut(str(exc), 1000)}, status_code=409)
+
+    @app.exception_handler(RequestRefused)
+    async def _refused(request: Request, exc: RequestRefused):
+        return JSONResponse(_error_body([{"loc": list(exc.loc), "msg": str(exc), "type": exc.kind}]), status_code=422)
 
     @app.exception_handler(OirlError)
     async def _bad_input(request: Request, exc: OirlError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse(_error_body([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]), status_code=422)
 
-    protected = [Depends(authorize)]
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return _unavailable(str(exc), limits.retry_after_seconds)
 
-    @app.get("/health", response_model=Health)
-    async def health() -> Health:
-        return Health(model_version=version)
+    @app.exception_handler(EmbeddingFailed)
+    async def _embedding_failed(request: Request, exc: EmbeddingFailed):
+        return JSONResponse({"detail": _cut(f"embedding failed: {exc}", 1000)}, status_code=500)
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=protected)
+    def check_size(pairs: int, pairs_label: str, texts: list[str]) -> None:
+        if pairs > limits.scored_pairs:
+            raise RequestRefused(f"{pairs_label} = {pairs:,} pairs to score exceeds the cap of {limits.scored_pairs:,} per request",
+                                 "too_many_pairs")
+        distinct = len(set(texts))
+        if distinct > limits.texts_to_embed:
+            raise RequestRefused(f"{distinct:,} distinct texts to embed (queries and new prompts) exceeds the cap of "
+                                 f"{limits.texts_to_embed:,} per request", "too_many_texts")
+
+    async def score_in_thread(pairs: int, function, *args):
+        pool = scorers["small" if pairs <= SMALL_SCORE_PAIRS else "large"]
+        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+    @app.get("/health", response_model=Health,
+             responses={503: {"model": Health, "description": "The embedding worker has stopped or is stuck (`reason`)."}})
+    async def health():
+        problem = batcher.problem()
+        body = Health(status="unavailable" if problem else "ok", reason=problem, model_version=version,
+                      queued_texts=batcher.queued_texts, queued_requests=batcher.queued_requests,
+                      requests_in_flight=gate.in_flight, embedding_call_seconds=batcher.call_seconds(),
+                      texts_embedded=batcher.texts_embedded)
+        if problem:
+            return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(limits.retry_after_seconds)})
+        return body
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=protected,
+              responses=_responses(400, 401, 404, 409, 413, 422, 503, auth=bool(api_key)))
     async def recommend(body: RecommendRequest) -> RecommendResponse:
-        candidates = [Candidate(text) for text in body.candidates] if body.candidates else None
-        chosen = recommender.resolve_candidates(candidates, body.candidate_ids)
+        given = [c if isinstance(c, CandidateIn) else CandidateIn(prompt=c) for c in body.candidates or []]
+        candidates = [Candidate(c.prompt, c.prompt_id or "") for c in given]
+        try:
+            chosen = recommender.resolve_candidates(candidates or None, body.candidate_ids or None)
+            # a request cost belongs to the prompt its candidate resolves to (a bundle text keeps the bundle's id)
+            costs = {recommender.resolve_candidates([c])[0].prompt_id: g.cost
+                     for c, g in zip(candidates, given, strict=True) if g.cost is not None}
+        except UnknownPromptError:
+            raise
+        except OirlError as exc:
+            raise CandidateConflict(str(exc)) from None
         new_texts = recommender.texts_to_embed(chosen)
-        vectors = await batcher.embed(body.queries + new_texts)
         n = len(body.queries)
+        label = f"{n:,} `queries` x {len(chosen):,} candidates" if candidates or body.candidate_ids else \
+            f"{n:,} `queries` x the bundle's {len(chosen):,} prompts"
+        check_size(n * len(chosen), label, body.queries + new_texts)
+        lengths = sorted((len(c.prompt) for c in chosen), reverse=True)
+        echoed = n * (sum(lengths[: body.top_k]) + lengths[0])
+        if echoed > limits.echoed_prompt_chars:
+            raise RequestRefused(f"the answer would repeat {echoed:,} characters of prompt text ({n:,} `queries` x the "
+                                 f"`top_k` longest candidates), over the cap of {limits.echoed_prompt_chars:,}; lower "
+                                 "`top_k` or send fewer queries per request", "too_much_prompt_text")
+        priced = _priced(recommender, costs)
+        try:
+            policy = priced.check_policy(body.policy, chosen)  # cost-aware without costs: refused before embedding
+        except OirlError as exc:
+            raise RequestRefused(str(exc), "missing_cost", ("body", "policy")) from None
+        vectors = await batcher.embed(body.queries + new_texts)
         candidate_vectors = recommender.candidate_vectors(chosen, vectors[n:])
-        scores = await asyncio.to_thread(recommender.score_vectors, vectors[:n], candidate_vectors)
-        ranked = recommender.rank(body.queries, scores, chosen, policy=body.policy, top_k=body.top_k)
-        results = [RecommendResult(index=i, prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, ranking=r.ranking) for i, r in enumerate(ranked)]
-        return RecommendResponse(model_version=version, results=results)
 
-    @app.post("/v1/score", response_model=ScoreResponse, dependencies=protected)
+        def score_and_rank():
+            scores = recommender.score_vectors(vectors[:n], candidate_vectors)
+            return priced.rank(body.queries, scores, chosen, policy=policy, top_k=body.top_k, cost_weight=body.cost_weight)
+
+        ranked = await score_in_thread(n * len(chosen), score_and_rank)
+        in_bundle = {c.prompt_id: recommender.is_bundle_prompt(c) for c in chosen}
+        results = [RecommendResult(index=i, prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, in_bundle=in_bundle[r.prompt_id],
+                                   ranking=[RankedPrompt(**item, in_bundle=in_bundle[item["prompt_id"]]) for item in r.ranking])
+                   for i, r in enumerate(ranked)]
+        return RecommendResponse(model_version=version, policy=policy, results=results)
+
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=protected,
+              responses=_responses(400, 401, 413, 422, 503, auth=bool(api_key)))
     async def score(body: ScoreRequest) -> ScoreResponse:
         queries = [p.query for p in body.pairs]
         resolved = [recommender.as_candidate(p.prompt) for p in body.pairs]
         new_texts = recommender.texts_to_embed(resolved)
+        check_size(len(queries), "`pairs`", queries + new_texts)
         vectors = await batcher.embed(queries + new_texts)
         prompt_vectors = recommender.candidate_vectors(resolved, vectors[len(queries):])
-        scores = await asyncio.to_thread(recommender.score_pairs, vectors[: len(queries)], prompt_vectors)
+        scores = await score_in_thread(len(queries), recommender.score_pairs, vectors[: len(queries)], prompt_vectors)
         return ScoreResponse(model_version=version, scores=[float(s) for s in scores])
 
-    @app.get("/v1/prompts", response_model=PromptsResponse, dependencies=protected)
+    @app.get("/v1/prompts", response_model=PromptsResponse, dependencies=protected,
+             responses=_responses(401, 413, 503, auth=bool(api_key)))
     async def prompts() -> PromptsResponse:
         entries = [PromptEntry(prompt_id=p.prompt_id, prompt=p.prompt, train_mean_reward=recommender.prior[p.prompt_id]) for p in recommender.prompts]
         return PromptsResponse(model_version=version, prompts=entries, default_prompt_id=recommender.default_prompt_id)
 
-    @app.get("/v1/model", dependencies=protected)
+    @app.get("/v1/model", dependencies=protected, responses=_responses(401, 413, 503, auth=bool(api_key)))
     async def model() -> dict:
         return {
             "model_version": version,
@@ -297,15 +857,27 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, max_body
             "policy": {"default": recommender.default_policy,
                        "conservative_margin": None if np.isinf(recommender.margin) else recommender.margin,
                        "fallback_threshold": recommender.threshold, "default_prompt_id": recommender.default_prompt_id},
-            "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "body_bytes": max_body_bytes},
+            "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
+                       "id_chars": MAX_ID_CHARS, **asdict(limits)},
             **recommender.metadata,
         }
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema["components"]["schemas"]["RecommendRequest"].update(_cost_rule(recommender))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    if not open_docs:  # with a key the schema needs it too; the HTML pages, which cannot send it, are off
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+        async def openapi_json() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     return app
-
-
-class _Unauthorized(Exception):
-    pass
 
 
 def app_from_env() -> FastAPI:
