@@ -128,18 +128,30 @@ def import_logs_command(source: Path, target: Path) -> None:
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=3, show_default=True, help="Cross-validation folds for model, margin and policy choice.")
 @click.option("--cv-groups", type=click.Choice(CV_GROUPS), default="text", show_default=True, help="What a held-out fold means: 'text' = unseen questions (new traffic), 'instance' = new samples of known questions (the paper's protocol).")
 @click.option("--importance-weights/--no-importance-weights", default=False, show_default=True, help="Partial-feedback logs: weight each logged row by 1 / propensity when fitting the reward model.")
+@click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="Train on a Dask cluster: 'local' (2 worker processes), 'local:N', or an existing scheduler. Models: auto (knn or lightgbm), lightgbm, knn.")
 @CACHE_OPTION
 def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str | None, split_column: str, train_split: str,
-          cv_folds: int, cv_groups: str, importance_weights: bool, cache_dir: Path) -> None:
-    """Train a reward model on LOG_FILE and save it as a bundle in --out."""
+          cv_folds: int, cv_groups: str, importance_weights: bool, dask_spec: str | None, cache_dir: Path) -> None:
+    """Train a reward model on LOG_FILE (a file, or a directory or glob of Parquet files) and save it as a bundle in --out."""
     from oirl.bundle import check_output_directory
     from oirl.logs import read_logs, training_rows
     from oirl.recommender import Recommender
 
     check_output_directory(out_dir)  # refuse before hours of work, not after
-    rows = training_rows(read_logs(log_file), split_column, train_split, source=str(log_file))
-    rec = Recommender.train(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
-                            cache_dir=cache_dir, progress=True, source=str(log_file), importance_weights=importance_weights)
+    if dask_spec:
+        from oirl.distributed import check_training_options, dask_client, parse_dask_spec, train_distributed
+
+        parse_dask_spec(dask_spec)
+        check_training_options(model, cv_groups)
+        if importance_weights:
+            raise OirlError("--importance-weights is not available with --dask")
+        with dask_client(dask_spec) as client:
+            rec = train_distributed(client, log_file, model=model, embedder=embedder, layout=layout, split_column=split_column,
+                                    train_split=train_split, cv_folds=cv_folds, cv_groups=cv_groups, cache_dir=cache_dir, progress=True)
+    else:
+        rows = training_rows(read_logs(log_file), split_column, train_split, source=str(log_file))
+        rec = Recommender.train(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
+                                cache_dir=cache_dir, progress=True, source=str(log_file), importance_weights=importance_weights)
     rec.save(out_dir)
     metrics = rec.metadata["metrics"]
     click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
@@ -170,19 +182,42 @@ def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> 
 @cli.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--query", "query_text", help="One query text.")
-@click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="JSONL file with a 'query' field per line.")
+@click.option("--queries", "queries_file", type=click.Path(path_type=Path), help="JSONL file with a 'query' (and optional 'query_id') field per line, a Parquet file or a directory or glob of Parquet files with a 'query' column.")
 @click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL file with 'prompt' and optional 'prompt_id' per line (default: the bundle's prompts).")
 @click.option("--top-k", type=click.IntRange(1), help="Keep only the K best of the ranking.")
 @click.option("--policy", type=click.Choice(list(POLICIES)), default=None, help="Selection policy [default: the bundle's, chosen by cross-validation at training].")
 @click.option("--cost-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="Lambda of the cost-aware policy: reward minus lambda x cost.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Write the picks as Parquet partitions part-00000.parquet, ... (query, query_id if given, prompt_id, prompt, score) to this new directory instead of printing JSON lines.")
+@click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="With --out: score and write the partitions on a Dask cluster ('local', 'local:N' or an existing scheduler).")
 @CACHE_OPTION
-def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str | None, cost_weight: float, cache_dir: Path) -> None:
-    """Print the recommended prompt for each query, one JSON line per query, in input order."""
+def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str | None, cost_weight: float,
+              out_dir: Path | None, dask_spec: str | None, cache_dir: Path) -> None:
+    """Print the recommended prompt for each query, one JSON line per query, in input order (or write Parquet partitions with --out)."""
     from oirl.recommender import Recommender
 
     if (query_text is None) == (queries_file is None):
         raise OirlError("give exactly one of --query TEXT or --queries FILE")
-    queries = [query_text] if query_text is not None else [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
+    if out_dir is not None or dask_spec:
+        from oirl.distributed import dask_client, parse_dask_spec, recommend_to_parquet
+
+        if dask_spec:
+            parse_dask_spec(dask_spec)
+        if out_dir is None or queries_file is None or top_k is not None:
+            raise OirlError("--dask needs --out DIR" if out_dir is None else "--out needs --queries FILE and writes the pick only (no --top-k)")
+        options = {"candidates": read_candidates(candidates_file) if candidates_file else None, "policy": policy,
+                   "cost_weight": cost_weight, "cache_dir": cache_dir}
+        with dask_client(dask_spec) as client:  # None without --dask
+            summary = recommend_to_parquet(model_dir, queries_file, out_dir, client=client, **options)
+        click.echo(json.dumps(summary))
+        return
+    if query_text is not None:
+        queries = [query_text]
+    elif queries_file.suffix.lower() == ".jsonl":
+        queries = [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
+    else:  # a Parquet file, directory or glob
+        from oirl.distributed import query_sources, read_query_partition
+
+        queries = [q for source in query_sources(queries_file) for q in read_query_partition(source)["query"]]
     candidates = read_candidates(candidates_file) if candidates_file else None
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
     rec.check_policy(policy, rec.resolve_candidates(candidates))  # e.g. cost-aware without costs: fail before embedding
@@ -203,9 +238,10 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
 @click.option("--costs", "costs_file", type=click.Path(path_type=Path), help="JSON object prompt id -> cost (default: the logs' cost column, else the bundle's).")
 @click.option("--cost-weights", default="0,0.001,0.003,0.01,0.03,0.1,0.3,1,3", show_default=True, help="Lambdas to sweep for the cost-aware policy (when every prompt has a cost).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG).")
+@click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="Score the logs on a Dask cluster ('local', 'local:N' or an existing scheduler); full-information logs only, no off-policy estimates.")
 @CACHE_OPTION
 def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_column: str, candidates_file: Path | None, out_file: Path | None,
-             costs_file: Path | None, cost_weights: str, plot_file: Path | None, cache_dir: Path) -> None:
+             costs_file: Path | None, cost_weights: str, plot_file: Path | None, dask_spec: str | None, cache_dir: Path) -> None:
     """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics;
     with costs, the cost-aware policy's reward-cost curve over --cost-weights."""
     import pandas as pd
@@ -214,22 +250,31 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
     from oirl.logs import read_logs, split_rows, validate_logs
     from oirl.recommender import Recommender
 
+    if dask_spec:
+        from oirl.distributed import dask_client, evaluate_distributed, parse_dask_spec
+
+        parse_dask_spec(dask_spec)
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
-    frames = []
-    for path in log_files:
-        frame = read_logs(path)
-        if split_column not in frame.columns:
-            warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=1)
-        frames.append(split_rows(frame, split_column, split, source=str(path)))
     source = " + ".join(map(str, log_files))
-    logs = validate_logs(pd.concat(frames, ignore_index=True), source=source) if len(frames) > 1 else frames[0]
     candidates = read_candidates(candidates_file) if candidates_file else None
     try:
         weights = [float(w) for w in cost_weights.split(",") if w.strip()]
     except ValueError:
         raise OirlError(f"--cost-weights: expected comma-separated numbers, got {cost_weights!r}") from None
     costs = read_costs(costs_file) if costs_file else None
-    result = rec.evaluate(logs, candidates, costs=costs, cost_weights=weights, source=source)
+    if dask_spec:
+        with dask_client(dask_spec) as client:
+            result = evaluate_distributed(client, model_dir, list(log_files), split=split, split_column=split_column, candidates=candidates,
+                                          costs=costs, cost_weights=weights, cache_dir=cache_dir)
+    else:
+        frames = []
+        for path in log_files:
+            frame = read_logs(path)
+            if split_column not in frame.columns:
+                warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=1)
+            frames.append(split_rows(frame, split_column, split, source=str(path)))
+        logs = validate_logs(pd.concat(frames, ignore_index=True), source=source) if len(frames) > 1 else frames[0]
+        result = rec.evaluate(logs, candidates, costs=costs, cost_weights=weights, source=source)
     report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split_column": split_column, "split": split, **result}
     if plot_file:
         if "cost_sweep" not in result:
@@ -309,18 +354,31 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embe
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes (each loads the bundle and the embedding model).")
-def serve(model_dir: Path, host: str, port: int, workers: int) -> None:
+@click.option("--explore", default=None, metavar="epsilon:E|softmax:T", help="Default exploration of /v1/recommend, e.g. epsilon:0.1 or softmax:0.05 (a request's 'explore' overrides it).")
+@click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
+def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key."""
     import os
 
     from oirl.recommender import Recommender
+    from oirl.select import parse_exploration
 
     try:
         import uvicorn
     except ImportError:
         raise OirlError("the service needs the [serve] extra: pip install 'oirl[serve]'") from None
+    if explore:
+        parse_exploration(explore)  # a bad setting fails here, in one line
     Recommender.load(model_dir)  # fail here, with a clear message, before any worker starts
+    if decisions is not None:
+        from oirl.decisions import DecisionStore
+
+        decisions.parent.mkdir(parents=True, exist_ok=True)
+        DecisionStore(decisions).close()  # create or migrate it once, and refuse a file that is not one
     os.environ["OIRL_MODEL_DIR"] = str(model_dir.resolve())
+    os.environ["OIRL_EXPLORE"] = explore or ""
+    os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
     uvicorn.run("oirl.serve:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 

@@ -311,15 +311,16 @@ class Recommender:
         cost = np.array([known.get(c.prompt_id, np.nan) for c in candidates], dtype=np.float64)
         return {"prior": prior, "in_bundle": in_bundle, "margin": self.margin, "threshold": self.threshold, "cost": cost, "cost_weight": cost_weight}
 
-    def check_policy(self, policy: str | None, candidates: list[Candidate] | None = None) -> str:
-        """The policy to use (None: the bundle's default), checked before any embedding."""
+    def check_policy(self, policy: str | None, candidates: list[Candidate] | None = None, costs: dict[str, float] | None = None) -> str:
+        """The policy to use (None: the bundle's default), checked before any embedding.
+        ``costs`` (prompt id -> cost) add to or override the bundle's."""
         from oirl.select import POLICIES
 
         policy = policy or self.default_policy
         if policy not in POLICIES:
             raise OirlError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
         if policy == "cost-aware":
-            cost = self.policy_context(candidates if candidates is not None else self.prompts)["cost"]
+            cost = self.policy_context(candidates if candidates is not None else self.prompts, costs)["cost"]
             missing = [c.prompt_id for c, v in zip(candidates or self.prompts, cost, strict=True) if not np.isfinite(v)]
             if missing:
                 raise OirlError(f"the cost-aware policy needs a cost for every candidate; none known for: {', '.join(missing[:10])}")
@@ -327,12 +328,15 @@ class Recommender:
 
     def rank(
         self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str | None = None,
-        top_k: int | None = None, cost_weight: float = 0.0,
+        top_k: int | None = None, cost_weight: float = 0.0, costs: dict[str, float] | None = None, picks: np.ndarray | None = None,
     ) -> list[Recommendation]:
-        """Apply ``policy`` (default: the bundle's) to a score matrix (n_q, n_c): the pick plus the top-k ranking."""
-        policy = self.check_policy(policy, candidates)
-        context = self.policy_context(candidates, cost_weight=cost_weight)
-        picks = choose(policy, scores, **context)
+        """Apply ``policy`` (default: the bundle's) to a score matrix (n_q, n_c): the pick plus the top-k ranking.
+
+        ``costs`` add to or override the bundle's; ``picks`` (n_q,), if given, replace the
+        policy's picks (e.g. a draw of an exploring service)."""
+        policy = self.check_policy(policy, candidates, costs)
+        context = self.policy_context(candidates, costs, cost_weight=cost_weight)
+        picks = choose(policy, scores, **context) if picks is None else picks
         prior = np.nan_to_num(context["prior"], nan=-1.0)
         results = []
         for query, row, pick in zip(queries, scores, picks, strict=True):

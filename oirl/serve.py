@@ -2,8 +2,8 @@
 
     app = create_app(Recommender.load("models/gsm8k"))
 
-Endpoints: ``POST /v1/recommend``, ``POST /v1/score``, ``GET /v1/prompts``,
-``GET /v1/model``, ``GET /health`` and the OpenAPI schema at ``/openapi.json`` (behind
+Endpoints: ``POST /v1/recommend``, ``POST /v1/score``, ``POST /v1/feedback``,
+``GET /v1/prompts``, ``GET /v1/model``, ``GET /health`` and the OpenAPI schema at ``/openapi.json`` (behind
 the key when one is set; ``/docs`` and ``/redoc`` are then off).
 
 Everything is bounded, and every bound is listed in ``/v1/model`` under ``limits``:
@@ -29,14 +29,8 @@ exception in a model call fails only the requests in that call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-import hashlib
 import hmac
 import os
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -51,17 +45,26 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from oirl.errors import OirlError, UnknownPromptError
 from oirl.recommender import Candidate, Recommender
-from oirl.select import POLICIES
+from oirl.select import POLICIES, choose, draw, exploration_probabilities
+from oirl.serve_runtime import (
+    MAX_BODY_BYTES,
+    BodySizeLimit,
+    ConcurrencyLimit,
+    EmbeddingBatcher,
+    EmbeddingFailed,
+    Overloaded,
+    _Gate,
+    _length_sorted,
+    _unavailable,
+)
 
 MAX_QUERIES = 256
 MAX_CANDIDATES = 256
 MAX_PAIRS = 4096
 MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 512
-MAX_BODY_BYTES = 1 << 20  # 1 MiB
 MAX_ERRORS = 20  # validation errors listed in one 422
 PREVIEW_CHARS = 100  # of an offending value, in a 422
-SMALL_WINDOW_SECONDS = 1.0  # small requests "come in" if one came in this recently
 SMALL_SCORE_PAIRS = 1_024  # up to this many pairs a request is scored on the thread for small ones
 
 
@@ -129,6 +132,26 @@ class CandidateIn(BaseModel):
                                                        "replaces the bundle's cost for a bundle prompt.")
 
 
+class EpsilonGreedy(BaseModel):
+    """Explore around the policy's pick: it has probability 1 - epsilon + epsilon / K, every other candidate epsilon / K."""
+
+    model_config = _REQUEST
+    method: Literal["epsilon"]
+    epsilon: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class Softmax(BaseModel):
+    """Draw a candidate with probability proportional to exp(score / temperature)."""
+
+    model_config = _REQUEST
+    method: Literal["softmax"]
+    temperature: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+
+
+Explore = Annotated[EpsilonGreedy | Softmax, Field(discriminator="method")]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
 class RecommendRequest(BaseModel):
     model_config = _REQUEST
     queries: list[Text] = Field(min_length=1, max_length=MAX_QUERIES, description="Query texts.")
@@ -145,6 +168,10 @@ class RecommendRequest(BaseModel):
                                                     "`cost-aware` needs a cost for every candidate (the bundle's or given).")
     cost_weight: NonNegative = Field(0.0, description="Lambda of the cost-aware policy (reward minus lambda x cost); "
                                                       "other policies ignore it.")
+    explore: Explore | None = Field(None, description="Serve a random candidate instead of always the policy's pick, and "
+                                                      "report the probability it was drawn with (`propensity`); default: the "
+                                                      "server's `--explore`, if any. `{\"method\": \"epsilon\", \"epsilon\": 0}` "
+                                                      "turns a server default off.")
 
     @field_validator("candidate_ids")
     @classmethod
@@ -168,6 +195,23 @@ class RecommendResult(BaseModel):
     score: float
     in_bundle: bool
     ranking: list[RankedPrompt]
+    decision_id: str | None = Field(None, description="Id to send the outcome to `/v1/feedback` with (when the server "
+                                                       "records decisions or the request explores).")
+    propensity: float | None = Field(None, description="The probability with which this prompt was served (1.0 when not "
+                                                       "exploring); set with `decision_id`.")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = _REQUEST
+    decision_id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)] = Field(description="A `decision_id` from `/v1/recommend`.")
+    reward: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(description="The outcome, in [0, 1].")
+
+
+class FeedbackResponse(BaseModel):
+    recorded: Literal[True] = True
+    decision_id: str
+    reward: float
+    duplicate: bool = Field(description="This reward had been recorded before (a retry).")
 
 
 class RecommendResponse(BaseModel):
@@ -240,14 +284,6 @@ class ValidationErrorResponse(BaseModel):
 # --------------------------------------------------------------------------- errors
 
 
-class Overloaded(Exception):
-    """The service cannot take this request now (503 with Retry-After)."""
-
-
-class EmbeddingFailed(Exception):
-    """The embedding model raised on the texts of this request (500)."""
-
-
 class RequestRefused(OirlError):
     """A schema-valid request refused for what the schema cannot say: a per-request cap,
     a cost the cost-aware policy lacks (422, with ``loc`` and ``type``)."""
@@ -290,340 +326,6 @@ def _error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
         shown.append({"loc": loc, "msg": _cut(str(error.get("msg", "")), 500), "type": str(error.get("type", "value_error")),
                       "input": _preview(error.get("input"))})
     return {"detail": shown, "error_count": len(errors)}
-
-
-# --------------------------------------------------------------------------- embedding
-
-
-def _text_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-class _Job:
-    """One request's texts that the cache does not hold."""
-
-    __slots__ = ("items", "handed", "vectors", "future", "progress_at")
-
-    def __init__(self, items: list[tuple[bytes, str]], future: asyncio.Future):
-        self.items = items  # (key, text), distinct
-        self.handed = 0  # items[:handed] went to a model call
-        self.vectors: dict[bytes, np.ndarray] = {}
-        self.future = future
-        self.progress_at = time.monotonic()
-
-    @property
-    def waiting(self) -> int:
-        return len(self.items) - self.handed
-
-
-class EmbeddingBatcher:
-    """Embeds the texts of concurrent requests together on one thread, within bounds.
-
-    ``embed(texts) -> (n, d)`` is the model. Vectors are cached by text hash (an LRU of
-    ``cache_items``). A request's uncached texts join the queue unless ``max_queued``
-    texts already wait (then :class:`Overloaded`); each model call takes at most
-    ``max_batch`` distinct texts, one per waiting request in turn, oldest first. While
-    small requests (of at most ``max_share`` texts) keep coming, one in the last second,
-    a call takes at most ``max_share`` texts from any one request: calls for large
-    requests stay short, and a small request arriving meanwhile soon has its turn. A
-    request whose texts see no progress for ``stall_seconds`` gets :class:`Overloaded`
-    and its remaining texts leave the queue. A failed model call is retried once per
-    request, so only the requests whose own texts fail get :class:`EmbeddingFailed`.
-    """
-
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], *, max_batch: int = 48, max_share: int = 8,
-                 max_queued: int = 4096, stall_seconds: float = 30.0, cache_items: int = 50_000):
-        self._embed = embed
-        self.max_batch = max_batch
-        self.max_share = max_share
-        self.max_queued = max_queued
-        self.stall_seconds = stall_seconds
-        self.cache_items = cache_items
-        self.texts_embedded = 0
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._pending: deque[_Job] = deque()
-        self._queued = 0  # sum of `waiting` over the pending jobs
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        self._call_started: float | None = None
-        self._small_at = -np.inf  # when a request of at most max_share texts last came in
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oirl-embed")
-
-    async def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="oirl-embedding-batcher")
-        self._task.add_done_callback(lambda _: self._fail_all(Overloaded(self.problem() or "the embedding worker stopped")))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    @property
-    def queued_texts(self) -> int:
-        return self._queued
-
-    @property
-    def queued_requests(self) -> int:
-        return len(self._pending)
-
-    def call_seconds(self) -> float | None:
-        """How long the current model call has run (None: no call runs)."""
-        started = self._call_started
-        return None if started is None else time.monotonic() - started
-
-    def problem(self) -> str | None:
-        """Why the batcher cannot embed now (None: it can)."""
-        if self._task is None:
-            return "the embedding worker has not started"
-        if self._task.done():
-            error = None if self._task.cancelled() else self._task.exception()
-            return f"the embedding worker stopped ({type(error).__name__}: {error})" if error else "the embedding worker stopped"
-        seconds = self.call_seconds()
-        if seconds is not None and seconds > self.stall_seconds:
-            return f"an embedding call has run for {seconds:.0f} s (limit {self.stall_seconds:g} s)"
-        return None
-
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors of ``texts`` in order, shape (len(texts), d); raises Overloaded or EmbeddingFailed."""
-        keys = [_text_key(t) for t in texts]
-        found: dict[bytes, np.ndarray] = {}
-        missing: dict[bytes, str] = {}
-        for text, key in zip(texts, keys, strict=True):
-            vector = self._cache.get(key)
-            if vector is not None:
-                self._cache.move_to_end(key)
-                found[key] = vector
-            else:
-                missing.setdefault(key, text)
-        if missing:
-            problem = self.problem()
-            if problem:  # cached texts are still served
-                raise Overloaded(problem)
-            if self._queued and self._queued + len(missing) > self.max_queued:
-                raise Overloaded(f"the embedding queue is full ({self._queued:,} texts wait, at most {self.max_queued:,})")
-            job = _Job(list(missing.items()), asyncio.get_running_loop().create_future())
-            if len(missing) <= self.max_share:
-                self._small_at = job.progress_at
-            self._pending.append(job)
-            self._queued += len(missing)
-            self._wakeup.set()
-            try:
-                await self._wait(job)
-            finally:
-                self._forget(job)
-            found.update(job.vectors)
-        if not keys:
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([found[k] for k in keys])
-
-    async def _wait(self, job: _Job) -> None:
-        while True:
-            remaining = job.progress_at + self.stall_seconds - time.monotonic()
-            done, _ = await asyncio.wait({job.future}, timeout=max(remaining, 0.0))
-            if done:
-                return job.future.result()
-            if time.monotonic() - job.progress_at >= self.stall_seconds:
-                raise Overloaded(f"no embedding progress for {self.stall_seconds:g} s")
-
-    def _forget(self, job: _Job) -> None:
-        """Take a job out of the queue (finished, failed or abandoned); its texts in a running call only feed the cache."""
-        if not job.future.done():
-            job.future.cancel()
-        if job.waiting:
-            self._queued -= job.waiting
-            job.handed = len(job.items)
-        with contextlib.suppress(ValueError):
-            self._pending.remove(job)
-
-    def _fail(self, job: _Job, error: BaseException) -> None:
-        if not job.future.done():
-            job.future.set_exception(error)
-        self._forget(job)
-
-    def _fail_all(self, error: BaseException) -> None:
-        for job in list(self._pending):
-            self._fail(job, error)
-
-    def _next_batch(self) -> dict[_Job, list[tuple[bytes, str]]]:
-        """Up to ``max_batch`` distinct texts, one per waiting job in turn, oldest first
-        (at most ``max_share`` per job while small jobs come in)."""
-        parts: dict[_Job, list[tuple[bytes, str]]] = {}
-        distinct: set[bytes] = set()
-        share = self.max_share if time.monotonic() - self._small_at < SMALL_WINDOW_SECONDS else self.max_batch
-        handed = True
-        while handed and len(distinct) < self.max_batch:
-            handed = False
-            for job in list(self._pending):
-                if len(distinct) >= self.max_batch:
-                    break
-                if len(parts.get(job, ())) >= share:
-                    continue
-                handed = True
-                item = job.items[job.handed]
-                job.handed += 1
-                self._queued -= 1
-                parts.setdefault(job, []).append(item)
-                distinct.add(item[0])
-                if not job.waiting:
-                    self._pending.remove(job)
-        return parts
-
-    async def _call(self, texts: list[str]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        self._call_started = time.monotonic()
-        try:
-            vectors = await loop.run_in_executor(self._executor, self._embed, texts)
-        finally:
-            self._call_started = None
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise EmbeddingFailed(f"the embedder returned shape {vectors.shape} for {len(texts)} texts")
-        self.texts_embedded += len(texts)
-        return vectors
-
-    def _deliver(self, parts: dict[_Job, list[tuple[bytes, str]]], vectors: dict[bytes, np.ndarray]) -> None:
-        for key, vector in vectors.items():
-            self._cache[key] = vector.copy()  # a row of its own: no cached row keeps a whole batch alive
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_items:
-            self._cache.popitem(last=False)
-        now = time.monotonic()
-        for job, items in parts.items():
-            if job.future.done():  # timed out, failed or abandoned meanwhile
-                continue
-            for key, _ in items:
-                job.vectors[key] = vectors[key]
-            job.progress_at = now
-            if len(job.vectors) == len(job.items):
-                job.future.set_result(None)
-
-    async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            parts = self._next_batch()
-            texts = dict(item for items in parts.values() for item in items)
-            try:
-                vectors = await self._call(list(texts.values()))
-            except Exception as error:  # noqa: BLE001 - any model failure: isolate it to the requests that cause it
-                await self._isolate(parts, error)
-                continue
-            self._deliver(parts, dict(zip(texts, vectors, strict=True)))
-
-    async def _isolate(self, parts: dict[_Job, list[tuple[bytes, str]]], error: Exception) -> None:
-        live = [job for job in parts if not job.future.done()]
-        if len(live) <= 1:
-            for job in live:
-                self._fail(job, EmbeddingFailed(f"{type(error).__name__}: {error}"))
-            return
-        for job in live:
-            items = dict(parts[job])
-            try:
-                vectors = await self._call(list(items.values()))
-            except Exception as own:  # noqa: BLE001
-                self._fail(job, EmbeddingFailed(f"{type(own).__name__}: {own}"))
-                continue
-            self._deliver({job: parts[job]}, dict(zip(items, vectors, strict=True)))
-
-
-def _length_sorted(embedder) -> Callable[[list[str]], np.ndarray]:
-    """The model call: texts sorted by length and embedded 16 at a time, so one long
-    text does not pad a whole batch to its length."""
-
-    def embed(texts: list[str]) -> np.ndarray:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors = embedder.embed([texts[i] for i in order], batch_size=16)
-        out = np.empty_like(vectors)
-        out[order] = vectors
-        return out
-
-    return embed
-
-
-# --------------------------------------------------------------------------- ASGI middleware
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
-
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
-        received = 0
-        rejected = False
-
-        async def limited_receive():
-            nonlocal received, rejected
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    if not rejected:
-                        rejected = True
-                        await self._reject(send)
-                    return {"type": "http.disconnect"}  # the app stops reading here
-            return message
-
-        async def guarded_send(message):
-            if not rejected:  # the 413 is already out: drop whatever the app answers
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise
-
-    async def _reject(self, send) -> None:
-        response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
-        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-
-class _Gate:
-    """Counts the /v1 requests under way."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_flight = 0
-
-
-class ConcurrencyLimit:
-    """ASGI middleware: a 503 with Retry-After, before the body is read, for a /v1 request
-    beyond ``gate.limit`` under way."""
-
-    def __init__(self, app, gate: _Gate, retry_after: int):
-        self.app = app
-        self.gate = gate
-        self.retry_after = retry_after
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            return await self.app(scope, receive, send)
-        if self.gate.in_flight >= self.gate.limit:
-            response = _unavailable(f"{self.gate.limit} requests under way; try again shortly", self.retry_after)
-            return await response(scope, receive, send)
-        self.gate.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.gate.in_flight -= 1
-
-
-def _unavailable(detail: str, retry_after: int) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
 # --------------------------------------------------------------------------- the app
@@ -673,24 +375,19 @@ def _cost_rule(recommender: Recommender) -> dict[str, Any]:
     return {"if": condition, "then": then}
 
 
-def _priced(recommender: Recommender, costs: dict[str, float]) -> Recommender:
-    """The recommender with request-given costs over the bundle's (a shallow copy:
-    ``rank`` and ``check_policy`` read ``costs`` and take no override)."""
-    if not costs:
-        return recommender
-    view = copy.copy(recommender)
-    view.costs = {**recommender.costs, **costs}
-    return view
-
-
 def create_app(recommender: Recommender, *, api_key: str | None = None, limits: ServiceLimits | None = None,
-               embedder=None) -> FastAPI:
+               embedder=None, explore: tuple[str, float] | None = None, decisions: str | os.PathLike[str] | None = None) -> FastAPI:
     """Build the service around a loaded bundle.
 
     ``api_key`` (or ``$OIRL_API_KEY``) turns on bearer auth for everything but
     ``/health``, the schema included. ``embedder`` replaces the bundle's live embedder
-    (anything with ``embed(texts, batch_size=...)``).
+    (anything with ``embed(texts, batch_size=...)``). ``explore`` (``("epsilon", 0.1)``
+    or ``("softmax", 0.05)``) is the default exploration of ``/v1/recommend``.
+    ``decisions`` is an SQLite file (:mod:`oirl.decisions`): every recommendation is
+    recorded there before it is answered, and ``/v1/feedback`` records its outcome.
     """
+    from oirl.decisions import Decision, DecisionStore, new_decision_id
+
     api_key = (api_key if api_key is not None else os.environ.get("OIRL_API_KEY")) or None  # "": no auth
     limits = limits or ServiceLimits()
     embedder = embedder if embedder is not None else recommender.embedder
@@ -700,6 +397,9 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
     scorers = {size: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"oirl-score-{size}") for size in ("small", "large")}
     gate = _Gate(limits.concurrent_requests)
     version = recommender.fingerprint or "unsaved"
+    store = DecisionStore(decisions) if decisions is not None else None
+    default_explore = None if explore is None else (EpsilonGreedy(method="epsilon", epsilon=explore[1]) if explore[0] == "epsilon"
+                                                   else Softmax(method="softmax", temperature=explore[1]))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -709,6 +409,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
         await batcher.stop()
         for pool in scorers.values():
             pool.shutdown(wait=False, cancel_futures=True)
+        if store is not None:
+            store.close()
 
     open_docs = api_key is None
     app = FastAPI(title="oirl", version=version, summary="Recommend the best prompt per query.", lifespan=lifespan,
@@ -810,24 +512,60 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
             raise RequestRefused(f"the answer would repeat {echoed:,} characters of prompt text ({n:,} `queries` x the "
                                  f"`top_k` longest candidates), over the cap of {limits.echoed_prompt_chars:,}; lower "
                                  "`top_k` or send fewer queries per request", "too_much_prompt_text")
-        priced = _priced(recommender, costs)
         try:
-            policy = priced.check_policy(body.policy, chosen)  # cost-aware without costs: refused before embedding
+            policy = recommender.check_policy(body.policy, chosen, costs)  # cost-aware without costs: refused before embedding
         except OirlError as exc:
             raise RequestRefused(str(exc), "missing_cost", ("body", "policy")) from None
+        exploration = body.explore or default_explore
         vectors = await batcher.embed(body.queries + new_texts)
         candidate_vectors = recommender.candidate_vectors(chosen, vectors[n:])
 
         def score_and_rank():
             scores = recommender.score_vectors(vectors[:n], candidate_vectors)
-            return priced.rank(body.queries, scores, chosen, policy=policy, top_k=body.top_k, cost_weight=body.cost_weight)
+            picks = propensity = None
+            if exploration is not None:
+                context = recommender.policy_context(chosen, costs, cost_weight=body.cost_weight)
+                parameter = exploration.epsilon if exploration.method == "epsilon" else exploration.temperature
+                probabilities = exploration_probabilities(scores, choose(policy, scores, **context), exploration.method, parameter)
+                picks, propensity = draw(probabilities, np.random.default_rng())
+            ranked = recommender.rank(body.queries, scores, chosen, policy=policy, top_k=body.top_k, cost_weight=body.cost_weight,
+                                      costs=costs, picks=picks)
+            return ranked, propensity
 
-        ranked = await score_in_thread(n * len(chosen), score_and_rank)
+        ranked, propensity = await score_in_thread(n * len(chosen), score_and_rank)
         in_bundle = {c.prompt_id: recommender.is_bundle_prompt(c) for c in chosen}
+        decided = exploration is not None or store is not None
+        ids = [new_decision_id() for _ in ranked] if decided else [None] * len(ranked)
+        served = [float(p) for p in propensity] if propensity is not None else [1.0 if decided else None] * len(ranked)
+        if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
+            explore_json = None if exploration is None else exploration.model_dump()
+            await asyncio.to_thread(store.record, [
+                Decision(query=q, candidate_ids=[c.prompt_id for c in chosen], candidate_prompts=[c.prompt for c in chosen],
+                         prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, policy=policy, model_version=version,
+                         propensity=served[i], explore=explore_json, decision_id=ids[i])
+                for i, (q, r) in enumerate(zip(body.queries, ranked, strict=True))])
         results = [RecommendResult(index=i, prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, in_bundle=in_bundle[r.prompt_id],
-                                   ranking=[RankedPrompt(**item, in_bundle=in_bundle[item["prompt_id"]]) for item in r.ranking])
+                                   ranking=[RankedPrompt(**item, in_bundle=in_bundle[item["prompt_id"]]) for item in r.ranking],
+                                   decision_id=ids[i], propensity=served[i])
                    for i, r in enumerate(ranked)]
         return RecommendResponse(model_version=version, policy=policy, results=results)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=protected,
+              responses=_responses(400, 401, 404, 409, 413, 422, 503, auth=bool(api_key)))
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Record the outcome of a decision, once: the same reward again is a success, another one a 409."""
+        from oirl.decisions import ConflictingFeedbackError, UnknownDecisionError
+
+        if store is None:
+            return JSONResponse({"detail": "this server records no decisions (start it with 'oirl serve --decisions PATH')"},
+                                status_code=404)
+        try:
+            result = await asyncio.to_thread(store.feedback, body.decision_id, body.reward)
+        except UnknownDecisionError:
+            return JSONResponse({"detail": f"unknown decision_id {body.decision_id}"}, status_code=404)
+        except ConflictingFeedbackError as exc:
+            return JSONResponse({"detail": _cut(str(exc), 1000)}, status_code=409)
+        return FeedbackResponse(decision_id=result.decision_id, reward=result.reward, duplicate=result.duplicate)
 
     @app.post("/v1/score", response_model=ScoreResponse, dependencies=protected,
               responses=_responses(400, 401, 413, 422, 503, auth=bool(api_key)))
@@ -857,6 +595,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
             "policy": {"default": recommender.default_policy,
                        "conservative_margin": None if np.isinf(recommender.margin) else recommender.margin,
                        "fallback_threshold": recommender.threshold, "default_prompt_id": recommender.default_prompt_id},
+            "feedback": {"decisions": str(decisions) if store is not None else None,
+                         "explore": None if default_explore is None else default_explore.model_dump()},
             "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
                        "id_chars": MAX_ID_CHARS, **asdict(limits)},
             **recommender.metadata,
@@ -881,5 +621,10 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory``: the bundle directory comes from ``$OIRL_MODEL_DIR``."""
-    return create_app(Recommender.load(os.environ["OIRL_MODEL_DIR"]))
+    """Factory for ``uvicorn --factory``: the bundle directory comes from ``$OIRL_MODEL_DIR``, the
+    default exploration from ``$OIRL_EXPLORE`` and the decision file from ``$OIRL_DECISIONS``."""
+    from oirl.select import parse_exploration
+
+    explore = os.environ.get("OIRL_EXPLORE") or None
+    return create_app(Recommender.load(os.environ["OIRL_MODEL_DIR"]), explore=parse_exploration(explore) if explore else None,
+                      decisions=os.environ.get("OIRL_DECISIONS") or None)

@@ -27,14 +27,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, api_key=None):
-    port = free_port()
+def start_server(model_dir, api_key=None, extra_args=(), port=None):
+    port = port or free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("OIRL_API_KEY", None)
     if api_key:
         env["OIRL_API_KEY"] = api_key
     process = subprocess.Popen(
-        [sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--port", str(port)],
+        [sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--port", str(port), *map(str, extra_args)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -488,7 +488,7 @@ def fake_model(seconds_per_text=0.0, calls=None):
 
 
 def test_batcher_shares_calls_caches_and_keeps_order():
-    from oirl.serve import EmbeddingBatcher
+    from oirl.serve_runtime import EmbeddingBatcher
 
     calls = []
     batcher = EmbeddingBatcher(fake_model(calls=calls), max_batch=4)
@@ -507,7 +507,7 @@ def test_batcher_shares_calls_caches_and_keeps_order():
 
 
 def test_batcher_serves_small_requests_alongside_a_large_one():
-    from oirl.serve import EmbeddingBatcher
+    from oirl.serve_runtime import EmbeddingBatcher
 
     batcher = EmbeddingBatcher(fake_model(seconds_per_text=0.002), max_batch=16)
 
