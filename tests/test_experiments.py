@@ -67,3 +67,14 @@ def test_compare_embedders_runs_at_toy_size(data_dir, tmp_path):
     assert row["95% low"] <= row["static - minilm"] <= row["95% high"]
     assert row["speed-up"] > 1
     assert out.with_suffix(".md").read_text().startswith("### Embedders side by side")
+
+
+def test_feedback_loop_survives_a_kill_at_toy_size(data_dir, tmp_path, minilm_bundle):
+    out = tmp_path / "loop.json"
+    report = load("bench_feedback_loop").main(["--data-dir", str(data_dir), "--bundle", str(minilm_bundle), "--calls", "60",
+                                               "--clients", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["restart seconds"] is not None  # the server was killed with SIGKILL and came back
+    assert report["feedback acknowledged"] == report["recommendations answered"] == 60 and report["errors"] == 0
+    assert report["acknowledged feedback missing or changed"] == 0 and report["duplicate decisions in export"] == 0
+    assert report["propensities differing from the answer"] == 0 and report["exported rows"] >= 60
