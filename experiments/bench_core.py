@@ -24,7 +24,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--model", default="lightgbm")
+    parser.add_argument("--model", default="auto", help="'auto' (the default of oirl train) or a reward model name.")
     parser.add_argument("--embedder", default="minilm")
     parser.add_argument("--max-train-queries", type=int, default=None, help="Train on a slice (for smoke tests).")
     parser.add_argument("--calls", type=int, default=500, help="Recommendation calls to time.")

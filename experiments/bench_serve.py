@@ -9,7 +9,8 @@ experiments/results/bench_serve.json with:
   bundle prompts + the 10 held-out prompts): p50 / p95 / p99 ms;
 - (b) throughput: 32 concurrent clients, a bounded number of requests (default
   5,000), same request shape: requests/s, p50 / p99 ms and the error count.
-Without --model-dir it trains a bundle on 1,000 GSM8K train queries first.
+Without --model-dir it trains a bundle on 1,000 GSM8K train queries first (every default,
+with --embedder: minilm, or minilm-static for the fast path).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--model-dir", type=Path, help="A trained bundle (default: train one on 1,000 GSM8K queries).")
+    parser.add_argument("--embedder", default="minilm", help="Embedder of the bundle trained without --model-dir.")
+    parser.add_argument("--cache-dir", type=Path, default=Path("embeddings"), help="Embedding cache (and where minilm-static is built).")
     parser.add_argument("--sequential", type=int, default=300, help="Requests in the latency run.")
     parser.add_argument("--requests", type=int, default=5000, help="Requests in the throughput run.")
     parser.add_argument("--clients", type=int, default=32)
@@ -109,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from oirl._atomic import write_text_atomic
-    from oirl.embed import get_embedder
     from oirl.importers.prompt_oirl import PROMPTS, load_questions
     from oirl.logs import read_logs, training_rows
     from oirl.recommender import Recommender
@@ -134,9 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
             import_prompt_oirl(args.data_dir, Path(tmp) / "logs", datasets=("gsm8k",))
             train = training_rows(read_logs(Path(tmp) / "logs" / "gsm8k.parquet"), "split", "train", source="gsm8k")
             keep = train["query_id"].drop_duplicates().head(1000)
-            model_dir = Recommender.train(train[train["query_id"].isin(keep)], cache_dir=Path(tmp) / "emb").save(Path(tmp) / "model")
+            model_dir = Recommender.train(train[train["query_id"].isin(keep)], embedder=args.embedder,
+                                          cache_dir=args.cache_dir).save(Path(tmp) / "model")
 
-        embedder = get_embedder(Recommender.load(model_dir).embedder_spec)
+        embedder = Recommender.load(model_dir).embedder  # the bundle's own (a static one travels inside it)
         embedder.embed(["load the model before timing"])
         started = time.perf_counter()
         embedder.embed(raw_texts, batch_size=64)
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
             process.wait(timeout=30)
 
     result = {
+        "embedder": Recommender.load(model_dir).embedder_spec if args.model_dir else args.embedder,
         "raw_embedding_queries_per_second": round(raw_speed, 1),
         "latency_one_client": {"requests": len(sequential), "candidates": len(candidates), "ms": _percentiles(sequential)},
         "throughput": {

@@ -304,10 +304,11 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
 @click.option("--limit", type=click.IntRange(10), default=None, help="Keep the first N training and N test query instances (a toy-size run).")
 @click.option("--repetitions", type=click.IntRange(1), default=100, show_default=True, help="ope: simulated logs per logging policy.")
 @click.option("--learn-repetitions", type=click.IntRange(0), default=10, show_default=True, help="ope: bundles trained on simulated partial logs, per dataset.")
+@click.option("--learn-datasets", default="mawps", show_default=True, help="ope: datasets whose partial logs train bundles (comma-separated).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
 def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embedder: str, authors_config: bool, n_boot: int,
-              limit: int | None, repetitions: int, learn_repetitions: int, out_dir: Path, cache_dir: Path) -> None:
+              limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, out_dir: Path, cache_dir: Path) -> None:
     """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.importers.prompt_oirl import DATASETS
     from oirl.reproduce.prompt_oirl import PROTOCOLS
@@ -324,6 +325,7 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embe
         if unknown or not chosen:
             raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} for --benchmark ope (choose from {', '.join(OPE_DATASETS)})")
         result = reproduce_ope(data_dir, out_dir, datasets=chosen, repetitions=repetitions, learn_repetitions=learn_repetitions,
+                               learn_datasets=tuple(d.strip() for d in learn_datasets.split(",") if d.strip()),
                                n_boot=min(n_boot, 500), cache_dir=cache_dir, embedder=embedder, limit=limit)
         click.echo((out_dir / "ope_estimators.md").read_text())
         click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")

@@ -165,8 +165,8 @@ def plot_rmse(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def reproduce_ope(data_dir: Path, out_dir: Path, *, datasets: tuple[str, ...] = DATASETS, repetitions: int = 100,
-                  learn_repetitions: int = 10, n_boot: int = 200, cache_dir=None, embedder: str = "minilm",
-                  limit: int | None = None, progress: bool = True) -> dict:
+                  learn_repetitions: int = 10, learn_datasets: tuple[str, ...] = ("mawps",), n_boot: int = 200, cache_dir=None,
+                  embedder: str = "minilm", limit: int | None = None, progress: bool = True) -> dict:
     """Run the simulation and write tables, CSVs and plots under ``out_dir``."""
     from tqdm import tqdm
 
@@ -182,7 +182,7 @@ def reproduce_ope(data_dir: Path, out_dir: Path, *, datasets: tuple[str, ...] = 
         summary = summarise(estimator_study(full, test, repetitions=repetitions, n_boot=n_boot)).assign(dataset=name)
         summaries.append(summary)
         plot_rmse(summary, out_dir / f"ope_rmse_vs_size_{name}.png", f"{name}: off-policy estimates of oirl's argmax (uniform logger)")
-        if learn_repetitions:
+        if learn_repetitions and name in learn_datasets:
             learning.append(learning_study(train, test, full, repetitions=learn_repetitions, cache_dir=cache_dir,
                                            embedder=embedder).assign(dataset=name))
         timings[name] = round(time.perf_counter() - t0, 1)
