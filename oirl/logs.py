@@ -32,6 +32,7 @@ one prompt it used, with its propensity if it explored).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -81,14 +82,76 @@ def read_logs(path: str | Path) -> pd.DataFrame:
     Returns a DataFrame with the columns of :data:`CANONICAL_COLUMNS` that the file
     has (``query_id``, ``query``, ``prompt_id``, ``prompt``, ``reward`` always), ids
     and texts as ``str``, ``reward`` as float. Raises :class:`LogFormatError` naming
-    the file, row and column of the first problem.
+    the file, row and column of the first problem. A directory or a glob pattern of
+    Parquet files is read by :func:`read_log_directory`.
     """
+    if is_partitioned(path):
+        return read_log_directory(path)
     path = Path(path)
     fmt = log_format(path)
     if not path.is_file():
         raise LogFormatError(f"{path}: no such log file")
     raw, where = _READERS[fmt](path)
     return validate_logs(raw, source=str(path), where=where)
+
+
+def is_partitioned(path: str | Path) -> bool:
+    """Whether ``path`` names a directory of Parquet files or a glob pattern (not one file)."""
+    if Path(path).is_file():
+        return False
+    return Path(path).is_dir() or any(c in str(path) for c in "*?[")
+
+
+def partition_files(path: str | Path) -> list[Path]:
+    """The Parquet files of a partitioned log, sorted by name.
+
+    A directory contributes its ``*.parquet`` files (not its subdirectories, nor names
+    starting with ``_`` or ``.``, such as ``_SUCCESS``); a glob pattern every file it
+    matches, each of which must be Parquet. A single file is a log of one partition.
+    """
+    if not is_partitioned(path):
+        return [Path(path)]
+    if Path(path).is_dir():
+        files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix.lower() == ".parquet" and not p.name.startswith(("_", ".")))
+        if not files:
+            raise LogFormatError(f"{path}: a log directory must hold *.parquet files; found none")
+        return files
+    files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file() and not Path(p).name.startswith(("_", ".")))
+    if not files:
+        raise LogFormatError(f"{path}: no file matches this pattern")
+    other = [p for p in files if p.suffix.lower() != ".parquet"]
+    if other:
+        raise LogFormatError(f"{other[0]}: not a .parquet file; a log pattern must match Parquet files only")
+    return files
+
+
+def read_log_directory(path: str | Path) -> pd.DataFrame:
+    """Read a directory or glob of Parquet files as one log, in memory.
+
+    Each file is read and validated on its own (errors name the file, row and column),
+    then the files are concatenated: they must share their columns, one prompt id must
+    name one text across files, and keys repeated across files are averaged with a
+    warning, as within one file.
+    """
+    files = partition_files(path)
+    frames = [read_logs(f) for f in files]
+    first = list(frames[0].columns)
+    texts: dict[str, tuple[str, Path]] = {}
+    for file, frame in zip(files, frames, strict=True):
+        if list(frame.columns) != first:
+            raise LogFormatError(f"{file}: columns {', '.join(frame.columns)} differ from those of {files[0]} "
+                                 f"({', '.join(first)}); the files of one log must share their columns")
+        for prompt_id, prompt in frame.drop_duplicates("prompt_id")[["prompt_id", "prompt"]].itertuples(index=False):
+            seen = texts.setdefault(prompt_id, (prompt, file))
+            if seen[0] != prompt:
+                raise LogFormatError(f"{file}, column 'prompt': prompt_id {prompt_id!r} has a different text here than in "
+                                     f"{seen[1]}; one id must name one prompt text")
+    source = str(path)
+    frame = pd.concat(frames, ignore_index=True)
+    frame = average_duplicates(frame, source, ["query_id", "prompt_id"] + (["split"] if "split" in frame.columns else []))
+    if "propensity" in frame.columns:
+        _check_propensity_sums(frame, source)
+    return frame.reset_index(drop=True)
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
@@ -150,11 +213,11 @@ def _json_value_to_str(value: object) -> str:
     return json.dumps(value)
 
 
-def _read_parquet(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
+def _read_parquet(path: Path, columns: list[str] | None = None) -> tuple[pd.DataFrame, Callable[[int], str]]:
     import pyarrow.parquet as pq
 
     try:
-        frame = pq.read_table(path).to_pandas()
+        frame = pq.read_table(path, columns=columns).to_pandas()
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise LogFormatError(f"{path}: not a readable Parquet file: {_one_line(exc)}") from None
     for column in frame.columns:

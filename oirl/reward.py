@@ -418,6 +418,9 @@ class MLPReward(_NumpyForwardReward):
 # --------------------------------------------------------------------------- neighbours
 
 
+_NEIGHBOUR_CELLS = 8_000_000  # query x training-query cosines per block in NeighbourReward.neighbours
+
+
 class NeighbourReward(RewardModel):
     """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
 
@@ -492,13 +495,16 @@ class NeighbourReward(RewardModel):
         k = min(k or self.k, len(self.queries_))
         indices = np.empty((len(query_vectors), k), dtype=np.int64)
         cosines = np.empty((len(query_vectors), k), dtype=np.float32)
-        for start in range(0, len(query_vectors), 2048):  # bounded memory for large batches
-            cos = np.asarray(query_vectors[start : start + 2048], dtype=np.float32) @ self.queries_.T
+        # Bounded memory: a block of cosines and their argpartition (int64) hold about
+        # 14 bytes x _NEIGHBOUR_CELLS, whatever the number of training queries.
+        step = max(1, min(2048, _NEIGHBOUR_CELLS // max(1, len(self.queries_))))
+        for start in range(0, len(query_vectors), step):
+            cos = np.asarray(query_vectors[start : start + step], dtype=np.float32) @ self.queries_.T
             idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
             top = np.take_along_axis(cos, idx, axis=1)
             order = np.argsort(-top, axis=1, kind="stable")
-            indices[start : start + 2048] = np.take_along_axis(idx, order, axis=1)
-            cosines[start : start + 2048] = np.take_along_axis(top, order, axis=1)
+            indices[start : start + step] = np.take_along_axis(idx, order, axis=1)
+            cosines[start : start + step] = np.take_along_axis(top, order, axis=1)
         return indices, cosines
 
     def prompt_weights(self, prompt_vectors: np.ndarray) -> np.ndarray:

@@ -195,3 +195,57 @@ def test_propensities_and_coverage(tmp_path):
     assert frame["propensity"].tolist() == [0.5, 0.25, 1.0]
     assert coverage(frame) == "partial"  # q2 has only one of three prompts
     assert coverage(frame[frame["query_id"] == "q1"]) == "full"
+
+
+# --------------------------------------------------------------------------- directories and globs of Parquet files
+
+
+def write_parts(directory, parts):
+    """Write each list of rows as directory/part-<i>.parquet (strings, as a reader would see them)."""
+    directory.mkdir(exist_ok=True)
+    for i, rows in enumerate(parts):
+        pd.DataFrame(rows).to_parquet(directory / f"part-{i}.parquet", index=False)
+    return directory
+
+
+def test_a_directory_or_glob_of_parquet_files_reads_as_one_log(tmp_path):
+    logs = write_parts(tmp_path / "logs", [GOOD[:2], GOOD[2:]])
+    (logs / "_SUCCESS").write_text("")  # markers and hidden files are not partitions
+    (logs / ".part-9.parquet.tmp").write_text("half written")
+    whole = read_logs(write_csv(tmp_path / "whole.csv", GOOD))
+    pd.testing.assert_frame_equal(read_logs(logs), whole)
+    pd.testing.assert_frame_equal(read_logs(str(logs / "part-*.parquet")), whole)
+    pd.testing.assert_frame_equal(read_logs(logs / "part-1.parquet"), whole.iloc[2:].reset_index(drop=True))
+
+
+def test_keys_repeated_across_files_are_averaged_with_a_warning(tmp_path):
+    logs = write_parts(tmp_path / "logs", [GOOD[:1], [dict(GOOD[0], reward="0"), GOOD[1]]])
+    with pytest.warns(UserWarning, match="2 rows share 1 .* averaged"):
+        frame = read_logs(logs)
+    assert len(frame) == 2 and frame.set_index("prompt_id").loc["nan", "reward"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "parts, pattern, message",
+    [
+        ([GOOD[:2], [dict(GOOD[2], reward="2")]], None, r"part-1.parquet, row 1, column 'reward': 2 is outside \[0, 1\]"),
+        ([GOOD[:2], [dict(GOOD[2], prompt_id="CoT")]], None,
+         r"part-1.parquet, column 'prompt': prompt_id 'CoT' has a different text here than in .*part-0.parquet"),
+        ([GOOD[:2], [{k: v for k, v in GOOD[2].items() if k != "split"}]], None, r"part-1.parquet: columns .* differ from those of .*part-0.parquet"),
+        ([GOOD], "*.csv", r"no file matches this pattern"),
+        ([GOOD], "part-*", None),
+    ],
+)
+def test_partitioned_log_errors_name_the_file(tmp_path, parts, pattern, message):
+    logs = write_parts(tmp_path / "logs", parts)
+    if pattern == "part-*":  # a pattern matching a file that is not Parquet
+        (logs / "part-x.csv").write_text("query,prompt,reward\n")
+        message = r"part-x.csv: not a .parquet file"
+    with pytest.raises(LogFormatError, match=message):
+        read_logs(str(logs / pattern) if pattern else logs)
+
+
+def test_an_empty_directory_is_not_a_log(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LogFormatError, match=r"empty: a log directory must hold \*.parquet files; found none"):
+        read_logs(tmp_path / "empty")
