@@ -2,7 +2,8 @@
 
     python experiments/bench_serve_fuzz.py [--model-dir models/gsm8k] [--seconds 150]
 
-Starts the server with an API key, runs ``schemathesis run <base>/openapi.json --checks
+Starts the server with an API key, decision logging and epsilon-greedy exploration (the
+whole API), runs ``schemathesis run <base>/openapi.json --checks
 all`` (the schema fetched with the key) for ``--seconds``, and prints and writes
 experiments/results/bench_serve_fuzz.json: test cases generated, requests the server
 answered (by status, from its access log), failures by schemathesis code, errors.
@@ -34,7 +35,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, log_file, api_key: str | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, log_file, api_key: str | None = None, extra_args: tuple = ()) -> tuple[subprocess.Popen, str]:
     """``oirl serve`` on a free loopback port; waits for /health."""
     import httpx
 
@@ -43,7 +44,8 @@ def start_server(model_dir: Path, log_file, api_key: str | None = None) -> tuple
     env.pop("OIRL_API_KEY", None)
     if api_key:
         env["OIRL_API_KEY"] = api_key
-    process = subprocess.Popen([sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+                                *map(str, extra_args)],
                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -86,7 +88,8 @@ def fuzz(model_dir: Path, work: Path, *, seconds: int, workers: int, max_example
     api_key = secrets.token_hex(16)
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
-        process, base = start_server(model_dir, log, api_key)
+        # The whole API: decisions recorded (so /v1/feedback answers) and exploring by default.
+        process, base = start_server(model_dir, log, api_key, ("--decisions", work / "decisions.sqlite", "--explore", "epsilon:0.1"))
         try:
             command = [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json", "--checks", "all",
                        "--max-time", str(seconds), "--workers", str(workers), "-H", f"Authorization: Bearer {api_key}",

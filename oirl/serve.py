@@ -550,8 +550,11 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
                    for i, r in enumerate(ranked)]
         return RecommendResponse(model_version=version, policy=policy, results=results)
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=protected,
-              responses=_responses(400, 401, 404, 409, 413, 422, 503, auth=bool(api_key)))
+    feedback_responses = _responses(400, 401, 409, 413, 422, 503, auth=bool(api_key))
+    feedback_responses[404] = {"model": ErrorResponse, "description": "An unknown `decision_id`, or a server started without `--decisions`."}
+    feedback_responses[409] = {"model": ErrorResponse, "description": "The decision already has another reward."}
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=protected, responses=feedback_responses)
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Record the outcome of a decision, once: the same reward again is a success, another one a 409."""
         from oirl.decisions import ConflictingFeedbackError, UnknownDecisionError

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from oirl.cli import cli
+from oirl.crossfit import MIN_EFFECT, PRIOR_Z
 from oirl.errors import OirlError
 from oirl.logs import write_logs
 from oirl.recommender import Recommender
@@ -49,7 +50,12 @@ def test_train_writes_a_bundle_with_cv_metrics(trained):
     [chosen] = [row for row in table if row["chosen"]]
     assert meta["policy"]["default"] == summary["default_policy"] == chosen["policy"]
     best = max(row["value"] for row in table)
-    assert best - chosen["value"] <= chosen["se_vs_best"] + 1e-12  # the one-standard-error rule
+    if chosen["option"] == "prior":  # no option beats the prior by more than PRIOR_Z standard errors
+        assert all(r["gain_over_prior"] <= max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) + 1e-12 for r in table
+                   if best - r["value"] <= max(r["se_vs_best"], MIN_EFFECT) + 1e-12)
+    else:
+        assert best - chosen["value"] <= max(chosen["se_vs_best"], MIN_EFFECT) + 1e-12  # the one-standard-error rule
+        assert chosen["gain_over_prior"] > PRIOR_Z * chosen["se_vs_prior"]
 
 
 def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
