@@ -4,9 +4,7 @@ The log is the scale benchmark's synthetic log (real question texts, a planted
 per-question best prompt) at a few thousand rows, embedded with the hashing embedder.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,11 +21,9 @@ ROWS = 4800  # 600 instances x 8 prompts
 
 
 def load_bench():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "bench_scale.py"
-    spec = importlib.util.spec_from_file_location("bench_scale", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from experiment_scripts import load
+
+    return load("bench_scale")
 
 
 @pytest.fixture(scope="module")

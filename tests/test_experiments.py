@@ -1,17 +1,8 @@
 """Experiment scripts run at toy size so they cannot rot."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiment_scripts import load
 
 
 def test_bench_core_runs_at_toy_size(data_dir, tmp_path):

@@ -2,22 +2,14 @@
 check reads /openapi.json (with the API key) and finds no failure. Short budget here;
 `python experiments/bench_serve_fuzz.py` runs it for 150 s."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from experiment_scripts import load
 
 pytest.importorskip("schemathesis", reason="the dev extra's schemathesis (Python >= 3.11)")
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_schemathesis_all_checks_find_no_failure(minilm_bundle, tmp_path):

@@ -2,18 +2,9 @@
 the pair cap mixed in, and a 256 x 256 request. `python experiments/bench_serve_load.py`
 runs the full version (32 clients, both caps, 60 s)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiment_scripts import load
 
 
 def test_small_requests_under_load_with_a_cap_client_and_an_oversize_request(data_dir, minilm_bundle, tmp_path):

@@ -1,6 +1,5 @@
 """The static embedder, distilled from MiniLM over a small slice of its vocabulary (a few seconds, not a minute)."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -142,9 +141,9 @@ def test_minilm_static_is_registered_and_nothing_heavy_is_imported():
 
 
 def test_bench_embed_runs_at_toy_size(tiny_folder, data_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_embed", EXPERIMENTS / "bench_embed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from experiment_scripts import load
+
+    module = load("bench_embed")
     out = tmp_path / "bench.json"
     result = module.main(["--data-dir", str(data_dir), "--questions", "40", "--static", f"static:{tiny_folder}",
                           "--static-repeats", "2", "--out", str(out)])  # fmt: skip
