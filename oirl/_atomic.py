@@ -63,10 +63,6 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -93,7 +89,12 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
             if target.exists():
                 old = _temp_name(target, ".old")
                 os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if old is not None:  # put the old directory back: never leave nothing at the target
+                    os.replace(old, target)
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         fsync_path(target.parent)

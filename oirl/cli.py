@@ -40,6 +40,10 @@ class OirlGroup(click.Group):
             message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
             click.echo(f"error: {' '.join(message.split())}", err=True)
             sys.exit(2)
+        except OSError as exc:  # a path we cannot create, read or write: the user's to fix, not a bug
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(2)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.Abort:
@@ -76,10 +80,7 @@ def import_prompt_oirl_command(data_dir: Path | None, out_dir: Path, datasets: s
     """The LLaMA-2 logs of Prompt-OIRL: {ds}.<fmt> (6 training prompts) and {ds}_heldout.<fmt> (10 held-out prompts)."""
     from oirl.importers.prompt_oirl import DATASETS, import_prompt_oirl
 
-    chosen = tuple(d.strip() for d in datasets.split(",") if d.strip())
-    unknown = [d for d in chosen if d not in DATASETS]
-    if unknown or not chosen:
-        raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(DATASETS)})")
+    chosen = _names(datasets, DATASETS, DATASETS, "--datasets")
     if data_dir is None:
         from oirl.importers.download import download_release
 
@@ -121,7 +122,7 @@ def import_logs_command(source: Path, target: Path) -> None:
 @click.argument("log_file", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model bundle directory to write (new, empty, or an existing bundle to replace).")
 @click.option("--model", type=click.Choice([AUTO_MODEL, *REWARD_MODEL_NAMES]), default=AUTO_MODEL, show_default=True, help="Reward model: 'auto' chooses by cross-validated selection value; a name forces that backend.")
-@click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="'minilm' (offline all-MiniLM-L6-v2), 'hashing', or any sentence-transformers name or local path.")
+@click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="'minilm' (offline all-MiniLM-L6-v2), 'minilm-static' (a static model distilled from it on first use, ~300x faster), 'hashing', 'static:FOLDER', or any sentence-transformers name or local path.")
 @click.option("--layout", type=click.Choice(FEATURE_LAYOUTS), default=None, help="Pair features from the query and prompt vectors [default: the model's own: concat for trees and knn, concat-product for logistic and mlp].")
 @click.option("--split-column", default="split", show_default=True, help="Column that marks the split (ignored when the log has no such column).")
 @click.option("--train-split", default="train", show_default=True, help="Value of --split-column whose rows are trained on.")
@@ -220,7 +221,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
         queries = [q for source in query_sources(queries_file) for q in read_query_partition(source)["query"]]
     candidates = read_candidates(candidates_file) if candidates_file else None
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
-    rec.check_policy(policy, rec.resolve_candidates(candidates))  # e.g. cost-aware without costs: fail before embedding
+    rec.check_policy(policy, rec.resolve_candidates(candidates), rec.candidate_costs(candidates))  # e.g. cost-aware without costs: fail before embedding
     for result in rec.recommend(queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight):
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
 
@@ -247,7 +248,7 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
     import pandas as pd
 
     from oirl._atomic import write_text_atomic
-    from oirl.logs import read_logs, split_rows, validate_logs
+    from oirl.logs import read_logs, split_rows
     from oirl.recommender import Recommender
 
     if dask_spec:
@@ -273,12 +274,14 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
             if split_column not in frame.columns:
                 warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=1)
             frames.append(split_rows(frame, split_column, split, source=str(path)))
-        logs = validate_logs(pd.concat(frames, ignore_index=True), source=source) if len(frames) > 1 else frames[0]
+        logs = concat_logs(frames, log_files) if len(frames) > 1 else frames[0]
         result = rec.evaluate(logs, candidates, costs=costs, cost_weights=weights, source=source)
     report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split_column": split_column, "split": split, **result}
+    if plot_file and "cost_sweep" not in result:  # still write the report: the evaluation itself succeeded
+        if out_file:
+            write_text_atomic(out_file, json.dumps(report, indent=2) + "\n")
+        raise OirlError("--plot needs a cost for every evaluated prompt (a cost column or --costs); the report was written without the plot")
     if plot_file:
-        if "cost_sweep" not in result:
-            raise OirlError("--plot needs a cost for every evaluated prompt (a cost column or --costs)")
         from oirl.evaluate import plot_reward_cost
 
         sweep = result["cost_sweep"]
@@ -296,18 +299,18 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
 @cli.command()
 @click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
-@click.option("--datasets", default="gsm8k,svamp,mawps", show_default=True, help="Comma-separated datasets (prompt-oirl).")
+@click.option("--datasets", default=None, help="Comma-separated datasets [default: gsm8k,svamp,mawps; for ope: svamp,mawps,cruxeval].")
 @click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's (--cv-groups instance), question-disjoint (every default), or both.")
 @click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="Embedder, as for 'oirl train'.")
 @click.option("--authors-config/--no-authors-config", default=False, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=None, help="Bootstrap resamples per interval [default: 2000; for ope, 500 per simulated log].")
 @click.option("--limit", type=click.IntRange(10), default=None, help="Keep the first N training and N test query instances (a toy-size run).")
 @click.option("--repetitions", type=click.IntRange(1), default=100, show_default=True, help="ope: simulated logs per logging policy.")
 @click.option("--learn-repetitions", type=click.IntRange(0), default=10, show_default=True, help="ope: bundles trained on simulated partial logs, per dataset.")
 @click.option("--learn-datasets", default="mawps", show_default=True, help="ope: datasets whose partial logs train bundles (comma-separated).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
-def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embedder: str, authors_config: bool, n_boot: int,
+def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: str, embedder: str, authors_config: bool, n_boot: int | None,
               limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, out_dir: Path, cache_dir: Path) -> None:
     """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.importers.prompt_oirl import DATASETS
@@ -320,30 +323,25 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str, protocol: str, embe
         from oirl.reproduce.ope_simulation import DATASETS as OPE_DATASETS
         from oirl.reproduce.ope_simulation import reproduce_ope
 
-        chosen = tuple(d.strip() for d in datasets.split(",") if d.strip()) if datasets != "gsm8k,svamp,mawps" else OPE_DATASETS
-        unknown = [d for d in chosen if d not in OPE_DATASETS]
-        if unknown or not chosen:
-            raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} for --benchmark ope (choose from {', '.join(OPE_DATASETS)})")
+        chosen = _names(datasets, OPE_DATASETS, OPE_DATASETS, "--datasets")
+        learn = _names(learn_datasets, chosen, (), "--learn-datasets")
         result = reproduce_ope(data_dir, out_dir, datasets=chosen, repetitions=repetitions, learn_repetitions=learn_repetitions,
-                               learn_datasets=tuple(d.strip() for d in learn_datasets.split(",") if d.strip()),
-                               n_boot=min(n_boot, 500), cache_dir=cache_dir, embedder=embedder, limit=limit)
+                               learn_datasets=learn,
+                               n_boot=n_boot or 500, cache_dir=cache_dir, embedder=embedder, limit=limit)
         click.echo((out_dir / "ope_estimators.md").read_text())
         click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
         return
     if benchmark == "cruxeval-input":
         from oirl.reproduce.cruxeval import reproduce_cruxeval
 
-        result = reproduce_cruxeval(data_dir, out_dir, cache_dir=cache_dir, embedder=embedder, n_boot=n_boot, limit=limit)
+        result = reproduce_cruxeval(data_dir, out_dir, cache_dir=cache_dir, embedder=embedder, n_boot=n_boot or 2000, limit=limit)
         click.echo(markdown_table(result["overall"]) + "\n\n" + markdown_table(result["styles"]))
         click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
         return
-    chosen = tuple(d.strip() for d in datasets.split(",") if d.strip())
-    unknown = [d for d in chosen if d not in DATASETS]
-    if unknown or not chosen:
-        raise OirlError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(DATASETS)})")
+    chosen = _names(datasets, DATASETS, DATASETS, "--datasets")
     protocols = PROTOCOLS if protocol == "both" else (protocol,)
     result = run(data_dir, out_dir, datasets=chosen, protocols=protocols, cache_dir=cache_dir, embedder=embedder,
-                 authors_config=authors_config, n_boot=n_boot, limit=limit)
+                 authors_config=authors_config, n_boot=n_boot or 2000, limit=limit)
     click.echo((out_dir / "summary_k6.md").read_text())
     click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
 
@@ -405,6 +403,17 @@ def export_decisions(decisions: Path, out_file: Path) -> None:
 # --------------------------------------------------------------------------- input files
 
 
+def _names(text: str | None, allowed: tuple[str, ...], default: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """Comma-separated names, each one of ``allowed`` (``default`` when not given)."""
+    if text is None:
+        return default
+    chosen = tuple(d.strip() for d in text.split(",") if d.strip())
+    unknown = [d for d in chosen if d not in allowed]
+    if unknown or not chosen:
+        raise OirlError(f"{option}: unknown name(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(allowed)})")
+    return chosen
+
+
 def read_jsonl_records(path: Path, *, required: tuple[str, ...]) -> list[dict]:
     """JSON objects from a JSONL file, each with non-empty string ``required`` fields."""
     from oirl.logs import iter_jsonl_objects
@@ -441,7 +450,29 @@ def read_candidates(path: Path):
     from oirl.recommender import Candidate
 
     records = read_jsonl_records(path, required=("prompt",))
-    return [Candidate(r["prompt"], str(r.get("prompt_id") or "")) for r in records]
+    for number, record in enumerate(records, start=1):
+        cost = record.get("cost")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < float("inf")):
+            raise OirlError(f"{path}, record {number}, field 'cost': {cost!r} is not a finite number >= 0")
+    return [Candidate(r["prompt"], str(r.get("prompt_id") or ""), r.get("cost")) for r in records]
+
+
+def concat_logs(frames: list, files: tuple[Path, ...]):
+    """Several evaluated logs as one: they must agree on the optional numeric columns
+    (a cost or a propensity known for some rows only would be meaningless)."""
+    import pandas as pd
+
+    from oirl.logs import validate_logs
+
+    for column in ("cost", "propensity"):
+        having = [f for f, frame in zip(files, frames, strict=True) if column in frame.columns]
+        if having and len(having) != len(files):
+            lacking = next(f for f, frame in zip(files, frames, strict=True) if column not in frame.columns)
+            raise OirlError(f"{having[0]} has a {column!r} column and {lacking} has none; give every log the same optional columns")
+    merged = pd.concat(frames, ignore_index=True)
+    text = [c for c in merged.columns if c not in ("reward", "cost", "propensity")]
+    merged[text] = merged[text].fillna("")  # an extra column of one log only
+    return validate_logs(merged, source=" + ".join(map(str, files)))
 
 
 def main() -> None:

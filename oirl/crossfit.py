@@ -27,10 +27,10 @@ import numpy as np
 
 from oirl.errors import OirlError
 from oirl.features import LogMatrix
+from oirl.names import CV_GROUPS
 from oirl.reward import RewardModel, make_reward_model
 from oirl.select import choose
 
-CV_GROUPS = ("text", "instance")
 MARGIN_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, float("inf"))
 NEW_PROMPT_TAU_GRID = (0.02, 0.05, 0.1, 0.2, 0.5)
 #: Smallest gain in expected reward worth a more complex choice, whatever its standard

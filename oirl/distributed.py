@@ -218,7 +218,7 @@ def _read_partition(file: str, columns: list[str]) -> pd.DataFrame:
     frame, _ = _read_parquet(Path(file), columns)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise LogFormatError(f"{file}: missing column(s) {', '.join(missing)} that {columns[0]}'s first file has; "
+        raise LogFormatError(f"{file}: missing column(s) {', '.join(missing)} that the log's other files have; "
                              "the files of one log must share their columns")
     return frame[columns]
 

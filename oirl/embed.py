@@ -220,9 +220,29 @@ class SentenceTransformerEmbedder(Embedder):
 
     @property
     def dimension(self) -> int:
+        if self._model is None:  # a warm cache needs the dimension, not torch and the weights
+            known = self._configured_dimension()
+            if known:
+                return known
         model = self._load()
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
+
+    def _configured_dimension(self) -> int | None:
+        """The output dimension from the model folder's pooling config, when no later module
+        (a Dense layer) changes it; None when it cannot be told without loading."""
+        import json
+
+        folder = self.weights_dir()
+        try:
+            modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        except (TypeError, OSError, ValueError):
+            return None
+        if any("Dense" in str(m.get("type", "")) for m in modules if isinstance(m, dict)):
+            return None
+        dimension = pooling.get("word_embedding_dimension")
+        return int(dimension) if isinstance(dimension, int) and dimension > 0 else None
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         model = self._load()

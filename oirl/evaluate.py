@@ -352,7 +352,12 @@ def cross_fitted_scores(rec, logs: pd.DataFrame, scored: ScoredLogs, n_folds: in
 
     params = {k: v for k, v in rec.model.get_params().items() if k != "dimension"}
     matrix = LogMatrix.from_logs(logs[logs["prompt_id"].isin(scored.prompt_ids)], rec.query_embedder.embed)
-    fit = cross_fit(spec(rec.model.name, 1, rec.layout, **params), matrix, make_folds(matrix, n_folds, "text"))
+    try:
+        folds = make_folds(matrix, n_folds, "text")
+    except OirlError as exc:
+        raise OirlError(f"off-policy estimates on rows the bundle was trained on need its model cross-fitted on the evaluated "
+                        f"log: {exc}") from None
+    fit = cross_fit(spec(rec.model.name, 1, rec.layout, **params), matrix, folds)
     rows = pd.Index(matrix.query_ids).get_indexer(scored.query_ids)
     cols = pd.Index(matrix.prompt_ids).get_indexer(scored.prompt_ids)
     return fit.scores[np.ix_(rows, cols)]

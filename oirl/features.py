@@ -12,11 +12,14 @@ instance, one column per prompt, NaN where a prompt was not logged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from oirl.errors import OirlError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FEATURE_LAYOUTS = ("concat", "concat-product")
 DEFAULT_LAYOUT = "concat"
@@ -80,6 +83,8 @@ class LogMatrix:
         ``embed(texts, progress=...)`` returns (len(texts), d) vectors. ``prompt_vectors``,
         if given, are the vectors of the log's prompts in first-seen order.
         """
+        import pandas as pd  # loaded with the logs anyway; not at import: the CLI starts without it
+
         prompt_table = logs.drop_duplicates("prompt_id")[["prompt_id", "prompt"]]
         prompt_ids = prompt_table["prompt_id"].tolist()
         query_ids = pd.unique(logs["query_id"])

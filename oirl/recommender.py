@@ -31,18 +31,20 @@ from oirl.embed import DEFAULT_EMBEDDER, CachedEmbedder, get_embedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
 from oirl.features import LogMatrix
 from oirl.logs import fingerprint, text_hashes64, text_id
+from oirl.names import AUTO_MODEL as AUTO
+from oirl.names import CV_GROUPS
 from oirl.reward import RewardModel
 from oirl.select import DEFAULT_POLICY, DEFAULT_THRESHOLD, choose
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A prompt to choose from. ``prompt_id`` defaults to one derived from the text."""
+    """A prompt to choose from. ``prompt_id`` defaults to one derived from the text;
+    ``cost`` (one call with it, for the cost-aware policy) overrides the bundle's."""
 
     prompt: str
     prompt_id: str = ""
+    cost: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -120,7 +122,7 @@ class Recommender:
         1 / propensity with ``importance_weights``) and cross-validated values are doubly
         robust estimates.
         """
-        from oirl.crossfit import AUTO_CANDIDATES, CV_GROUPS, choose_new_prompt_tau, fit_on, make_folds, select_model, spec
+        from oirl.crossfit import AUTO_CANDIDATES, choose_new_prompt_tau, fit_on, select_model, spec
 
         started = time.perf_counter()
         if cv_groups not in CV_GROUPS:
@@ -134,6 +136,8 @@ class Recommender:
             candidates[0].make()  # fail on an unknown model or parameter before embedding anything
         if logs.empty:
             raise OirlError(f"{source}: no training rows")
+        if importance_weights and "propensity" not in logs.columns:
+            raise OirlError(f"{source}: importance weighting needs a propensity column in the log")
         live = get_embedder(embedder)
         cached = CachedEmbedder(live, cache_dir)  # also tells a static embedder where to build itself
         matrix = LogMatrix.from_logs(logs, cached.embed, progress=progress)
@@ -144,7 +148,7 @@ class Recommender:
         fitted = fit_on(selection.spec.make(), matrix, chosen_layout)
         new_prompt_widths = None
         if fitted.name == "knn":
-            tau, new_prompt_widths = choose_new_prompt_tau(matrix, fitted, make_folds(matrix, cv_folds, cv_groups))
+            tau, new_prompt_widths = choose_new_prompt_tau(matrix, fitted, selection.fit.folds)
             fitted.set_params(new_prompt_tau=tau)
         prior = dict(zip(matrix.prompt_ids, matrix.prompt_means().tolist(), strict=True))
         costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
@@ -242,11 +246,17 @@ class Recommender:
             if known is not None and known.prompt != c.prompt:
                 raise OirlError(f"candidate id {c.prompt_id!r} names a bundle prompt with another text; use a new id or the bundle's text")
             chosen.append(self._by_text.get(c.prompt, c))
-        ids = [c.prompt_id for c in chosen]
-        if len(set(ids)) != len(ids):
-            twice = sorted({i for i in ids if ids.count(i) > 1})
-            raise OirlError(f"candidate(s) given twice: {', '.join(twice[:10])}")
+        for key, what in ((lambda c: c.prompt_id, "id"), (lambda c: c.prompt, "text")):
+            values = [key(c) for c in chosen]
+            if len(set(values)) != len(values):  # one prompt twice would split its chance of being served
+                twice = sorted({v for v in values if values.count(v) > 1})
+                raise OirlError(f"candidate {what}(s) given twice: {', '.join(repr(t[:60]) for t in twice[:5])}")
         return chosen if (candidates or candidate_ids) else list(self.prompts)
+
+    def candidate_costs(self, candidates: list[Candidate] | None) -> dict[str, float]:
+        """Costs given with candidates, by the id each resolves to (a bundle text keeps the bundle's id)."""
+        return {(self._by_text[c.prompt].prompt_id if c.prompt in self._by_text else c.prompt_id): float(c.cost)
+                for c in candidates or [] if c.cost is not None}
 
     def as_candidate(self, text: str) -> Candidate:
         """The bundle prompt with this text, or a new candidate."""
@@ -350,10 +360,12 @@ class Recommender:
         self, queries: list[str], candidates: list[Candidate] | None = None, *, candidate_ids: list[str] | None = None,
         policy: str | None = None, top_k: int | None = None, cost_weight: float = 0.0,
     ) -> list[Recommendation]:
-        """Best-of-N per query: the policy's pick plus the top-k ranking by score."""
+        """Best-of-N per query: the policy's pick plus the top-k ranking by score (candidates'
+        own costs, if given, override the bundle's)."""
         chosen = self.resolve_candidates(candidates, candidate_ids)
-        policy = self.check_policy(policy, chosen)
-        return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k, cost_weight=cost_weight)
+        costs = self.candidate_costs(candidates)
+        policy = self.check_policy(policy, chosen, costs)
+        return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k, cost_weight=cost_weight, costs=costs)
 
     def seen_in_training(self, texts: list[str] | np.ndarray) -> np.ndarray:
         """(n,) True where a query text occurred among the training queries."""

@@ -196,9 +196,9 @@ class RecommendResult(BaseModel):
     in_bundle: bool
     ranking: list[RankedPrompt]
     decision_id: str | None = Field(None, description="Id to send the outcome to `/v1/feedback` with (when the server "
-                                                       "records decisions or the request explores).")
+                                                       "records decisions).")
     propensity: float | None = Field(None, description="The probability with which this prompt was served (1.0 when not "
-                                                       "exploring); set with `decision_id`.")
+                                                       "exploring); set when the request explores or the server records decisions.")
 
 
 class FeedbackRequest(BaseModel):
@@ -491,12 +491,10 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
               responses=_responses(400, 401, 404, 409, 413, 422, 503, auth=bool(api_key)))
     async def recommend(body: RecommendRequest) -> RecommendResponse:
         given = [c if isinstance(c, CandidateIn) else CandidateIn(prompt=c) for c in body.candidates or []]
-        candidates = [Candidate(c.prompt, c.prompt_id or "") for c in given]
+        candidates = [Candidate(c.prompt, c.prompt_id or "", c.cost) for c in given]
         try:
             chosen = recommender.resolve_candidates(candidates or None, body.candidate_ids or None)
-            # a request cost belongs to the prompt its candidate resolves to (a bundle text keeps the bundle's id)
-            costs = {recommender.resolve_candidates([c])[0].prompt_id: g.cost
-                     for c, g in zip(candidates, given, strict=True) if g.cost is not None}
+            costs = recommender.candidate_costs(candidates)
         except UnknownPromptError:
             raise
         except OirlError as exc:
@@ -534,9 +532,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
 
         ranked, propensity = await score_in_thread(n * len(chosen), score_and_rank)
         in_bundle = {c.prompt_id: recommender.is_bundle_prompt(c) for c in chosen}
-        decided = exploration is not None or store is not None
-        ids = [new_decision_id() for _ in ranked] if decided else [None] * len(ranked)
-        served = [float(p) for p in propensity] if propensity is not None else [1.0 if decided else None] * len(ranked)
+        ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
+        served = [float(p) for p in propensity] if propensity is not None else [1.0 if store is not None else None] * len(ranked)
         if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
             explore_json = None if exploration is None else exploration.model_dump()
             await asyncio.to_thread(store.record, [

@@ -71,7 +71,7 @@ class EmbeddingBatcher:
     request, so only the requests whose own texts fail get :class:`EmbeddingFailed`.
     """
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], *, max_batch: int = 48, max_share: int = 8,
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], *, max_batch: int = 48, max_share: int = 4,
                  max_queued: int = 4096, stall_seconds: float = 30.0, cache_items: int = 50_000):
         self._embed = embed
         self.max_batch = max_batch

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from oirl._atomic import fsync_path
 from oirl.embed import (
     DEFAULT_EMBEDDER,
     Embedder,
@@ -201,6 +202,8 @@ def build_static_model(
         os.mkdir(tmp)  # not mkdtemp: the folder must follow the umask, not be 0700
         try:
             distill(source, tmp, name=name, pca_dims=pca_dims, token_ids=token_ids, progress=progress)
+            for path in [*tmp.iterdir(), tmp]:  # on disk before it is complete by name: _complete checks names only
+                fsync_path(path)
             try:
                 os.rename(tmp, target)
             except OSError:

@@ -136,7 +136,7 @@ def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_pa
         (["recommend", "{model}", "--query", "hi", "--candidates", "{empty_prompt}"], "line 1, field 'prompt': missing or empty text"),
         (["evaluate", "{model}", "{log}", "--split", "dev"], "no rows with split == 'dev'"),
         (["import", "prompt-oirl", "--data-dir", "{tmp}", "--out", "{tmp}/o", "--datasets", "gsm8k"], "missing file"),
-        (["import", "prompt-oirl", "--data-dir", "{tmp}", "--datasets", "aqua"], "unknown dataset(s) aqua"),
+        (["import", "prompt-oirl", "--data-dir", "{tmp}", "--datasets", "aqua"], "--datasets: unknown name(s) aqua"),
         (["recommend", "{model}", "--query", "hi", "--top-k", "0"], "Invalid value for '--top-k': 0 is not in the range x>=1"),
         (["recommend", "{model}", "--query", "hi", "--policy", "best"], "Invalid value for '--policy': 'best' is not one of"),
         (["recommend", "{model}", "--query", "hi", "--policy", "cost-aware"], "the cost-aware policy needs a cost for every candidate"),
@@ -199,3 +199,30 @@ def test_cost_aware_without_costs_fails_before_embedding_anything(trained):
     rec.set_query_embedder(NeverCalled())
     with pytest.raises(OirlError, match="the cost-aware policy needs a cost for every candidate; none known for: nan, CoT"):
         rec.recommend(["What is 7 times 8?"], policy="cost-aware", cost_weight=0.1)
+
+
+def test_one_text_under_two_ids_is_refused(trained):
+    """Explored, it would split the text's chance of being served across two ids."""
+    from oirl.recommender import Candidate
+
+    work, _, _ = trained
+    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    with pytest.raises(OirlError, match="candidate text.* given twice"):
+        rec.resolve_candidates([Candidate("Solve it.", "x1"), Candidate("Solve it.", "x2")])
+
+
+def test_os_errors_are_one_line_exit_2(tmp_path):
+    (tmp_path / "log.csv").write_text("query,prompt,reward\nq,p,1\n")
+    (tmp_path / "file").write_text("not a folder")
+    result = run("import", "logs", tmp_path / "log.csv", "--out", tmp_path / "file" / "out.csv", ok=False)
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_several_evaluated_logs_must_agree_on_optional_columns(trained, tmp_path):
+    work, log_file, _ = trained
+    from oirl.logs import read_logs
+
+    with_cost = write_logs(read_logs(log_file).assign(cost=1.0), tmp_path / "costed.parquet")
+    result = run("evaluate", work / "model", log_file, with_cost, "--cache-dir", work / "emb", ok=False)
+    assert result.exit_code == 2 and "has a 'cost' column and" in result.stderr and "Traceback" not in result.output

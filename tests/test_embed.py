@@ -296,3 +296,9 @@ def test_memory_cache_is_bounded_and_embeds_each_text_once():
     assert cache.n_embedded == 3  # still cached (most recent)
     cache.embed(["How many apples are left?"])  # evicted earlier, embedded again
     assert cache.n_embedded == 4
+
+
+def test_a_warm_cache_needs_no_model_load():
+    """The dimension comes from the model folder's config: a run whose texts are all cached never loads torch."""
+    embedder = get_embedder("minilm")
+    assert embedder.dimension == 384 and embedder._model is None

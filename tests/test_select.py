@@ -107,6 +107,8 @@ def test_softmax_draws_in_proportion_to_exp_score_over_temperature():
     np.testing.assert_allclose(probabilities[0], expected)
     hot = exploration_probabilities(np.array([[1000.0, 0.0]]), np.zeros(1, dtype=int), "softmax", 1e-3)
     np.testing.assert_allclose(hot, [[1.0, 0.0]])  # no overflow
+    tiny = exploration_probabilities(np.array([[0.7, 0.2]]), np.zeros(1, dtype=int), "softmax", 1e-310)
+    np.testing.assert_array_equal(tiny, [[1.0, 0.0]])  # no inf - inf = NaN at a temperature near zero
 
 
 def test_draws_follow_the_probabilities_and_report_them():

@@ -97,7 +97,8 @@ def test_without_decisions_nothing_is_recorded(server):
     assert result["decision_id"] is None and result["propensity"] is None
     explored = server.post("/v1/recommend", json={"queries": [QUERIES[0]], "explore": {"method": "epsilon", "epsilon": 1.0}}).json()
     assert explored["results"][0]["propensity"] == pytest.approx(1 / 6)
-    response = server.post("/v1/feedback", json={"decision_id": explored["results"][0]["decision_id"], "reward": 1.0})
+    assert explored["results"][0]["decision_id"] is None  # nothing recorded: no id that feedback could not take
+    response = server.post("/v1/feedback", json={"decision_id": str(uuid.uuid4()), "reward": 1.0})
     assert response.status_code == 404 and "records no decisions" in response.json()["detail"]
 
 
