@@ -165,7 +165,8 @@ def exploration_probabilities(scores: np.ndarray, picks: np.ndarray, method: str
         if not (parameter > 0 and np.isfinite(parameter)):
             raise OirlError(f"the softmax temperature must be a finite number > 0, got {parameter}")
         scores = np.asarray(scores, dtype=np.float64)
-        weights = np.exp((scores - scores.max(axis=1, keepdims=True)) / parameter)  # shift first: no inf - inf at tiny temperatures
+        with np.errstate(over="ignore"):  # a tiny temperature sends the losers to -inf: exp gives their 0 exactly
+            weights = np.exp((scores - scores.max(axis=1, keepdims=True)) / parameter)  # shift first: no inf - inf
         return weights / weights.sum(axis=1, keepdims=True)
     raise OirlError(f"unknown exploration method {method!r} (choose from {', '.join(EXPLORATION_METHODS)})")
 

@@ -135,7 +135,7 @@ def test_score_matches_recommend(server):
         ("/v1/recommend", {"queries": ["q"], "candidate_ids": ["CoT", "CoT"]}, 422, "ids must be unique"),
         ("/v1/recommend", {"queries": ["q"], "candidate_ids": ["CoT", "nope", "gone"]}, 404, "nope, gone"),
         ("/v1/recommend", {"queries": ["q"], "candidates": ["same", {"prompt": "same"}]}, 409, "given twice"),
-        ("/v1/recommend", {"queries": ["q"], "candidate_ids": ["CoT"], "candidates": [PROMPTS["CoT"]]}, 409, "given twice: CoT"),
+        ("/v1/recommend", {"queries": ["q"], "candidate_ids": ["CoT"], "candidates": [PROMPTS["CoT"]]}, 409, "given twice: 'CoT'"),
         ("/v1/recommend", {"queries": ["q"], "candidates": [{"prompt": "other text", "prompt_id": "CoT"}]}, 409, "another text"),
         ("/v1/score", {"pairs": [{"query": "q", "prompt": ""}]}, 422, "string_too_short"),
         ("/v1/score", {"pairs": [{"query": "q"}]}, 422, "prompt"),
