@@ -55,42 +55,66 @@ def _start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 async def _sequential(base: str, queries: list[str], candidates: list[str]) -> list[float]:
-    import httpx
-
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
     latencies = []
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    try:
         for query in queries:
+            body = json.dumps({"queries": [query], "candidates": candidates, "top_k": 3}).encode()
             started = time.perf_counter()
-            response = await client.post("/v1/recommend", json={"queries": [query], "candidates": candidates, "top_k": 3})
-            response.raise_for_status()
+            status = await _post(reader, writer, f"{host}:{port}", "/v1/recommend", body)
             latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise RuntimeError(f"/v1/recommend answered {status}")
+    finally:
+        writer.close()
     return latencies
 
 
-async def _concurrent(base: str, queries: list[str], candidates: list[str], clients: int) -> tuple[list[float], int, float]:
-    import httpx
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, body: bytes) -> int:
+    """One HTTP/1.1 POST on a kept-alive connection; returns the status (the body is read and dropped)."""
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    await reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split()[1])
 
+
+async def _concurrent(base: str, queries: list[str], candidates: list[str], clients: int) -> tuple[list[float], int, float]:
+    """``clients`` kept-alive connections sending the requests one after another each.
+
+    The client is a few lines over asyncio streams rather than httpx: on 2 cores the
+    load generator shares the machine with the server, and httpx spends more CPU per
+    request than the server does, so it would measure itself."""
+    host, port = base.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors = 0
     todo = iter(queries)
 
-    async def client_loop(client):
+    async def client_loop():
         nonlocal errors
-        for query in todo:  # a shared iterator: the request count stays bounded
-            started = time.perf_counter()
-            try:
-                response = await client.post("/v1/recommend", json={"queries": [query], "candidates": candidates, "top_k": 3})
-                if response.status_code != 200:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for query in todo:  # a shared iterator: the request count stays bounded
+                body = json.dumps({"queries": [query], "candidates": candidates, "top_k": 3}).encode()
+                started = time.perf_counter()
+                try:
+                    if await _post(reader, writer, f"{host}:{port}", "/v1/recommend", body) != 200:
+                        errors += 1
+                except (OSError, asyncio.IncompleteReadError, ValueError, KeyError):
                     errors += 1
-            except httpx.HTTPError:
-                errors += 1
-            latencies.append((time.perf_counter() - started) * 1000)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                latencies.append((time.perf_counter() - started) * 1000)
+        finally:
+            writer.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
     return latencies, errors, elapsed
 
 

@@ -34,7 +34,16 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", type=Path, help="JSON reports written by `oirl evaluate --out`.")
     args = parser.parse_args(argv)
-    text = table([json.loads(path.read_text()) for path in args.reports])
+    reports = []
+    for path in args.reports:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            parser.exit(2, f"error: {path}: not a readable `oirl evaluate --out` report ({exc})\n")
+    try:
+        text = table(reports)
+    except KeyError as exc:
+        parser.exit(2, f"error: a report lacks the field {exc} (write it with `oirl evaluate --out`)\n")
     print(text)
     return text
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -83,6 +85,13 @@ class ServiceLimits:
     stall_seconds: float = 30.0  # no progress this long: the request gets a 503, /health says unavailable
     query_cache_items: int = 50_000  # vectors kept in memory, by text hash
     retry_after_seconds: int = 2
+    # The fast path: when a warm model call measures under `inline_call_ms` at startup (a
+    # static embedder; a small reward model), requests of at most `inline_texts` new texts
+    # are embedded, and of at most `inline_pairs` pairs scored, on the event loop itself.
+    # A thread hop costs more than such a call; a slow model keeps its threads.
+    inline_call_ms: float = 2.0
+    inline_texts: int = 8
+    inline_pairs: int = 64
 
 
 # --------------------------------------------------------------------------- request and response models
@@ -375,6 +384,27 @@ def _cost_rule(recommender: Recommender) -> dict[str, Any]:
     return {"if": condition, "then": then}
 
 
+def _measure_fast_path(recommender: Recommender, embed: Callable[[list[str]], np.ndarray], limits: ServiceLimits) -> dict[str, bool]:
+    """Time one warm embedding call of ``inline_texts`` texts and one query's scores
+    against the bundle's prompts; what runs under ``inline_call_ms`` may run on the event
+    loop (the best of three tries, so one hiccup of a busy machine does not decide)."""
+    if limits.inline_call_ms <= 0:  # turned off
+        return {"embed_inline": False, "score_inline": False}
+    texts = [f"how fast is one call of the embedding model, try {i}" for i in range(limits.inline_texts)]
+    embed_seconds = min(_seconds(embed, texts) for _ in range(3))
+    query = embed(texts[:1])
+    prompts = recommender.candidate_vectors(list(recommender.prompts))
+    score_seconds = min(_seconds(recommender.score_vectors, query, prompts) for _ in range(3))
+    limit = limits.inline_call_ms / 1000
+    return {"embed_inline": embed_seconds < limit, "score_inline": score_seconds < limit}
+
+
+def _seconds(function, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
 def create_app(recommender: Recommender, *, api_key: str | None = None, limits: ServiceLimits | None = None,
                embedder=None, explore: tuple[str, float] | None = None, decisions: str | os.PathLike[str] | None = None) -> FastAPI:
     """Build the service around a loaded bundle.
@@ -391,7 +421,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
     api_key = (api_key if api_key is not None else os.environ.get("OIRL_API_KEY")) or None  # "": no auth
     limits = limits or ServiceLimits()
     embedder = embedder if embedder is not None else recommender.embedder
-    batcher = EmbeddingBatcher(_length_sorted(embedder), max_batch=limits.embed_batch, max_share=limits.embed_share,
+    model_call = _length_sorted(embedder)
+    batcher = EmbeddingBatcher(model_call, max_batch=limits.embed_batch, max_share=limits.embed_share,
                                max_queued=limits.queued_texts, stall_seconds=limits.stall_seconds, cache_items=limits.query_cache_items)
     # one large score matrix in memory at a time, on its own thread, so small ones never wait behind it
     scorers = {size: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"oirl-score-{size}") for size in ("small", "large")}
@@ -401,9 +432,13 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
     default_explore = None if explore is None else (EpsilonGreedy(method="epsilon", epsilon=explore[1]) if explore[0] == "epsilon"
                                                    else Softmax(method="softmax", temperature=explore[1]))
 
+    fast_path = {"embed_inline": False, "score_inline": False}
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         embedder.embed(["warm up the embedding model"])  # load the weights before the first request
+        fast_path.update(_measure_fast_path(recommender, model_call, limits))
+        batcher.inline_texts = limits.inline_texts if fast_path["embed_inline"] else 0
         await batcher.start()
         yield
         await batcher.stop()
@@ -472,6 +507,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
                                  f"{limits.texts_to_embed:,} per request", "too_many_texts")
 
     async def score_in_thread(pairs: int, function, *args):
+        if fast_path["score_inline"] and pairs <= limits.inline_pairs:
+            return function(*args)
         pool = scorers["small" if pairs <= SMALL_SCORE_PAIRS else "large"]
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
@@ -599,6 +636,7 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
                          "explore": None if default_explore is None else default_explore.model_dump()},
             "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
                        "id_chars": MAX_ID_CHARS, **asdict(limits)},
+            "fast_path": dict(fast_path),
             **recommender.metadata,
         }
 

@@ -74,6 +74,11 @@ class EmbeddingBatcher:
     def __init__(self, embed: Callable[[list[str]], np.ndarray], *, max_batch: int = 48, max_share: int = 4,
                  max_queued: int = 4096, stall_seconds: float = 30.0, cache_items: int = 50_000):
         self._embed = embed
+        # A request with at most this many new texts, arriving while the queue is empty and
+        # no call runs, is embedded on the event loop itself. The app turns it on when a
+        # model call measures under a millisecond or two (a static embedder): then the two
+        # thread hops, not the model, are the request's cost.
+        self.inline_texts = 0
         self.max_batch = max_batch
         self.max_share = max_share
         self.max_queued = max_queued
@@ -138,7 +143,10 @@ class EmbeddingBatcher:
                 found[key] = vector
             else:
                 missing.setdefault(key, text)
-        if missing:
+        if missing and len(missing) <= self.inline_texts and not self._pending and self._call_started is None \
+                and self.problem() is None:
+            found.update(self._embed_inline(missing))
+        elif missing:
             problem = self.problem()
             if problem:  # cached texts are still served
                 raise Overloaded(problem)
@@ -158,6 +166,18 @@ class EmbeddingBatcher:
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([found[k] for k in keys])
+
+    def _embed_inline(self, missing: dict[bytes, str]) -> dict[bytes, np.ndarray]:
+        try:
+            vectors = np.asarray(self._embed(list(missing.values())), dtype=np.float32)
+        except Exception as error:  # noqa: BLE001 - as in a batched call: this request fails, the service goes on
+            raise EmbeddingFailed(f"{type(error).__name__}: {error}") from None
+        if vectors.ndim != 2 or len(vectors) != len(missing):
+            raise EmbeddingFailed(f"the embedder returned shape {vectors.shape} for {len(missing)} texts")
+        self.texts_embedded += len(missing)
+        by_key = dict(zip(missing, vectors, strict=True))
+        self._deliver({}, by_key)
+        return by_key
 
     async def _wait(self, job: _Job) -> None:
         while True:

@@ -45,6 +45,16 @@ def test_demo_table_summarises_real_reports(data_dir, tmp_path):
     assert f"{report['oracle']:.3f}" in row
 
 
+def test_demo_table_names_a_missing_or_foreign_report(tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "other.json").write_text('{"policies": {}}')
+    for path, needle in ((tmp_path / "missing.json", "missing.json: not a readable"), (tmp_path / "other.json", "lacks the field")):
+        with pytest.raises(SystemExit) as exit_info:
+            load("demo_table").main([str(path)])
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+
+
 def test_compare_embedders_runs_at_toy_size(data_dir, tmp_path):
     import os
 

@@ -363,8 +363,10 @@ def run_app(app, scenario):
 
 
 def make_app(bundle, **limits):
+    """An app over the gated embedder, on the threaded path (a gated call must not block the event loop)."""
     from oirl.serve import ServiceLimits, create_app
 
+    limits.setdefault("inline_call_ms", 0.0)
     embedder = GatedEmbedder()
     return create_app(bundle, api_key="", limits=ServiceLimits(**limits), embedder=embedder), embedder
 
@@ -525,3 +527,50 @@ def test_batcher_serves_small_requests_alongside_a_large_one():
 
     small_seconds, big_done = asyncio.run(scenario())
     assert small_seconds < 0.5 and not big_done
+
+
+def test_batcher_embeds_a_few_new_texts_on_the_event_loop_when_told():
+    from oirl.serve_runtime import EmbeddingBatcher
+
+    threads = []
+
+    def model(texts):
+        threads.append(threading.current_thread().name)
+        return fake_model()(texts)
+
+    batcher = EmbeddingBatcher(model, max_batch=4)
+    batcher.inline_texts = 2
+
+    async def scenario():
+        await batcher.start()
+        few = await batcher.embed(["a", "bb", "a"])  # 2 new texts: inline
+        more = await batcher.embed(["ccc", "dddd", "eeeee"])  # 3: the embedding thread
+        cached = await batcher.embed(["bb", "ccc"])
+        await batcher.stop()
+        return few, more, cached
+
+    few, more, cached = asyncio.run(scenario())
+    assert few[:, 0].tolist() == [1, 2, 1] and more[:, 0].tolist() == [3, 4, 5] and cached[:, 0].tolist() == [2, 3]
+    assert threads[0] == threading.main_thread().name and threads[1].startswith("oirl-embed")
+    assert len(threads) == 2 and batcher.texts_embedded == 5
+
+
+class SlowEmbedder(GatedEmbedder):
+    def embed(self, texts, batch_size=128):
+        time.sleep(0.005)
+        return super().embed(texts, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("embedder_class, inline", [(GatedEmbedder, True), (SlowEmbedder, False)])
+def test_the_fast_path_is_measured_at_startup_and_answers_the_same(bundle, embedder_class, inline):
+    from oirl.serve import ServiceLimits, create_app
+
+    request = {"queries": ["fast query", "another query"], "candidates": ["new prompt", PROMPTS["CoT"]], "top_k": 2}
+
+    async def scenario(client):
+        return (await client.get("/v1/model")).json()["fast_path"], (await client.post("/v1/recommend", json=request)).json()
+
+    fast_path, answer = run_app(create_app(bundle, api_key="", embedder=embedder_class()), scenario)
+    _, threaded = run_app(create_app(bundle, api_key="", embedder=embedder_class(), limits=ServiceLimits(inline_call_ms=0.0)), scenario)
+    assert fast_path["embed_inline"] is inline
+    assert answer["results"] == threaded["results"]
