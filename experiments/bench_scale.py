@@ -34,6 +34,7 @@ Writes ``experiments/results/bench_scale.json`` atomically and prints a table.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -246,7 +247,7 @@ def compare_with_memory(client, tmp: Path, log: Path, built: dict, rows: int, ca
     """Dask vs in-memory training on the same ``rows`` training rows, scored on the same
     held-out instances (every test instance of the log): with ``--model auto`` (whose
     in-memory candidates are more: 18 knn settings, logistic, LightGBM, centred LightGBM,
-    MLP) and like for like with ``--model lightgbm``."""
+    MLP) and like for like with ``--model lightgbm`` and ``--model knn``."""
     from oirl.logs import read_logs, training_rows
     from oirl.recommender import Recommender
 
@@ -257,7 +258,7 @@ def compare_with_memory(client, tmp: Path, log: Path, built: dict, rows: int, ca
     logs = training_rows(read_logs(tmp / "compare"), "split", "train", source="compare")
     queries = pd.concat([pd.read_parquet(f) for f in sorted((tmp / "test_queries").glob("part-*.parquet"))], ignore_index=True)
     out = {"train_rows": int(len(train)), "held_out_instances": int(len(queries))}
-    for model in ("auto", "lightgbm"):
+    for model in ("auto", "lightgbm", "knn"):
         started = time.perf_counter()
         dask_rec, _ = train_on(client, tmp / "compare", cache_dir, embedder, model)
         dask_seconds = time.perf_counter() - started
@@ -316,6 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
                 tick = time.perf_counter()
                 rec.save(tmp / "model")
                 stages["save"] = time.perf_counter() - tick
+                # what the report needs from the bundle; then drop it, as `oirl train` exits before `oirl evaluate` runs
+                result["training"] = {k: rec.metadata["training"][k] for k in ("rows", "query_instances", "distinct_queries")}
+                result["chosen"] = {"model": rec.model.name, "policy": rec.default_policy, "margin": None if np.isinf(rec.margin) else rec.margin,
+                                    "cv_selection": rec.metadata["metrics"]["cross_validation"]["selection"]}
+                prior = rec.prior
+                del rec
+                gc.collect()
                 tick = time.perf_counter()
                 report = evaluate_distributed(client, tmp / "model", [tmp / "log"], cache_dir=cache_dir)
                 stages["evaluate"] = time.perf_counter() - tick
@@ -325,16 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
             stages["end_to_end"] = sum(stages.values())
         driver_peak = driver_peak_rss()
         picks = pd.concat([pd.read_parquet(f) for f in sorted((tmp / "picks").glob("part-*.parquet"))], ignore_index=True)
-        result["training"] = {k: rec.metadata["training"][k] for k in ("rows", "query_instances", "distinct_queries")}
-        result["chosen"] = {"model": rec.model.name, "policy": rec.default_policy, "margin": None if np.isinf(rec.margin) else rec.margin,
-                            "cv_selection": rec.metadata["metrics"]["cross_validation"]["selection"]}
         result["evaluate_report"] = {k: report[k] for k in ("queries", "policies", "best_single_prompt", "oracle", "random", "gap_recovered")}
-        result["held_out"] = planted_scores(picks, built, rec.prior)
+        result["held_out"] = planted_scores(picks, built, prior)
         result["stage_seconds"] = {k: round(v, 1) for k, v in stages.items()}
         processes = memory.report()
         result["memory"] = {"driver_peak_rss_gib": round(driver_peak / GiB, 3), "processes": processes,
                             "max_process_peak_rss_gib": max(p["peak_rss_gib"] for p in processes)}
-        del rec
 
         if args.slice_rows:
             log_slice = slice_dir(tmp / "log", tmp / "slice", args.slice_rows, built["partition_rows"])
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
         "driver_peak_within_1_gib": result["memory"]["driver_peak_rss_gib"] <= 1.0,
         "every_process_within_3_gib": result["memory"]["max_process_peak_rss_gib"] <= 3.0,
     }
-    for model in ("auto", "lightgbm"):
+    for model in ("auto", "lightgbm", "knn"):
         if "dask_vs_in_memory" in result:
             block = result["dask_vs_in_memory"][f"model_{model}"]
             result["targets"][f"{model}: dask_within_0.005_of_in_memory_planted"] = block["planted_difference"] <= 0.005
@@ -393,7 +397,7 @@ def table(result: dict) -> str:
         c = result["dask_vs_in_memory"]
         lines += ["", f"{c['train_rows']:,} training rows, {c['held_out_instances']:,} held-out instances (planted / realized value of the default policy):",
                   "| --model | dask | in memory | difference |", "|---|---|---|---|"]
-        for model in ("auto", "lightgbm"):
+        for model in ("auto", "lightgbm", "knn"):
             b = c[f"model_{model}"]
             cell = {n: f"{b[n]['model']} {b[n]['policy']}: {b[n]['planted']['policy']:.4f} / {b[n]['realized']['policy']:.4f}" for n in ("dask", "in_memory")}
             lines.append(f"| {model} | {cell['dask']} | {cell['in_memory']} | {b['planted_difference']:.4f} / {b['realized_difference']:.4f} |")

@@ -602,27 +602,26 @@ class DaskCrossFitter:
         n, m = matrix.rewards.shape
         settings = [dict(c.params) for c in self.knn]
         scores = [np.empty((n, m)) for _ in settings]
-        priors = np.empty((n, m))
-        text_scores = [np.full((len(matrix.texts), m), np.nan) for _ in settings]
+        priors = np.empty((n, m))  # the same for every setting: shared, read only
+        text_scores = np.full((len(matrix.texts), m), np.nan)  # one buffer, setting after setting: the driver stays small
         offsets = self.blocks.offsets()
         for fold, (train, test) in enumerate(folds):
             started = time.perf_counter()
             state = self.fit(self.knn[0], fold)
             parts = self.client.gather(self.client.map(_score_block_knn_grid, self.blocks.futures, fold=fold, state=state, settings=settings,
                                                        prompt_vectors=self.prompt_vectors, pure=False))
-            for i, per_setting in enumerate(parts):
-                held = self.blocks.meta[i]["fold"] == fold
-                for s, part in enumerate(per_setting):
-                    text_scores[s][offsets[i] : offsets[i + 1]][held] = part
             for s in range(len(settings)):
-                scores[s][test] = text_scores[s][matrix.text_index[test]]
+                for i, per_setting in enumerate(parts):
+                    text_scores[offsets[i] : offsets[i + 1]][self.blocks.meta[i]["fold"] == fold] = per_setting[s]
+                    per_setting[s] = None
+                scores[s][test] = text_scores[matrix.text_index[test]]
             priors[test] = matrix.subset(train).prompt_means()
-            del state
+            del state, parts
             _say(self.progress, f"knn ({len(settings)} settings): fold {fold + 1}/{len(folds)} in {time.perf_counter() - started:.1f} s")
         fits = {}
         for spec, s in zip(self.knn, scores, strict=True):
             check_scores(s, spec.label)
-            fits[spec.label] = CrossFit(spec, s, priors.copy(), folds)
+            fits[spec.label] = CrossFit(spec, s, priors, folds)
         return fits
 
     def fit(self, spec, fold: int | None):
