@@ -140,7 +140,7 @@ def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from oirl._atomic import atomic_path
+    from oirl._plots import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, curve in curves.items():
@@ -152,13 +152,7 @@ def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, 
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("mean cost per query (milli-dollars, symlog)")
     ax.set_ylabel("expected reward")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, ax, path, title)
 
 
 @dataclass

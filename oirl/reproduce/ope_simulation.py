@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from oirl import ope
-from oirl._atomic import atomic_path, write_text_atomic
+from oirl._atomic import write_text_atomic
 from oirl.evaluate import score_logs
 from oirl.recommender import Recommender
 from oirl.reproduce.report import write_table
@@ -153,6 +153,8 @@ def plot_rmse(summary: pd.DataFrame, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from oirl._plots import save_figure
+
     part = summary[(summary["policy"] == "argmax") & (summary["logger"] == "uniform")]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for estimator, group in part.groupby("estimator", sort=False):
@@ -161,13 +163,7 @@ def plot_rmse(summary: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("logged query instances (one prompt each)")
     ax.set_ylabel("RMSE of the value of oirl's argmax")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, ax, path, title)
 
 
 def reproduce_ope(data_dir: Path, out_dir: Path, *, datasets: tuple[str, ...] = DATASETS, repetitions: int = 100,

@@ -62,6 +62,8 @@ def plot_success_vs_k(table: pd.DataFrame, methods: list[str], path: Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from oirl._plots import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in methods:
         mean, std = table[f"{method} mean"].to_numpy(float), table[f"{method} std"].to_numpy(float)
@@ -75,11 +77,4 @@ def plot_success_vs_k(table: pd.DataFrame, methods: list[str], path: Path, title
         ax.plot(ks, [reference[k] for k in ks], "k*", markersize=9, label="Prompt-OIRL (authors)")
     ax.set_xlabel("K (number of training prompts)")
     ax.set_ylabel("test success rate")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, ax, path, title, legend_fontsize=7)
