@@ -385,16 +385,17 @@ def _cost_rule(recommender: Recommender) -> dict[str, Any]:
 
 
 def _measure_fast_path(recommender: Recommender, embed: Callable[[list[str]], np.ndarray], limits: ServiceLimits) -> dict[str, bool]:
-    """Time one warm embedding call of ``inline_texts`` texts and one query's scores
-    against the bundle's prompts; what runs under ``inline_call_ms`` may run on the event
-    loop (the best of three tries, so one hiccup of a busy machine does not decide)."""
+    """Time one warm embedding call of ``inline_texts`` texts and the scores of a few
+    queries against the bundle's prompts (about ``inline_pairs`` pairs); what runs under
+    ``inline_call_ms`` may run on the event loop (the best of three tries, so one hiccup
+    of a busy machine does not decide)."""
     if limits.inline_call_ms <= 0:  # turned off
         return {"embed_inline": False, "score_inline": False}
-    texts = [f"how fast is one call of the embedding model, try {i}" for i in range(limits.inline_texts)]
+    texts = [f"how fast is one call of the embedding model, try {i}" for i in range(max(1, limits.inline_texts))]
     embed_seconds = min(_seconds(embed, texts) for _ in range(3))
-    query = embed(texts[:1])
     prompts = recommender.candidate_vectors(list(recommender.prompts))
-    score_seconds = min(_seconds(recommender.score_vectors, query, prompts) for _ in range(3))
+    queries = embed(texts[: max(1, min(len(texts), limits.inline_pairs // len(prompts)))])  # about inline_pairs pairs
+    score_seconds = min(_seconds(recommender.score_vectors, queries, prompts) for _ in range(3))
     limit = limits.inline_call_ms / 1000
     return {"embed_inline": embed_seconds < limit, "score_inline": score_seconds < limit}
 
