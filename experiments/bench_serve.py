@@ -71,16 +71,35 @@ async def _sequential(base: str, queries: list[str], candidates: list[str]) -> l
     return latencies
 
 
+REQUEST_TIMEOUT_SECONDS = 120
+
+
+class ConnectionClosing(Exception):
+    """The server answered with `Connection: close` (the status is carried along)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
 async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, body: bytes) -> int:
-    """One HTTP/1.1 POST on a kept-alive connection; returns the status (the body is read and dropped)."""
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    await reader.readexactly(int(headers["content-length"]))
-    return int(lines[0].split()[1])
+    """One HTTP/1.1 POST on a kept-alive connection; returns the status (the body is read
+    and dropped). The server always sends Content-Length (JSON answers, never chunked)."""
+
+    async def exchange() -> int:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        await reader.readexactly(int(headers["content-length"]))
+        status = int(lines[0].split()[1])
+        if headers.get("connection", "").lower() == "close":
+            raise ConnectionClosing(status)
+        return status
+
+    return await asyncio.wait_for(exchange(), REQUEST_TIMEOUT_SECONDS)
 
 
 async def _concurrent(base: str, queries: list[str], candidates: list[str], clients: int) -> tuple[list[float], int, float]:
@@ -96,21 +115,28 @@ async def _concurrent(base: str, queries: list[str], candidates: list[str], clie
 
     async def client_loop():
         nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
+        connection = None
         try:
             for query in todo:  # a shared iterator: the request count stays bounded
                 body = json.dumps({"queries": [query], "candidates": candidates, "top_k": 3}).encode()
                 started = time.perf_counter()
                 try:
-                    if await _post(reader, writer, f"{host}:{port}", "/v1/recommend", body) != 200:
-                        errors += 1
-                except (OSError, asyncio.IncompleteReadError, ValueError, KeyError):
-                    errors += 1
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, int(port))
+                    connection = connection or await asyncio.open_connection(host, int(port))
+                    ok = await _post(*connection, f"{host}:{port}", "/v1/recommend", body) == 200
+                except ConnectionClosing as closing:
+                    ok = closing.status == 200
+                    connection[1].close()
+                    connection = None
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, KeyError):
+                    ok = False
+                    if connection is not None:
+                        connection[1].close()
+                    connection = None  # reconnect for the next request
+                errors += not ok
                 latencies.append((time.perf_counter() - started) * 1000)
         finally:
-            writer.close()
+            if connection is not None:
+                connection[1].close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(clients)))
@@ -187,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             "requests": len(concurrent),
             "errors": errors,
             "requests_per_second": round(len(concurrent) / elapsed, 1),
+            "successful_requests_per_second": round((len(concurrent) - errors) / elapsed, 1),
             "ms": _percentiles(concurrent),
         },
     }

@@ -91,6 +91,7 @@ class ServiceLimits:
     # A thread hop costs more than such a call; a slow model keeps its threads.
     inline_call_ms: float = 2.0
     inline_texts: int = 8
+    inline_chars: int = 4_000  # in all, across those texts (the timed call embeds this many)
     inline_pairs: int = 64
 
 
@@ -385,17 +386,24 @@ def _cost_rule(recommender: Recommender) -> dict[str, Any]:
 
 
 def _measure_fast_path(recommender: Recommender, embed: Callable[[list[str]], np.ndarray], limits: ServiceLimits) -> dict[str, bool]:
-    """Time one warm embedding call of ``inline_texts`` texts and the scores of a few
-    queries against the bundle's prompts (about ``inline_pairs`` pairs); what runs under
-    ``inline_call_ms`` may run on the event loop (the best of three tries, so one hiccup
-    of a busy machine does not decide)."""
-    if limits.inline_call_ms <= 0:  # turned off
+    """Time the largest call the fast path would make: ``inline_texts`` texts of
+    ``inline_chars`` characters in all, and ``inline_pairs`` pairs scored in each shape a
+    request can have (many queries x one prompt, a few queries x the bundle's prompts,
+    pairs). What runs under ``inline_call_ms`` may run on the event loop (the best of
+    three tries, so one hiccup of a busy machine does not decide)."""
+    if limits.inline_call_ms <= 0 or limits.inline_texts <= 0:  # turned off
         return {"embed_inline": False, "score_inline": False}
-    texts = [f"how fast is one call of the embedding model, try {i}" for i in range(max(1, limits.inline_texts))]
+    words = "how fast is one call of the embedding model at the largest size the fast path takes "
+    length = max(1, limits.inline_chars // limits.inline_texts)
+    texts = [(f"try {i}: " + words * (length // len(words) + 1))[:length] for i in range(limits.inline_texts)]
     embed_seconds = min(_seconds(embed, texts) for _ in range(3))
     prompts = recommender.candidate_vectors(list(recommender.prompts))
-    queries = embed(texts[: max(1, min(len(texts), limits.inline_pairs // len(prompts)))])  # about inline_pairs pairs
-    score_seconds = min(_seconds(recommender.score_vectors, queries, prompts) for _ in range(3))
+    pairs = limits.inline_pairs
+    queries = np.resize(embed(texts[:2]), (pairs, prompts.shape[1]))  # distinct rows do not matter to the timing
+    shapes = [(recommender.score_vectors, queries, prompts[:1]),
+              (recommender.score_vectors, queries[: max(1, pairs // len(prompts))], prompts),
+              (recommender.score_pairs, queries, np.resize(prompts, (pairs, prompts.shape[1])))]
+    score_seconds = max(min(_seconds(function, *args) for _ in range(3)) for function, *args in shapes)
     limit = limits.inline_call_ms / 1000
     return {"embed_inline": embed_seconds < limit, "score_inline": score_seconds < limit}
 
@@ -440,6 +448,7 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
         embedder.embed(["warm up the embedding model"])  # load the weights before the first request
         fast_path.update(_measure_fast_path(recommender, model_call, limits))
         batcher.inline_texts = limits.inline_texts if fast_path["embed_inline"] else 0
+        batcher.inline_chars = limits.inline_chars
         await batcher.start()
         yield
         await batcher.stop()

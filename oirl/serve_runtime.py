@@ -79,6 +79,7 @@ class EmbeddingBatcher:
         # model call measures under a millisecond or two (a static embedder): then the two
         # thread hops, not the model, are the request's cost.
         self.inline_texts = 0
+        self.inline_chars = 0  # and at most this many characters in all: the timed call bounds the untimed ones
         self.max_batch = max_batch
         self.max_share = max_share
         self.max_queued = max_queued
@@ -143,8 +144,10 @@ class EmbeddingBatcher:
                 found[key] = vector
             else:
                 missing.setdefault(key, text)
-        if missing and len(missing) <= self.inline_texts and not self._pending and self._call_started is None \
-                and self.problem() is None:
+        if missing and len(missing) <= self.inline_texts and sum(map(len, missing.values())) <= self.inline_chars \
+                and not self._pending and self._call_started is None and self.problem() is None:
+            if len(missing) <= self.max_share:  # small requests keep coming: large ones still get short calls
+                self._small_at = time.monotonic()
             found.update(self._embed_inline(missing))
         elif missing:
             problem = self.problem()

@@ -539,20 +539,22 @@ def test_batcher_embeds_a_few_new_texts_on_the_event_loop_when_told():
         return fake_model()(texts)
 
     batcher = EmbeddingBatcher(model, max_batch=4)
-    batcher.inline_texts = 2
+    batcher.inline_texts, batcher.inline_chars = 2, 10
 
     async def scenario():
         await batcher.start()
-        few = await batcher.embed(["a", "bb", "a"])  # 2 new texts: inline
-        more = await batcher.embed(["ccc", "dddd", "eeeee"])  # 3: the embedding thread
+        few = await batcher.embed(["a", "bb", "a"])  # 2 new texts, 3 characters: inline
+        more = await batcher.embed(["ccc", "dddd", "eeeee"])  # 3 texts: the embedding thread
+        long = await batcher.embed(["x" * 6, "y" * 6])  # 2 texts but 12 characters: the embedding thread
         cached = await batcher.embed(["bb", "ccc"])
         await batcher.stop()
-        return few, more, cached
+        return few, more, long, cached
 
-    few, more, cached = asyncio.run(scenario())
-    assert few[:, 0].tolist() == [1, 2, 1] and more[:, 0].tolist() == [3, 4, 5] and cached[:, 0].tolist() == [2, 3]
-    assert threads[0] == threading.main_thread().name and threads[1].startswith("oirl-embed")
-    assert len(threads) == 2 and batcher.texts_embedded == 5
+    few, more, long, cached = asyncio.run(scenario())
+    assert few[:, 0].tolist() == [1, 2, 1] and more[:, 0].tolist() == [3, 4, 5] and long[:, 0].tolist() == [6, 6]
+    assert cached[:, 0].tolist() == [2, 3]
+    assert threads[0] == threading.main_thread().name and all(t.startswith("oirl-embed") for t in threads[1:])
+    assert len(threads) == 3 and batcher.texts_embedded == 7
 
 
 class SlowEmbedder(GatedEmbedder):
@@ -570,7 +572,8 @@ def test_the_fast_path_is_measured_at_startup_and_answers_the_same(bundle, embed
     async def scenario(client):
         return (await client.get("/v1/model")).json()["fast_path"], (await client.post("/v1/recommend", json=request)).json()
 
-    fast_path, answer = run_app(create_app(bundle, api_key="", embedder=embedder_class()), scenario)
+    # 4 ms: well above the hashing embedder's microseconds, below the slow one's 5 ms sleep
+    fast_path, answer = run_app(create_app(bundle, api_key="", embedder=embedder_class(), limits=ServiceLimits(inline_call_ms=4.0)), scenario)
     _, threaded = run_app(create_app(bundle, api_key="", embedder=embedder_class(), limits=ServiceLimits(inline_call_ms=0.0)), scenario)
     assert fast_path["embed_inline"] is inline
     assert answer["results"] == threaded["results"]
