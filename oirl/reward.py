@@ -116,6 +116,15 @@ def _check_training_data(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray
 # --------------------------------------------------------------------------- gradient-boosted trees
 
 
+class _ReadsQueryPart:
+    """For models that split the features into their query part and the rest: they keep
+    the embedding dimension they are told (``dimension``, also a constructor parameter)."""
+
+    def set_embedding_dimension(self, dimension):
+        self.dimension = dimension
+        return self
+
+
 class LightGBMReward(RewardModel):
     """Gradient-boosted trees (LightGBM, cross-entropy objective)."""
 
@@ -177,7 +186,7 @@ def _lightgbm_booster(data: bytes | str, where: str):
         raise BundleError(f"{where}: not a readable LightGBM model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-class CentredLightGBMReward(LightGBMReward):
+class CentredLightGBMReward(_ReadsQueryPart, LightGBMReward):
     """Two LightGBM models: how hard a query is, and which prompt wins on it.
 
     r(q, p) = d(q) + a(q, p): ``d`` regresses each query text's mean reward on the
@@ -197,10 +206,6 @@ class CentredLightGBMReward(LightGBMReward):
         super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
                          min_child_samples=min_child_samples, colsample=colsample, reg_lambda=reg_lambda, seed=seed, n_jobs=n_jobs)
         self.dimension = dimension
-
-    def set_embedding_dimension(self, dimension):
-        self.dimension = dimension
-        return self
 
     def fit(self, X, y, sample_weight=None):
         X, y = _check_training_data(X, y, sample_weight)
@@ -421,7 +426,7 @@ class MLPReward(_NumpyForwardReward):
 _NEIGHBOUR_CELLS = 8_000_000  # query x training-query cosines per block in NeighbourReward.neighbours
 
 
-class NeighbourReward(RewardModel):
+class NeighbourReward(_ReadsQueryPart, RewardModel):
     """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
 
     For a query q and prompt p, the estimate pools the logged rewards of the ``k``
@@ -456,10 +461,6 @@ class NeighbourReward(RewardModel):
         self.new_prompt_tau = new_prompt_tau
         self.alpha = alpha
         self.dimension = dimension
-
-    def set_embedding_dimension(self, dimension):
-        self.dimension = dimension
-        return self
 
     def fit(self, X, y, sample_weight=None):
         X, y = _check_training_data(X, y, sample_weight)
