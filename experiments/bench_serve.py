@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,30 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("OIRL_API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--port", str(port)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("server did not start")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve_fuzz import start_server, stop_server  # noqa: E402
 
 
 async def _sequential(base: str, queries: list[str], candidates: list[str]) -> list[float]:
@@ -196,13 +172,12 @@ def main(argv: list[str] | None = None) -> dict:
         raw_speed = len(raw_texts) / (time.perf_counter() - started)
         del embedder
 
-        process, base = _start_server(model_dir)
+        process, base = start_server(model_dir, subprocess.DEVNULL)
         try:
             sequential = asyncio.run(_sequential(base, seq_texts, candidates))
             concurrent, errors, elapsed = asyncio.run(_concurrent(base, load_texts, candidates, args.clients))
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_server(process)
 
     result = {
         "embedder": Recommender.load(model_dir).embedder_spec if args.model_dir else args.embedder,

@@ -79,3 +79,49 @@ def test_feedback_loop_survives_a_kill_at_toy_size(data_dir, tmp_path, minilm_bu
     assert report["feedback acknowledged"] == report["recommendations answered"] == 60 and report["errors"] == 0
     assert report["acknowledged feedback missing or changed"] == 0 and report["duplicate decisions in export"] == 0
     assert report["propensities differing from the answer"] == 0 and report["exported rows"] >= 60
+
+
+def test_bench_serve_runs_at_toy_size_against_a_real_server(data_dir, minilm_bundle, tmp_path):
+    out = tmp_path / "serve.json"
+    result = load("bench_serve").main(["--data-dir", str(data_dir), "--model-dir", str(minilm_bundle), "--sequential", "5",
+                                       "--requests", "40", "--clients", "4", "--embed-texts", "10", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["latency_one_client"]["requests"] == 5
+    throughput = result["throughput"]
+    assert throughput["requests"] == 40 and throughput["errors"] == 0
+    assert throughput["successful_requests_per_second"] == throughput["requests_per_second"] > 0
+
+
+def test_bench_serve_client_reconnects_after_connection_close_and_counts_bad_statuses():
+    """A stub HTTP server answers 200 or 503 and closes every other connection; the load
+    client must reconnect, count the 503s as errors and lose no request."""
+    import asyncio
+
+    bench = load("bench_serve")
+    served = []
+
+    async def handle(reader, writer):
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            served.append(1)
+            status, close = (503, False) if len(served) % 5 == 0 else (200, len(served) % 2 == 0)
+            body = b'{"ok": true}'
+            writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n".encode() + body)
+            await writer.drain()
+            if close:
+                break
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await bench._concurrent(f"http://127.0.0.1:{port}", [f"q{i}" for i in range(20)], ["p"], clients=3)
+
+    latencies, errors, elapsed = asyncio.run(scenario())
+    assert len(latencies) == 20 and len(served) == 20 and errors == 4 and elapsed > 0

@@ -99,6 +99,7 @@ def test_epsilon_greedy_explores_around_the_policy_pick():
     np.testing.assert_allclose(exploration_probabilities(SCORES, np.array([1, 2, 0]), "epsilon", 0.0)[1], [0, 0, 1])
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a tiny temperature must not overflow noisily
 def test_softmax_draws_in_proportion_to_exp_score_over_temperature():
     from oirl.select import exploration_probabilities
 
