@@ -976,7 +976,7 @@ def recommend_to_parquet(
 
     out_dir = check_recommend_output(out_dir)
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
-    rec.check_policy(policy, rec.resolve_candidates(candidates))  # e.g. cost-aware without costs: fail before any work
+    rec.check_policy(policy, rec.resolve_candidates(candidates), rec.candidate_costs(candidates))  # e.g. cost-aware without costs: fail before any work
     sources = query_sources(queries)
     options = {"candidates": candidates, "policy": policy, "cost_weight": cost_weight}
     started = time.perf_counter()

@@ -156,6 +156,22 @@ def test_batch_recommend_writes_ordered_partitions(client, dask_bundle, syntheti
         pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
 
 
+def test_batch_recommend_takes_the_costs_given_with_the_candidates(dask_bundle, synthetic, tmp_path):
+    from oirl.distributed import recommend_to_parquet
+    from oirl.recommender import Candidate
+
+    _, path = dask_bundle
+    work, _ = synthetic
+    rec = Recommender.load(path, cache_dir=work / "emb")
+    priced = [Candidate(p.prompt, p.prompt_id, float(i)) for i, p in enumerate(rec.prompts)]  # the bundle has no costs
+    recommend_to_parquet(path, work / "test_queries", tmp_path / "picks", candidates=priced, policy="cost-aware", cost_weight=0.05,
+                         cache_dir=work / "emb")
+    source = sorted((work / "test_queries").glob("part-*.parquet"))[0]
+    written = pd.read_parquet(tmp_path / "picks" / "part-00000.parquet")
+    expected = rec.recommend(pd.read_parquet(source)["query"].tolist(), priced, policy="cost-aware", cost_weight=0.05)
+    assert written["prompt_id"].tolist() == [r.prompt_id for r in expected]
+
+
 def test_a_bad_partition_is_named_by_file_row_and_column(client, tmp_path, synthetic):
     from oirl.distributed import read_log_partitions
 

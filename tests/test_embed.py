@@ -298,7 +298,11 @@ def test_memory_cache_is_bounded_and_embeds_each_text_once():
     assert cache.n_embedded == 4
 
 
-def test_a_warm_cache_needs_no_model_load():
+def test_a_warm_cache_needs_no_model_load(tmp_path):
     """The dimension comes from the model folder's config: a run whose texts are all cached never loads torch."""
     embedder = get_embedder("minilm")
     assert embedder.dimension == 384 and embedder._model is None
+    vectors = CachedEmbedder(get_embedder("minilm"), tmp_path).embed(["What is 7 times 8?"])  # warms the cache
+    warm = get_embedder("minilm")
+    np.testing.assert_array_equal(CachedEmbedder(warm, tmp_path).embed(["What is 7 times 8?"]), vectors)
+    assert warm._model is None

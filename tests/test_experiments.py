@@ -89,7 +89,7 @@ def test_bench_serve_runs_at_toy_size_against_a_real_server(data_dir, minilm_bun
     assert result["latency_one_client"]["requests"] == 5
     throughput = result["throughput"]
     assert throughput["requests"] == 40 and throughput["errors"] == 0
-    assert throughput["successful_requests_per_second"] == throughput["requests_per_second"] > 0
+    assert throughput["successful_requests_per_second"] > 0
 
 
 def test_bench_serve_client_reconnects_after_connection_close_and_counts_bad_statuses():
