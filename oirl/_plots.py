@@ -15,7 +15,6 @@ def save_figure(fig, ax, path: str | Path, title: str, *, legend_fontsize: int =
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_fontsize, loc="best")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from oirl import __version__
 from oirl._atomic import atomic_directory
-from oirl.errors import BundleError
+from oirl.errors import BundleError, one_line
 from oirl.features import FEATURE_LAYOUTS, feature_dimension
 from oirl.select import POLICIES
 
@@ -270,7 +270,7 @@ def read_schema(directory: Path) -> tuple[BundleSchema, bytes]:
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        raise BundleError(f"{path}: not valid JSON ({one_line(exc)})") from None
     if isinstance(document, dict) and document.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: bundle format {document.get('format')!r}; this oirl reads format {BUNDLE_FORMAT} (retrain with 'oirl train')")
     try:

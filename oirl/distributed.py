@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from oirl.embed import DEFAULT_EMBEDDER, CachedEmbedder, get_embedder
-from oirl.errors import LogFormatError, OirlError
+from oirl.errors import LogFormatError, OirlError, one_line
 from oirl.logs import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -152,7 +152,7 @@ def dask_client(spec: str | None, *, memory_limit: int | str | None = None) -> I
         try:
             client = Client(str(value), timeout="20s")
         except (OSError, TimeoutError) as exc:
-            raise OirlError(f"--dask {value}: cannot reach the scheduler ({' '.join(str(exc).split())})") from None
+            raise OirlError(f"--dask {value}: cannot reach the scheduler ({one_line(exc)})") from None
         with client:
             yield client
 
@@ -200,7 +200,7 @@ def read_log_partitions(path: str | Path, *, columns: list[str] | None = None):
     except FileNotFoundError:
         raise LogFormatError(f"{files[0]}: no such log file") from None
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise LogFormatError(f"{files[0]}: not a readable Parquet file: {' '.join(str(exc).split())}") from None
+        raise LogFormatError(f"{files[0]}: not a readable Parquet file: {one_line(exc)}") from None
     wanted = [c for c in names if c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "correct", *(columns or ()))]
     raw_meta = pd.DataFrame({c: pd.Series([], dtype="str") for c in wanted})
     sample = pd.DataFrame({c: [_DUMMY.get(c, "x")] for c in wanted})
@@ -230,11 +230,10 @@ def _validate_partition(raw: pd.DataFrame, files: list[str], partition_info: dic
         return validate_logs(raw, source=source)
 
 
-def _rows_of_split(rows, split_column: str | None, split: str, *, required: bool = False, source: str = "<logs>"):
+def _rows_of_split(rows, split_column: str | None, split: str):
+    """The rows of ``split``; every row when the log has no such column (as in memory)."""
     if split_column and split_column in rows.columns:
         return rows[rows[split_column] == split]
-    if required and split_column:
-        raise LogFormatError(f"{source}: no column {split_column!r} to select the {split!r} rows by")
     return rows
 
 
@@ -804,7 +803,7 @@ def evaluate_distributed(
 
     from oirl.bundle import json_safe
     from oirl.embed import default_cache_dir
-    from oirl.evaluate import classification_metrics, cost_sweep, reward_cost_area, selection_report
+    from oirl.evaluate import classification_metrics, cost_sweep_report, selection_report, warn_if_seen
     from oirl.recommender import Candidate, Recommender
 
     rec = Recommender.load(model_dir, cache_dir=cache_dir)
@@ -836,9 +835,7 @@ def evaluate_distributed(
     scored = client.gather(client.map(_eval_scores, blocks.futures, model_dir=bundle, cache_dir=cache, candidate_vectors=vectors, pure=False))
     scores = np.vstack([s for s, _ in scored])
     seen = np.concatenate([t for _, t in scored])
-    if seen.any():
-        warnings.warn(f"{source}: {int(seen.sum())} of {len(seen)} evaluated query instances have a question text "
-                      "the model was trained on; their success rates measure memory as much as generalisation", stacklevel=2)
+    warn_if_seen(source, seen)
     context = rec.policy_context(eval_candidates, costs={**encoded.costs, **(costs or {})})
     cost = None if np.isnan(context["cost"]).any() else context["cost"]
     report = selection_report(scores, rewards, prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"], margin=rec.margin,
@@ -853,12 +850,7 @@ def evaluate_distributed(
         "distributed": {"workers": n_workers(client), "partitions": len(blocks.futures)},
     })
     if cost is not None and cost_weights:
-        curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), context["prior"])
-        arms = pd.DataFrame({"prompt_id": prompt_ids, "reward": rewards.mean(axis=0), "cost": cost})
-        span = (float(cost.min()), float(cost.max()))
-        report["cost_sweep"] = {"curve": curve.to_dict(orient="records"), "area": reward_cost_area(curve, span),
-                                "single_prompts": arms.to_dict(orient="records"), "single_prompts_area": reward_cost_area(arms, span),
-                                "cost_range": list(span)}
+        report["cost_sweep"] = cost_sweep_report(scores, rewards, prompt_ids, cost, cost_weights, context["prior"])
     return json_safe(report)
 
 
@@ -910,7 +902,7 @@ def read_query_partition(source: Any) -> pd.DataFrame:
     except OirlError:
         raise
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise OirlError(f"{source}: not a readable Parquet file: {' '.join(str(exc).split())}") from None
+        raise OirlError(f"{source}: not a readable Parquet file: {one_line(exc)}") from None
     frame = pd.DataFrame({c: [_parquet_value_to_str(v) for v in table.column(c).to_pylist()] for c in table.column_names})
     empty = frame["query"].str.strip() == ""
     if empty.any():

@@ -41,13 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from oirl._threads import configure_openmp
-from oirl.embed_cache import CACHE_FILE, EmbeddingCache, _file_lock  # noqa: F401 (re-exported)
-from oirl.errors import OirlError
-
-try:  # file locks guard recovery and migration; SQLite does its own locking
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
+from oirl.embed_cache import CACHE_FILE, EmbeddingCache  # noqa: F401 (re-exported)
+from oirl.errors import OirlError, one_line
 
 DEFAULT_EMBEDDER = "minilm"
 DEFAULT_CACHE_DIR = "embeddings"
@@ -162,6 +157,7 @@ class SentenceTransformerEmbedder(Embedder):
             self.model_id = name_or_path
         self._model = None
         self._revision: str | None = None
+        self._dimension: int | None = None  # asked on every cached embed call: worked out once
         self._lock = threading.Lock()  # one encode at a time: the model is not re-entrant
 
     def weights_dir(self) -> Path | None:
@@ -214,19 +210,21 @@ class SentenceTransformerEmbedder(Embedder):
                 self._model = SentenceTransformer(location, device="cpu")
             except Exception as exc:  # hub, file and config errors come in many types
                 raise OirlError(
-                    f"cannot load embedding model {self.spec!r} offline: {' '.join(str(exc).split())[:300]}"
+                    f"cannot load embedding model {self.spec!r} offline: {one_line(exc)[:300]}"
                 ) from None
         return self._model
 
     @property
     def dimension(self) -> int:
-        if self._model is None:  # a warm cache needs the dimension, not torch and the weights
-            known = self._configured_dimension()
-            if known:
-                return known
-        model = self._load()
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(getter())
+        if self._dimension is None:
+            # a warm cache needs the dimension, not torch and the weights
+            known = self._configured_dimension() if self._model is None else None
+            if not known:
+                model = self._load()
+                getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+                known = int(getter())
+            self._dimension = known
+        return self._dimension
 
     def _configured_dimension(self) -> int | None:
         """The output dimension from the model folder's pooling config, when no later module

@@ -28,3 +28,8 @@ class UnknownPromptError(OirlError):
         self.unknown = unknown
         shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
         super().__init__(f"unknown prompt id(s): {', '.join(unknown)} (known: {shown})")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (library messages span several)."""
+    return " ".join(str(exc).split())

@@ -242,9 +242,7 @@ def evaluate_recommender(
     from oirl.bundle import json_safe
 
     scored = score_logs(rec, logs, candidates, costs=costs)
-    if scored.seen.any():
-        warnings.warn(f"{source}: {int(scored.seen.sum())} of {len(scored.seen)} evaluated query instances have a question text "
-                      "the model was trained on; their success rates measure memory as much as generalisation", stacklevel=2)
+    warn_if_seen(source, scored.seen)
     rewards, scores, logged, context = scored.rewards, scored.scores, scored.logged, scored.context
     cost = None if np.isnan(context["cost"]).any() else context["cost"]  # a partial cost table cannot rank every candidate
     if scored.full_information:
@@ -262,17 +260,31 @@ def evaluate_recommender(
     report["ope"] = ope_report(rec, logs, scored, cost_weights=cost_weights if cost is not None else None, n_boot=n_boot)
     report["model_selection"] = rec.metadata.get("metrics", {}).get("model_selection")
     if cost is not None and cost_weights and scored.full_information:
-        curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), context["prior"])
-        arms = pd.DataFrame({"prompt_id": scored.prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
-        span = (float(cost.min()), float(cost.max()))
-        report["cost_sweep"] = {
-            "curve": curve.to_dict(orient="records"),
-            "area": reward_cost_area(curve, span),
-            "single_prompts": arms.to_dict(orient="records"),
-            "single_prompts_area": reward_cost_area(arms, span),
-            "cost_range": list(span),
-        }
+        report["cost_sweep"] = cost_sweep_report(scores, rewards, scored.prompt_ids, cost, cost_weights, context["prior"])
     return json_safe(report)
+
+
+def warn_if_seen(source: str, seen: np.ndarray) -> None:
+    """Warn when evaluated query instances have a question text the model was trained on."""
+    if seen.any():
+        warnings.warn(f"{source}: {int(seen.sum())} of {len(seen)} evaluated query instances have a question text "
+                      "the model was trained on; their success rates measure memory as much as generalisation", stacklevel=3)
+
+
+def cost_sweep_report(scores: np.ndarray, rewards: np.ndarray, prompt_ids: list[str], cost: np.ndarray,
+                      cost_weights: list[float], prior: np.ndarray) -> dict[str, Any]:
+    """The cost-aware policy's reward-cost curve over ``cost_weights``, its normalised
+    area, and the single prompts as points (full-information logs)."""
+    curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), prior)
+    arms = pd.DataFrame({"prompt_id": prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
+    span = (float(cost.min()), float(cost.max()))
+    return {
+        "curve": curve.to_dict(orient="records"),
+        "area": reward_cost_area(curve, span),
+        "single_prompts": arms.to_dict(orient="records"),
+        "single_prompts_area": reward_cost_area(arms, span),
+        "cost_range": list(span),
+    }
 
 
 REFUSED_ON_PARTIAL = (

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from oirl._atomic import atomic_path
-from oirl.errors import LogFormatError
+from oirl.errors import LogFormatError, one_line
 
 REQUIRED_COLUMNS = ("query", "prompt", "reward")
 OPTIONAL_COLUMNS = ("query_id", "prompt_id", "split", "llm", "cost", "propensity")
@@ -160,7 +160,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, Callable[[int], str]]:
     except pd.errors.EmptyDataError:
         raise LogFormatError(f"{path}: the file is empty (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise LogFormatError(f"{path}: not a readable CSV file: {_one_line(exc)}") from None
+        raise LogFormatError(f"{path}: not a readable CSV file: {one_line(exc)}") from None
     # Header is line 1, so data row i (0-based) sits on line i + 2 when no field spans lines.
     return frame, lambda i: f"row {i + 1} (line {i + 2})"
 
@@ -177,7 +177,7 @@ def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
     except (FileNotFoundError, IsADirectoryError):
         raise LogFormatError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
-        raise LogFormatError(f"{path}: not UTF-8 text: {_one_line(exc)}") from None
+        raise LogFormatError(f"{path}: not UTF-8 text: {one_line(exc)}") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -219,7 +219,7 @@ def _read_parquet(path: Path, columns: list[str] | None = None) -> tuple[pd.Data
     try:
         frame = pq.read_table(path, columns=columns).to_pandas()
     except Exception as exc:  # pyarrow raises several types for a bad file
-        raise LogFormatError(f"{path}: not a readable Parquet file: {_one_line(exc)}") from None
+        raise LogFormatError(f"{path}: not a readable Parquet file: {one_line(exc)}") from None
     for column in frame.columns:
         frame[column] = [_parquet_value_to_str(v) for v in frame[column]]
     return frame, lambda i: f"row {i + 1}"
@@ -234,10 +234,6 @@ def _parquet_value_to_str(value: object) -> str:
 
 
 _READERS = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 # --------------------------------------------------------------------------- validation

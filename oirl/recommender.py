@@ -276,8 +276,8 @@ class Recommender:
         ``new_vectors`` holds the vectors of :meth:`texts_to_embed`, in that order;
         without it they are embedded here.
         """
-        new_texts = self.texts_to_embed(candidates)
         if new_vectors is None:
+            new_texts = self.texts_to_embed(candidates)
             new_vectors = self.query_embedder.embed(new_texts) if new_texts else None
         out = np.empty((len(candidates), self.prompt_vectors.shape[1]), dtype=np.float32)
         position = 0

@@ -397,7 +397,7 @@ def _measure_fast_path(recommender: Recommender, embed: Callable[[list[str]], np
     length = max(1, limits.inline_chars // limits.inline_texts)
     texts = [(f"try {i}: " + words * (length // len(words) + 1))[:length] for i in range(limits.inline_texts)]
     embed_seconds = min(_seconds(embed, texts) for _ in range(3))
-    prompts = recommender.candidate_vectors(list(recommender.prompts))
+    prompts = np.asarray(recommender.prompt_vectors, dtype=np.float32)
     pairs = limits.inline_pairs
     queries = np.resize(embed(texts[:2]), (pairs, prompts.shape[1]))  # distinct rows do not matter to the timing
     shapes = [(recommender.score_vectors, queries, prompts[:1]),
@@ -537,8 +537,8 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=protected,
               responses=_responses(400, 401, 404, 409, 413, 422, 503, auth=bool(api_key)))
     async def recommend(body: RecommendRequest) -> RecommendResponse:
-        given = [c if isinstance(c, CandidateIn) else CandidateIn(prompt=c) for c in body.candidates or []]
-        candidates = [Candidate(c.prompt, c.prompt_id or "", c.cost) for c in given]
+        candidates = [Candidate(c) if isinstance(c, str) else Candidate(c.prompt, c.prompt_id or "", c.cost)
+                      for c in body.candidates or []]  # already validated: no second pydantic pass
         try:
             chosen = recommender.resolve_candidates(candidates or None, body.candidate_ids or None)
             costs = recommender.candidate_costs(candidates)
@@ -583,8 +583,9 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
         served = [float(p) for p in propensity] if propensity is not None else [1.0 if store is not None else None] * len(ranked)
         if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
             explore_json = None if exploration is None else exploration.model_dump()
+            chosen_ids, chosen_prompts = tuple(c.prompt_id for c in chosen), tuple(c.prompt for c in chosen)  # shared by every query
             await asyncio.to_thread(store.record, [
-                Decision(query=q, candidate_ids=[c.prompt_id for c in chosen], candidate_prompts=[c.prompt for c in chosen],
+                Decision(query=q, candidate_ids=chosen_ids, candidate_prompts=chosen_prompts,
                          prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, policy=policy, model_version=version,
                          propensity=served[i], explore=explore_json, decision_id=ids[i])
                 for i, (q, r) in enumerate(zip(body.queries, ranked, strict=True))])

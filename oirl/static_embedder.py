@@ -37,15 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from oirl._atomic import fsync_path
-from oirl.embed import (
-    DEFAULT_EMBEDDER,
-    Embedder,
-    SentenceTransformerEmbedder,
-    _file_lock,
-    default_cache_dir,
-    fcntl,
-    weights_revision,
-)
+from oirl.embed import DEFAULT_EMBEDDER, Embedder, SentenceTransformerEmbedder, default_cache_dir, weights_revision
+from oirl.embed_cache import _file_lock, fcntl
 from oirl.errors import OirlError
 
 #: The files of a static model folder, all a bundle needs to carry.
