@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from oirl.cli import cli
-from oirl.crossfit import MIN_EFFECT, PRIOR_Z
+from oirl.cli.main import cli
+from oirl.data.logs import write_logs
 from oirl.errors import OirlError
-from oirl.logs import write_logs
-from oirl.recommender import Recommender
+from oirl.learn.selection import MIN_EFFECT, PRIOR_Z
+from oirl.recommender.bundle import load_bundle, save_bundle
 
 
 def run(*args, ok=True):
@@ -115,9 +115,9 @@ def test_evaluating_training_rows_says_so(trained, tmp_path):
 
 def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_path):
     work, _, _ = trained
-    first = Recommender.load(work / "model", cache_dir=work / "emb")
-    first.save(tmp_path / "copy")
-    second = Recommender.load(tmp_path / "copy", cache_dir=work / "emb")
+    first = load_bundle(work / "model", cache_dir=work / "emb")
+    save_bundle(first, tmp_path / "copy")
+    second = load_bundle(tmp_path / "copy", cache_dir=work / "emb")
     queries = gsm8k_slice["query"].drop_duplicates().head(20).tolist()
     np.testing.assert_array_equal(first.score(queries), second.score(queries))
     assert first.fingerprint == second.fingerprint
@@ -178,7 +178,7 @@ def test_a_corrupt_bundle_is_a_clear_error(trained, tmp_path):
 
 def test_ranking_orders_ties_like_the_policies(trained):
     work, _, _ = trained
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
     [result] = rec.recommend(["What is 7 times 8?"], top_k=6, policy="argmax")
     scores = [r["score"] for r in result.ranking]
     assert scores == sorted(scores, reverse=True)
@@ -190,7 +190,7 @@ def test_ranking_orders_ties_like_the_policies(trained):
 
 def test_cost_aware_without_costs_fails_before_embedding_anything(trained):
     work, _, _ = trained
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
 
     class NeverCalled:
         def embed(self, texts, **_):
@@ -203,10 +203,10 @@ def test_cost_aware_without_costs_fails_before_embedding_anything(trained):
 
 def test_one_text_under_two_ids_is_refused(trained):
     """Explored, it would split the text's chance of being served across two ids."""
-    from oirl.recommender import Candidate
+    from oirl.recommender.recommender import Candidate
 
     work, _, _ = trained
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
     with pytest.raises(OirlError, match="candidate text.* given twice"):
         rec.resolve_candidates([Candidate("Solve it.", "x1"), Candidate("Solve it.", "x2")])
 
@@ -221,7 +221,7 @@ def test_os_errors_are_one_line_exit_2(tmp_path):
 
 def test_several_evaluated_logs_must_agree_on_optional_columns(trained, tmp_path):
     work, log_file, _ = trained
-    from oirl.logs import read_logs
+    from oirl.data.logs import read_logs
 
     with_cost = write_logs(read_logs(log_file).assign(cost=1.0), tmp_path / "costed.parquet")
     result = run("evaluate", work / "model", log_file, with_cost, "--cache-dir", work / "emb", ok=False)

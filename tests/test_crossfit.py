@@ -3,20 +3,12 @@
 import numpy as np
 import pytest
 
-from oirl.crossfit import (
-    CrossFit,
-    choose_margin,
-    clustered_standard_error,
-    make_folds,
-    one_standard_error_choice,
-    policy_values,
-    prior_values,
-    row_values,
-    select_model,
-    spec,
-)
+from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
-from oirl.features import LogMatrix
+from oirl.learn.candidates import spec
+from oirl.learn.crossfit import CrossFit, make_folds, policy_values, prior_values, row_values
+from oirl.learn.selection import choose_margin, one_standard_error_choice, select_model
+from oirl.ope.bootstrap import clustered_standard_error
 
 INF = float("inf")
 
@@ -169,7 +161,7 @@ def test_select_model_falls_back_to_the_prior_without_signal():
 
 
 def test_logistic_regression_personalises_only_with_interaction_features():
-    from oirl.crossfit import fit_on
+    from oirl.learn.crossfit import fit_on
 
     matrix = planted()
     picks = {}
@@ -191,7 +183,7 @@ def test_a_win_on_a_handful_of_queries_is_not_worth_a_model():
 
 def test_leaving_the_prior_takes_more_than_one_standard_error():
     """A knn that wins on noise by about two standard errors in CV stays behind the prior."""
-    from oirl.crossfit import PRIOR_Z
+    from oirl.learn.selection import PRIOR_Z
 
     matrix = planted(signal=False, n_texts=300, seed=4)
     selection = select_model(matrix, CANDIDATES, n_folds=3, cv_groups="text")

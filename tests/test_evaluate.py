@@ -2,7 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oirl.evaluate import classification_metrics, expected_calibration_error, reward_matrix, selection_report
+from oirl.data.matrix import reward_matrix
+from oirl.evaluation.report import selection_report
+from oirl.reward.metrics import classification_metrics, expected_calibration_error
 
 
 def test_reward_matrix_pivots_with_nan_for_unlogged_pairs():

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from oirl.cli import cli
+from oirl.cli.main import cli
+from oirl.data.logs import read_logs, write_logs
 from oirl.errors import OirlError
-from oirl.logs import read_logs, write_logs
-from oirl.recommender import Recommender
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import load_bundle, save_bundle
 
 
 def run(*args, ok=True):
@@ -32,14 +33,14 @@ def one_prompt_per_instance(frame: pd.DataFrame, seed: int = 0, propensity: bool
 @pytest.fixture(scope="module")
 def mawps(data_dir, tmp_path_factory):
     """A MAWPS slice (400 train, 300 test instances) and a knn bundle trained on its train rows."""
-    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 
     logs = build_logs(data_dir, "mawps", TRAINING_PROMPTS)
     train = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "train", "query_id"])[:400])]
     test = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "test", "query_id"])[:300])]
     work = tmp_path_factory.mktemp("feedback")
-    rec = Recommender.train(train, model="knn", embedder="hashing", cache_dir=work / "emb")
-    rec.save(work / "model")
+    rec = train_recommender(train, model="knn", embedder="hashing", cache_dir=work / "emb")
+    save_bundle(rec, work / "model")
     return work, train.reset_index(drop=True), test.reset_index(drop=True)
 
 
@@ -94,21 +95,21 @@ def test_evaluating_training_instances_cross_fits_the_reward_model(mawps):
 def test_training_on_a_partial_log_uses_doubly_robust_cross_validation(mawps, tmp_path):
     work, train, _ = mawps
     partial = one_prompt_per_instance(train)
-    rec = Recommender.train(partial, model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
+    rec = train_recommender(partial, model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
     assert rec.metadata["training"]["feedback"] == "partial" and rec.metadata["training"]["importance_weights"]
     cv = rec.metadata["metrics"]["cross_validation"]["selection"]
     assert cv["oracle"] is None and 0 < cv["best_single_prompt"] < 1
     # The prior is the importance-weighted mean of each prompt's logged rewards.
     logged = partial.groupby("prompt_id")["reward"].mean()
     assert rec.prior == pytest.approx(logged.to_dict())
-    rec.save(tmp_path / "model")
-    assert Recommender.load(tmp_path / "model").metadata["training"]["importance_weights"]
+    save_bundle(rec, tmp_path / "model")
+    assert load_bundle(tmp_path / "model").metadata["training"]["importance_weights"]
     with pytest.raises(OirlError, match="importance weighting needs a propensity column"):
-        Recommender.train(partial.drop(columns="propensity"), model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
+        train_recommender(partial.drop(columns="propensity"), model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
 
 
 def test_export_decisions_writes_a_partial_log_that_trains(tmp_path):
-    from oirl.decisions import Decision, DecisionStore
+    from oirl.serve.decisions import Decision, DecisionStore
 
     store_path = tmp_path / "decisions.sqlite"
     prompts = {"a": "Answer directly.", "b": "Think step by step."}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from oirl.errors import BundleError, OirlError
-from oirl.reward import REWARD_MODELS, make_reward_model
+from oirl.reward.registry import REWARD_MODELS, make_reward_model
 
 FAST = {
     "lightgbm": {"n_estimators": 60},
@@ -85,8 +85,8 @@ def unit(rng, n, d):
 
 
 def test_knn_pools_neighbours_per_prompt_and_round_trips(tmp_path):
-    from oirl.features import grid_features
-    from oirl.reward import NeighbourReward
+    from oirl.reward.features import grid_features
+    from oirl.reward.neighbours import NeighbourReward
 
     rng = np.random.default_rng(0)
     queries, prompts = unit(rng, 40, 8), unit(rng, 3, 8)
@@ -107,8 +107,8 @@ def test_knn_pools_neighbours_per_prompt_and_round_trips(tmp_path):
 
 def test_knn_scores_of_a_prompt_ignore_other_prompts_rows():
     """What makes one fit serve every subset of training prompts."""
-    from oirl.features import grid_features
-    from oirl.reward import NeighbourReward
+    from oirl.reward.features import grid_features
+    from oirl.reward.neighbours import NeighbourReward
 
     rng = np.random.default_rng(1)
     queries, prompts = unit(rng, 30, 8), unit(rng, 4, 8)
@@ -127,7 +127,7 @@ def test_knn_scores_of_a_prompt_ignore_other_prompts_rows():
 
 def test_knn_borrowing_for_a_new_prompt_keeps_its_query_dependence():
     """A new prompt far from every training prompt must not fade to a constant score."""
-    from oirl.reward import NeighbourReward
+    from oirl.reward.neighbours import NeighbourReward
 
     rng = np.random.default_rng(2)
     centres = unit(rng, 2, 16)

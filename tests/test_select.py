@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from oirl.errors import OirlError
-from oirl.select import choose
+from oirl.policy.policies import choose
 
 INF = float("inf")
 # Three queries, three candidates; candidate 0 has the best training prior.
@@ -91,7 +91,7 @@ def test_fallback_breaks_ties_by_prior_and_new_prompts_by_order():
 
 
 def test_epsilon_greedy_explores_around_the_policy_pick():
-    from oirl.select import exploration_probabilities
+    from oirl.policy.explore import exploration_probabilities
 
     probabilities = exploration_probabilities(SCORES, np.array([1, 2, 0]), "epsilon", 0.3)
     np.testing.assert_allclose(probabilities[0], [0.1, 0.8, 0.1])  # 1 - .3 + .3/3 for the pick, .3/3 otherwise
@@ -101,7 +101,7 @@ def test_epsilon_greedy_explores_around_the_policy_pick():
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a tiny temperature must not overflow noisily
 def test_softmax_draws_in_proportion_to_exp_score_over_temperature():
-    from oirl.select import exploration_probabilities
+    from oirl.policy.explore import exploration_probabilities
 
     probabilities = exploration_probabilities(SCORES, np.zeros(3, dtype=int), "softmax", 0.1)
     expected = np.exp(SCORES[0] / 0.1) / np.exp(SCORES[0] / 0.1).sum()
@@ -113,7 +113,7 @@ def test_softmax_draws_in_proportion_to_exp_score_over_temperature():
 
 
 def test_draws_follow_the_probabilities_and_report_them():
-    from oirl.select import draw
+    from oirl.policy.explore import draw
 
     probabilities = np.tile([[0.2, 0.5, 0.3]], (20000, 1))
     choices, propensity = draw(probabilities, np.random.default_rng(0))
@@ -124,7 +124,7 @@ def test_draws_follow_the_probabilities_and_report_them():
 @pytest.mark.parametrize("text, message", [("epsilon:2", "epsilon must be in"), ("softmax:0", "temperature must be"),
                                            ("greedy:0.1", "unknown exploration method"), ("epsilon", "bad exploration")])
 def test_bad_exploration_settings_are_named(text, message):
-    from oirl.select import parse_exploration
+    from oirl.policy.explore import parse_exploration
 
     with pytest.raises(OirlError, match=message):
         parse_exploration(text)

@@ -1,6 +1,6 @@
 """Reproduce the Prompt-OIRL tables (LLaMA-2-7B-chat; GSM8K, SVAMP, MAWPS) on the shipped path.
 
-Every number comes from :meth:`Recommender.train` and :func:`oirl.evaluate.score_logs`,
+Every number comes from :meth:`Recommender.train` and :func:`oirl.evaluation.report.score_logs`,
 the code behind ``oirl train`` and ``oirl evaluate``, with their defaults; the only
 setting a protocol changes is ``cv_groups`` (what "new" means in cross-validation):
 
@@ -32,11 +32,14 @@ import numpy as np
 import pandas as pd
 
 from oirl._atomic import write_text_atomic
+from oirl.data.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
 from oirl.errors import OirlError
-from oirl.evaluate import ScoredLogs, classification_metrics, score_logs
-from oirl.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
-from oirl.recommender import Recommender
+from oirl.evaluation.report import evaluate_recommender
+from oirl.evaluation.scored import ScoredLogs, score_logs
+from oirl.learn.train import train_recommender
+from oirl.recommender.recommender import Recommender
 from oirl.reproduce.report import paired_cluster_bootstrap, plot_success_vs_k, write_table
+from oirl.reward.metrics import classification_metrics
 
 PROTOCOLS = ("paper", "disjoint")
 CV_GROUPS = {"paper": "instance", "disjoint": "text"}
@@ -124,11 +127,11 @@ class SplitResult:
 def run_split(split: Split, *, cache_dir, embedder: str = "minilm", progress: bool = False) -> SplitResult:
     """``oirl train`` on the split's training rows, ``oirl evaluate`` on its test rows."""
     started = time.perf_counter()
-    rec = Recommender.train(split.train, embedder=embedder, cv_groups=split.cv_groups, cache_dir=cache_dir, progress=progress,
+    rec = train_recommender(split.train, embedder=embedder, cv_groups=split.cv_groups, cache_dir=cache_dir, progress=progress,
                             source=f"{split.dataset} ({split.protocol})")
     seconds = time.perf_counter() - started
     scored = score_logs(rec, split.test)
-    report = rec.evaluate(split.test, source=f"{split.dataset} test")
+    report = evaluate_recommender(rec, split.test, source=f"{split.dataset} test")
     return SplitResult(split, rec, scored, report, seconds)
 
 
@@ -203,7 +206,7 @@ def selection_vs_k(result: SplitResult, confidence: np.ndarray | None) -> tuple[
 def heldout_row(result: SplitResult, confidence: np.ndarray | None) -> tuple[dict, dict]:
     """Selection among all 16 prompts (6 trained, 10 never seen) on the paper's test rows."""
     rec, test16 = result.rec, result.split.test16
-    report = rec.evaluate(test16, source=f"{result.split.dataset} test, 16 prompts")
+    report = evaluate_recommender(rec, test16, source=f"{result.split.dataset} test, 16 prompts")
     scored = score_logs(rec, test16)
     rewards = scored.rewards
     held = [j for j, p in enumerate(scored.prompt_ids) if p in HELDOUT_PROMPTS]
@@ -330,7 +333,7 @@ def reproduce(
     timings["total"] = time.perf_counter() - started
     write_text_atomic(out_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2) + "\n")
     write_text_atomic(out_dir / "README.md", "# Prompt-OIRL reproduction\n\nWritten by `oirl reproduce`: every figure from "
-                      "`Recommender.train` + `oirl.evaluate` (the code of `oirl train` and `oirl evaluate`).\n\n" + "\n".join(sections))
+                      "`Recommender.train` + `oirl.evaluation.report` (the code of `oirl train` and `oirl evaluate`).\n\n" + "\n".join(sections))
     return {"timings": timings, "summary": summary, "choices": choices, "heldout": heldout_rows}
 
 
@@ -355,9 +358,11 @@ def _mean_std_columns(table: pd.DataFrame) -> pd.DataFrame:
 def authors_config_timing(result: SplitResult, *, cache_dir, embedder: str, n_estimators: int = 2000) -> dict:
     """The authors' reward model (XGBoost, depth 10, eta 0.001, 2,000 rounds, concatenated
     vectors, argmax) against the bundle oirl chose, on the same training and test rows."""
-    from oirl.crossfit import fit_on, spec
-    from oirl.embed import CachedEmbedder, get_embedder
-    from oirl.features import LogMatrix
+    from oirl.data.matrix import LogMatrix
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
+    from oirl.learn.candidates import spec
+    from oirl.learn.crossfit import fit_on
 
     cached = CachedEmbedder(get_embedder(embedder), cache_dir)
     matrix = LogMatrix.from_logs(result.split.train, cached.embed)
