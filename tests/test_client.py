@@ -31,7 +31,7 @@ from oirl.client import (
     ValidationError,
     backoff_seconds,
 )
-from oirl.importers.prompt_oirl import PROMPTS
+from oirl.data.importers.prompt_oirl import PROMPTS
 
 KEY = "cl1ent-key"
 QUERIES = ["A shop sells 3 pens for $2. How much do 12 pens cost?", "Tom has 5 apples and eats 2. How many are left?"]
@@ -106,9 +106,9 @@ def serving(app):
 def one_slot(minilm_bundle):
     """A server that takes one /v1 request at a time (Retry-After: 3) and records no decisions,
     with an embedder that waits for its gate: (URL, embedder)."""
-    from oirl.recommender import Recommender
+    from oirl.recommender.bundle import load_bundle
 
-    app, embedder = make_app(Recommender.load(minilm_bundle), concurrent_requests=1, retry_after_seconds=3)
+    app, embedder = make_app(load_bundle(minilm_bundle), concurrent_requests=1, retry_after_seconds=3)
     with serving(app) as base:
         yield base, embedder
 
@@ -235,7 +235,7 @@ def test_the_key_comes_from_the_environment(logged, monkeypatch):
 def test_the_example_app_runs_end_to_end(logged, tmp_path, capsys):
     from click.testing import CliRunner
 
-    from oirl.cli import cli
+    from oirl.cli.main import cli
 
     base, decisions = logged
 
@@ -393,12 +393,12 @@ def test_retry_after_as_an_http_date_and_the_attempt_timeout_within_the_deadline
     from datetime import datetime, timedelta, timezone
     from email.utils import format_datetime
 
-    from oirl.client import _retry_after
+    from oirl.client._retry import retry_after
 
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
     response = httpx.Response(503, headers={"Retry-After": format_datetime(when, usegmt=True)})
-    assert _retry_after(response, now=lambda: (when - timedelta(seconds=7)).timestamp()) == 7.0
-    assert _retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+    assert retry_after(response, now=lambda: (when - timedelta(seconds=7)).timestamp()) == 7.0
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
 
     transport, seen = scripted((503, "4"), PROMPTS_BODY)
     client, fake = mock_client(transport, timeout=30.0, deadline=10.0)
@@ -445,6 +445,16 @@ def test_requests_the_client_cannot_send_are_named():
         client.recommend("q", explore="greedy:0.1")
     with pytest.raises(ValueError, match="explore=True: say how"):
         client.recommend("q", explore=True)
+    with pytest.raises(ValueError, match="explore: 'epsilon' is not METHOD:VALUE"):
+        client.recommend("q", explore="epsilon")
+
+
+def test_texts_go_out_as_utf8_and_a_lone_surrogate_escaped():
+    transport, seen = scripted(RECOMMEND_BODY, RECOMMEND_BODY)
+    client, _ = mock_client(transport)
+    client.recommend("Wie viel kostet ein Brötchen?")
+    client.recommend("broken \ud800 text")  # JSON can carry it escaped; UTF-8 cannot
+    assert "Brötchen".encode() in seen[0].content and b"broken \\ud800 text" in seen[1].content
 
 
 def test_importing_the_client_stays_light():

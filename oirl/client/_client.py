@@ -1,41 +1,7 @@
-"""A Python client for oirl's HTTP service (``oirl serve``).
-
-    from oirl.client import Client
-
-    with Client("http://127.0.0.1:8000", api_key="s3cret") as oirl:
-        rec = oirl.recommend("Tom has 3 apples and buys 5 more. How many does he have?")
-        answer = my_llm(rec.prompt, rec.query)
-        oirl.feedback(rec, 1.0 if answer == "8" else 0.0)   # the server must run with --decisions
-
-The client owns what every application would otherwise write again: one pooled HTTP
-connection, retries with exponential backoff and jitter that honour ``Retry-After``, a
-deadline per call, typed answers (frozen dataclasses) and one exception class per kind
-of failure, all subclasses of :class:`OirlClientError`.
-
-What is retried (``max_retries`` times, within ``deadline`` seconds per call):
-
-* every call: a 503 or 429 (the server, or a proxy, refused the request before doing
-  anything: it waits ``Retry-After`` seconds, plus up to ``backoff`` seconds of jitter so
-  that clients told the same time do not return at the same instant), and a request that
-  never reached the server (connection refused, connect timeout);
-* calls that are safe to repeat — ``feedback`` (the same reward again is a duplicate,
-  not a second record), ``score``, ``model``, ``prompts`` — also after a lost answer (read
-  timeout, dropped connection) and a 502 or 504 from a proxy;
-* ``recommend`` not after a lost answer or a 502/504: the server may have recorded the
-  decision already, and a repeat would record a second one whose ``decision_id`` the
-  first caller never sees. It raises :class:`ConnectionFailedError` with
-  ``maybe_processed=True`` (or :class:`ServerError`); repeating is then the caller's
-  choice (harmless against a server without ``--decisions``: recommend only reads).
-
-``health()`` asks once and never raises for a 503: it answers what the server says now.
-
-Importing this module loads httpx and the standard library only (no numpy, pandas or
-FastAPI), so an application can use it without oirl's training dependencies.
-"""
+"""The client: one pooled connection, the calls, and the retry loop every call goes through."""
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
 import numbers
@@ -44,36 +10,26 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, overload
 
 import httpx
 
 from oirl import __version__
-from oirl.errors import OirlError
-
-__all__ = [
-    "AuthenticationError",
-    "Candidate",
-    "Client",
-    "ConflictError",
-    "ConnectionFailedError",
-    "FeedbackResult",
-    "FieldError",
-    "Health",
-    "ModelInfo",
-    "NotFoundError",
-    "OirlClientError",
-    "PayloadTooLargeError",
-    "PromptInfo",
-    "Prompts",
-    "RankedPrompt",
-    "Recommendation",
-    "ServerError",
-    "ServiceUnavailableError",
-    "ValidationError",
-    "backoff_seconds",
-]
+from oirl.client._answers import (
+    Candidate,
+    Candidates,
+    Explore,
+    FeedbackResult,
+    Health,
+    ModelInfo,
+    PromptInfo,
+    Prompts,
+    Recommendation,
+    recommendation_from,
+)
+from oirl.client._errors import ConnectionFailedError, OirlClientError, error_for
+from oirl.client._retry import GATEWAY, LOCAL, NOT_SENT, REFUSED, backoff_seconds, retry_after
 
 # Seconds per attempt: above the server's stall limit (30 s without embedding progress), so a stuck
 # request comes back as a 503, which any call may retry, not as a timeout, which recommend may not.
@@ -82,230 +38,6 @@ DEFAULT_DEADLINE = 180.0  # seconds per call, retries and waits included
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_BACKOFF = 0.5  # seconds before the first retry, doubling each time
 DEFAULT_MAX_BACKOFF = 8.0
-SHOWN_FIELD_ERRORS = 3  # in a ValidationError's message; all are in `.errors`
-
-REFUSED = frozenset({429, 503})  # nothing was done: safe to retry any call
-GATEWAY = frozenset({502, 504})  # a proxy may have forwarded the request: safe for idempotent calls only
-# The request never left this machine: safe to retry any call.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# A mistake on this side (bad URL scheme, bad header): retrying cannot help.
-LOCAL = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class OirlClientError(OirlError):
-    """A call to the service that failed. ``status`` is the HTTP status (None: no answer),
-    ``detail`` the server's explanation, ``attempts`` how many requests were made."""
-
-    def __init__(self, message: str, *, status: int | None = None, method: str = "", url: str = "",
-                 detail: str | None = None, attempts: int = 1):
-        super().__init__(message)
-        self.status = status
-        self.method = method
-        self.url = url
-        self.detail = detail
-        self.attempts = attempts
-
-
-class AuthenticationError(OirlClientError):
-    """401: no key or a wrong key (``api_key=`` or ``$OIRL_API_KEY``)."""
-
-
-class NotFoundError(OirlClientError):
-    """404: unknown ``candidate_ids`` or ``decision_id`` (in ``unknown_ids``), or feedback to
-    a server that records no decisions (``unknown_ids`` empty)."""
-
-    def __init__(self, message: str, *, unknown_ids: tuple[str, ...] = (), **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.unknown_ids = unknown_ids
-
-
-class ConflictError(OirlClientError):
-    """409: candidates naming one prompt twice, or a second, different reward for a decision."""
-
-
-class PayloadTooLargeError(OirlClientError):
-    """413: a request body over the server's ``limits.body_bytes``; send fewer queries per call."""
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One field the server refused: where (``loc``, without the leading ``"body"``), why and the
-    start of the value."""
-
-    loc: tuple[str | int, ...]
-    msg: str
-    type: str
-    input: str | None = None
-
-    def __str__(self) -> str:
-        where = ".".join(map(str, self.loc)) or "body"
-        return f"{where}: {self.msg} ({self.type})"
-
-
-class ValidationError(OirlClientError):
-    """422: the request breaks the schema or a per-request cap; ``errors`` lists the fields
-    (the server sends the first 20 of ``error_count``)."""
-
-    def __init__(self, message: str, *, errors: tuple[FieldError, ...] = (), error_count: int = 0, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.errors = errors
-        self.error_count = error_count
-
-
-class ServerError(OirlClientError):
-    """5xx: the server (or a proxy in front of it) failed on this request."""
-
-
-class ServiceUnavailableError(ServerError):
-    """503 (or 429) still after the retries or the deadline; ``retry_after`` is the server's last
-    ``Retry-After`` in seconds (None if it sent none)."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
-
-class ConnectionFailedError(OirlClientError):
-    """No answer: the connection failed or timed out. ``maybe_processed`` is true when the request
-    may have reached the server (a lost answer), false when it never left this machine."""
-
-    def __init__(self, message: str, *, maybe_processed: bool, **kwargs: Any):
-        super().__init__(message, **kwargs)
-        self.maybe_processed = maybe_processed
-
-
-_BY_STATUS: dict[int, type[OirlClientError]] = {401: AuthenticationError, 404: NotFoundError, 409: ConflictError,
-                                                413: PayloadTooLargeError, 422: ValidationError}
-
-
-# --------------------------------------------------------------------------- answers
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A candidate prompt with an optional id and cost (a plain string is a candidate too)."""
-
-    prompt: str
-    prompt_id: str | None = None
-    cost: float | None = None
-
-
-@dataclass(frozen=True)
-class RankedPrompt:
-    prompt_id: str
-    prompt: str
-    score: float
-    in_bundle: bool  # a bundle prompt (trained on), not a new one passed as text
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The prompt served for one query. ``decision_id`` is what :meth:`Client.feedback` needs
-    (None: the server records no decisions); ``propensity`` the probability the prompt was
-    served with (None: the server neither records nor explores)."""
-
-    query: str
-    prompt_id: str
-    prompt: str
-    score: float
-    in_bundle: bool
-    ranking: tuple[RankedPrompt, ...]
-    decision_id: str | None
-    propensity: float | None
-    policy: str
-    model_version: str
-
-
-@dataclass(frozen=True)
-class FeedbackResult:
-    decision_id: str
-    reward: float
-    duplicate: bool  # this reward had been recorded before (a retry)
-    recorded: bool = True
-
-
-@dataclass(frozen=True)
-class PromptInfo:
-    prompt_id: str
-    prompt: str
-    train_mean_reward: float
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """The bundle's prompt table."""
-
-    model_version: str
-    prompts: tuple[PromptInfo, ...]
-    default_prompt_id: str
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What ``GET /v1/model`` says that a client acts on; everything else is in ``raw``."""
-
-    model_version: str
-    model_kind: str
-    embedder: str
-    default_policy: str
-    default_prompt_id: str
-    records_decisions: bool  # the server has --decisions: recommendations carry a decision_id
-    explore: Mapping[str, Any] | None = field(hash=False)  # the server's default exploration
-    limits: Mapping[str, Any] = field(hash=False, repr=False)
-    raw: Mapping[str, Any] = field(hash=False, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class Health:
-    status: str  # "ok" or "unavailable"
-    reason: str | None
-    model_version: str
-    queued_texts: int
-    requests_in_flight: int
-    texts_embedded: int
-    raw: Mapping[str, Any] = field(hash=False, repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-# what recommend() takes: candidates as texts, Candidate or {"prompt", "prompt_id"?, "cost"?}; exploration as
-# "epsilon:0.1", ("softmax", 0.05), {"method": "epsilon", "epsilon": 0.1}, or False (none, whatever the server's default)
-Candidates = Sequence[str | Candidate | Mapping[str, Any]]
-Explore = str | tuple[str, float] | Mapping[str, Any] | bool
-
-
-# --------------------------------------------------------------------------- retry schedule
-
-
-def backoff_seconds(retry: int, *, base: float, cap: float, jitter: float) -> float:
-    """The wait before retry number ``retry`` (1, 2, …) when the server named none:
-    ``base * 2**(retry - 1)``, at most ``cap``, scaled by ``0.5 + jitter / 2`` (``jitter`` in
-    [0, 1)), so it lies in [half, all] of the exponential step ("equal jitter")."""
-    step = min(cap, base * 2.0 ** (retry - 1))
-    return step * (0.5 + jitter / 2)
-
-
-def _retry_after(response: httpx.Response, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-# --------------------------------------------------------------------------- the client
 
 
 class Client:
@@ -395,7 +127,7 @@ class Client:
             body["explore"] = _explore_body(explore)
         answer = self._call("POST", "/v1/recommend", body, idempotent=False)
         with _reading(answer) as got:
-            results = [_recommendation(texts[r["index"]], r, got["policy"], got["model_version"]) for r in got["results"]]
+            results = [recommendation_from(texts[r["index"]], r, got["policy"], got["model_version"]) for r in got["results"]]
         return results[0] if single else results
 
     def feedback(self, decision: str | Recommendation, reward: float) -> FeedbackResult:
@@ -471,7 +203,7 @@ class Client:
                 failure = _Failure(method, url, response=response)
                 status = response.status_code
                 retryable = status in REFUSED or (idempotent and status in GATEWAY)
-                server_wait = _retry_after(response) if status in REFUSED else None
+                server_wait = retry_after(response) if status in REFUSED else None
             if not (retries and retryable):
                 raise failure.error(attempt, "", self._has_key, unknown)
             if attempt > self.max_retries:
@@ -508,7 +240,7 @@ class _Failure:
 
     def error(self, attempts: int, note: str, has_key: bool, unknown: tuple[str, ...]) -> OirlClientError:
         if self.response is not None:
-            return _error(self.response, self.method, self.url, attempts=attempts, note=note, has_key=has_key, unknown=unknown)
+            return error_for(self.response, self.method, self.url, attempts=attempts, note=note, has_key=has_key, unknown=unknown)
         what = "no answer (the request may have been processed)" if self.sent else "could not reach the server"
         reason = f"{type(self.exc).__name__}: {self.exc}" if str(self.exc) else type(self.exc).__name__
         return ConnectionFailedError(f"{self.method} {self.url}: {what}: {reason}{note}", maybe_processed=self.sent,
@@ -556,6 +288,8 @@ def _explore_body(explore: Explore) -> dict[str, Any]:
         raise ValueError("explore=True: say how, e.g. 'epsilon:0.1' or ('softmax', 0.05)")
     if isinstance(explore, Mapping):
         return dict(explore)
+    if isinstance(explore, str) and ":" not in explore:
+        raise ValueError(f"explore: {explore!r} is not METHOD:VALUE, e.g. 'epsilon:0.1' or 'softmax:0.05'")
     method, value = explore.split(":", 1) if isinstance(explore, str) else explore
     parameter = {"epsilon": "epsilon", "softmax": "temperature"}.get(method)
     if parameter is None:
@@ -578,56 +312,3 @@ def _encode(body: Any, method: str, url: str) -> bytes:
         return json.dumps(body, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def _recommendation(query: str, result: Mapping[str, Any], policy: str, model_version: str) -> Recommendation:
-    ranking = tuple(RankedPrompt(r["prompt_id"], r["prompt"], float(r["score"]), bool(r["in_bundle"])) for r in result["ranking"])
-    propensity = result.get("propensity")
-    return Recommendation(query=query, prompt_id=result["prompt_id"], prompt=result["prompt"], score=float(result["score"]),
-                          in_bundle=bool(result["in_bundle"]), ranking=ranking, decision_id=result.get("decision_id"),
-                          propensity=None if propensity is None else float(propensity), policy=policy, model_version=model_version)
-
-
-def _error(response: httpx.Response, method: str, url: str, *, attempts: int, note: str, has_key: bool,
-           unknown: tuple[str, ...]) -> OirlClientError:
-    """The exception for an error answer: its class by status, its message naming the call and the server's reason."""
-    status = response.status_code
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if detail is None:
-        detail = " ".join(response.text.split())[:200] or response.reason_phrase
-    where = f"{method} {url}: {status}"
-    common: dict[str, Any] = {"status": status, "method": method, "url": url, "attempts": attempts}
-    if status == 422 and isinstance(detail, list):
-        errors = tuple(_field_error(e) for e in detail if isinstance(e, dict))
-        count = int(body.get("error_count", len(errors)))
-        shown = "; ".join(map(str, errors[:SHOWN_FIELD_ERRORS]))
-        more = f" (and {count - SHOWN_FIELD_ERRORS} more)" if count > SHOWN_FIELD_ERRORS else ""
-        return ValidationError(f"{where} invalid request: {shown}{more}{note}", errors=errors, error_count=count,
-                               detail=shown, **common)
-    detail = str(detail)
-    if status == 401:
-        hint = "the api_key given was refused" if has_key else "no api_key given (pass api_key= or set OIRL_API_KEY)"
-        return AuthenticationError(f"{where} {detail}; {hint}{note}", detail=detail, **common)
-    if status == 404:
-        ids = body.get("unknown_ids") if isinstance(body, dict) else None
-        # a feedback 404 names no ids: it is the decision asked about, unless the server records none at all
-        found = tuple(ids) if ids is not None else (() if "records no decisions" in detail else unknown)
-        return NotFoundError(f"{where} {detail}{note}", unknown_ids=found, detail=detail, **common)
-    if status in REFUSED:
-        retry_after = _retry_after(response)
-        hint = f"; the server asks to retry after {retry_after:g} s" if retry_after is not None else ""
-        return ServiceUnavailableError(f"{where} service unavailable: {detail}{hint}{note}", retry_after=retry_after,
-                                       detail=detail, **common)
-    if status == 413:
-        detail += "; send fewer or shorter texts per call"
-    kind = _BY_STATUS.get(status, ServerError if status >= 500 else OirlClientError)
-    return kind(f"{where} {detail}{note}", detail=detail, **common)
-
-
-def _field_error(error: Mapping[str, Any]) -> FieldError:
-    loc = tuple(error.get("loc") or ())
-    if loc[:1] == ("body",):
-        loc = loc[1:]
-    return FieldError(loc=loc, msg=str(error.get("msg", "")), type=str(error.get("type", "")), input=error.get("input"))
