@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         # Latency as the service sees it: a loaded bundle, an in-memory query cache,
         # distinct queries (no cache hits), 16 candidates of which 10 are new prompts.
         rec = load_bundle(tmp / "model")
-        rec.set_query_embedder(MemoryCachedEmbedder(get_embedder(args.embedder)))
+        rec = rec.with_query_embedder(MemoryCachedEmbedder(get_embedder(args.embedder)))
         candidates = [Candidate(text, alias) for alias, text in PROMPTS.items()]
         assert len(candidates) == 16 and sum(c.prompt_id in HELDOUT_PROMPTS for c in candidates) == 10
         test_queries = logs.loc[logs["split"] == "test", "query"].drop_duplicates().tolist()

@@ -125,7 +125,7 @@ def set_path(path, value):
 
 CORRUPTIONS = {
     "truncated json": (lambda m: (m / BUNDLE_FILE).write_text((m / BUNDLE_FILE).read_text()[:200]), "bundle.json: not valid JSON"),
-    "old format": (corrupt_json(set_path(["format"], 1)), "bundle format 1; this oirl reads format 2"),
+    "old format": (corrupt_json(set_path(["format"], 1)), "bundle format 1; this oirl reads format 3"),
     "margin of the wrong type": (corrupt_json(set_path(["policy", "conservative_margin"], "abc")), "policy.conservative_margin"),
     "unknown top-level key": (corrupt_json(set_path(["surprise"], 1)), "surprise: Extra inputs are not permitted"),
     "unknown model parameter": (corrupt_json(set_path(["model", "params", "depth"], 3)), "model.params.depth: Extra inputs are not permitted"),

@@ -38,7 +38,7 @@ def test_train_writes_a_bundle_with_cv_metrics(trained):
     assert {k: meta["embedder"][k] for k in ("spec", "model_id", "dimension")} == {
         "spec": "minilm", "model_id": "sentence-transformers/all-MiniLM-L6-v2", "dimension": 384}
     assert [p["prompt_id"] for p in meta["prompts"]] == ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
-    assert meta["model"]["kind"] == summary["model"] and (work / "model" / meta["model"]["file"]).is_file()
+    assert meta["model"]["kind"] == summary["reward_model"]["kind"] and (work / "model" / meta["model"]["file"]).is_file()
     assert meta["features"]["dimension"] == {"concat": 768, "concat-product": 1152}[meta["features"]["layout"]]
     assert meta["training"]["cv_groups"] == "text" and meta["training"]["feedback"] == "full"
     assert len(meta["training"]["fingerprint"]) == 16
@@ -48,14 +48,16 @@ def test_train_writes_a_bundle_with_cv_metrics(trained):
     assert "prior" in options and any(o.startswith("knn(") for o in options) and any(o.startswith("lightgbm ") for o in options)
     assert any(o.startswith("lightgbm-centred") for o in options) and any(o.startswith("mlp") for o in options)
     [chosen] = [row for row in table if row["chosen"]]
-    assert meta["policy"]["default"] == summary["default_policy"] == chosen["policy"]
-    best = max(row["value"] for row in table)
-    if chosen["option"] == "prior":  # no option beats the prior by more than PRIOR_Z standard errors
-        assert all(r["gain_over_prior"] <= max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) + 1e-12 for r in table
-                   if best - r["value"] <= max(r["se_vs_best"], MIN_EFFECT) + 1e-12)
-    else:
-        assert best - chosen["value"] <= max(chosen["se_vs_best"], MIN_EFFECT) + 1e-12  # the one-standard-error rule
-        assert chosen["gain_over_prior"] > PRIOR_Z * chosen["se_vs_prior"]
+    assert meta["policy"]["default"] == summary["chosen"]["policy"] == chosen["policy"]
+    assert summary["chosen"]["option"] == chosen["option"]  # the summary names what was chosen, the prior included
+    cleared = [r for r in table if r["cleared_prior"]]
+    assert all(r["gain_over_prior"] > max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) for r in cleared)
+    assert all(r["gain_over_prior"] <= max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) for r in table if r not in cleared)
+    if not cleared:
+        assert chosen["option"] == "prior" and summary["chosen"]["means"].startswith("always the best training prompt")
+    else:  # the one-standard-error rule among the options that cleared
+        best = max(r["value"] for r in cleared)
+        assert chosen in cleared and best - chosen["value"] <= max(chosen["se_vs_best"], MIN_EFFECT) + 1e-12
 
 
 def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
@@ -67,7 +69,11 @@ def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
     assert [line["query"] for line in lines] == ["A shop sells 3 pens for $2.\nHow much do 12 pens cost?", "What is 7 times 8?"]
     for line in lines:
         assert len(line["ranking"]) == 2 and line["ranking"][0]["score"] >= line["ranking"][1]["score"]
-        assert set(line) == {"query", "prompt_id", "prompt", "score", "ranking"}
+        # A pick that is not the top of its ranking says why (the conservative policy kept its default).
+        top_picked = line["prompt_id"] == line["ranking"][0]["prompt_id"] or line["score"] == line["ranking"][0]["score"]
+        assert set(line) == {"query", "prompt_id", "prompt", "score", "ranking"} | (set() if top_picked else {"reason"})
+        if not top_picked:
+            assert line["reason"].startswith(f"conservative: kept the default prompt {line['prompt_id']!r}")
 
 
 def test_recommend_scores_new_candidate_prompts(trained, tmp_path):
@@ -143,6 +149,7 @@ def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_pa
         (["recommend", "{model}", "--query", "hi", "--candidates", "{clash}"], "candidate id 'CoT' names a bundle prompt with another text"),
         (["train", "{log}", "--out", "{tmp}/m", "--model", "forest"], "Invalid value for '--model': 'forest' is not one of 'auto'"),
         (["train", "{log}", "--out", "{tmp}/m", "--cv-folds", "50"], "Invalid value for '--cv-folds'"),
+        (["train", "{log}", "--out", "{tmp}/m", "--embedder", "minlm"], "unknown embedder 'minlm': choose from minilm, minilm-static, hashing"),
         (["export-decisions", "{tmp}/none.sqlite", "--out", "{tmp}/m.parquet"], "no such decision database"),
     ],
 )
@@ -196,7 +203,7 @@ def test_cost_aware_without_costs_fails_before_embedding_anything(trained):
         def embed(self, texts, **_):
             raise AssertionError("embedded before the policy was checked")
 
-    rec.set_query_embedder(NeverCalled())
+    rec = rec.with_query_embedder(NeverCalled())
     with pytest.raises(OirlError, match="the cost-aware policy needs a cost for every candidate; none known for: nan, CoT"):
         rec.recommend(["What is 7 times 8?"], policy="cost-aware", cost_weight=0.1)
 

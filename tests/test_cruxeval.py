@@ -12,6 +12,7 @@ from oirl.data.importers.cruxeval import arm_id, build_logs, default_cost, impor
 from oirl.data.logs import read_logs
 from oirl.errors import OirlError
 from oirl.evaluation.costs import cost_sweep, reward_cost_area
+from oirl.policy.policies import PolicyContext
 from oirl.learn.train import train_recommender
 from oirl.recommender.bundle import save_bundle
 
@@ -59,7 +60,7 @@ def test_cost_sweep_trades_reward_for_cost():
     scores = np.array([[0.9, 0.6, 0.1], [0.8, 0.7, 0.2]])
     rewards = np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     cost = np.array([10.0, 1.0, 0.0])
-    curve = cost_sweep(scores, rewards, cost, np.array([0.0, 0.02, 0.05, 1.0]))
+    curve = cost_sweep(scores, rewards, PolicyContext.of(['a', 'b', 'c'], cost=cost), np.array([0.0, 0.02, 0.05, 1.0]))
     # lambda .02: the first query's score gap (.3) still beats the cost gap 9 x .02, the second's (.1) does not.
     assert curve["cost"].tolist() == [10.0, 5.5, 1.0, 0.0]
     assert curve["reward"].tolist() == [1.0, 0.5, 0.5, 0.0]

@@ -17,6 +17,7 @@ from oirl.cli.main import cli
 from oirl.distributed.batch import part_writer
 from oirl.errors import LogFormatError, OirlError  # noqa: E402
 from oirl.evaluation.report import evaluate_recommender
+from oirl.data.questions import QuestionKey
 from oirl.recommender.bundle import load_bundle, save_bundle
 
 ROWS = 4800  # 600 instances x 8 prompts
@@ -63,7 +64,7 @@ def in_memory_matrix(work):
     from oirl.embed.registry import get_embedder
 
     rows = training_rows(read_logs(work / "log"), "split", "train", source="log")
-    return rows, LogMatrix.from_logs(rows, CachedEmbedder(get_embedder("hashing"), work / "emb").embed)
+    return rows, LogMatrix.from_logs(rows, CachedEmbedder(get_embedder("hashing"), work / "emb").embed, question_key=QuestionKey())
 
 
 def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, synthetic):
@@ -85,10 +86,9 @@ def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, syn
     assert np.allclose(loaded.score(queries), rec.score(queries))
     # In memory, on the same folds (the hash of the text) and candidates: the neighbour
     # settings' CV values are the same, LightGBM's close, and the same family is chosen.
-    from oirl.data.schema import text_hashes64
     from oirl.distributed.train import text_folds
 
-    folds = text_folds(matrix, (text_hashes64(matrix.texts) % np.uint64(3)).astype(int), 3)
+    folds = text_folds(matrix, (QuestionKey().hashes(matrix.texts) % np.uint64(3)).astype(int), 3)  # the hash of the question
     memory = select_model(matrix, tuple(c for c in AUTO_CANDIDATES if c.model in ("knn", "lightgbm")), folds=folds)
     dask_values = {r["option"]: r["value"] for r in meta["metrics"]["model_selection"]}
     for row in memory.table:

@@ -36,10 +36,12 @@ def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str 
           cv_folds: int, cv_groups: str, importance_weights: bool, dask_spec: str | None, cache_dir: Path) -> None:
     """Train a reward model on LOG_FILE (a file, or a directory or glob of Parquet files) and save it as a bundle in --out."""
     from oirl.data.logs import read_logs, training_rows
+    from oirl.embed.registry import get_embedder
     from oirl.learn.train import train_recommender
     from oirl.recommender.bundle import check_output_directory, save_bundle
 
     check_output_directory(out_dir)  # refuse before hours of work, not after
+    get_embedder(embedder)  # an unknown name fails here, offline, naming the valid ones
     if dask_spec:
         from oirl.distributed.cluster import dask_client, parse_dask_spec
         from oirl.distributed.train import check_training_options, train_distributed
@@ -58,12 +60,7 @@ def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str 
     save_bundle(rec, out_dir)
     metrics = rec.metadata["metrics"]
     click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
-    click.echo(json.dumps({
-        "bundle": str(out_dir), "training": rec.metadata["training"], "model": rec.model.name, "params": rec.model.get_params(),
-        "layout": rec.layout, "default_policy": rec.default_policy,
-        "conservative_margin": None if rec.margin == float("inf") else rec.margin,
-        "cv_selection": metrics["cross_validation"]["selection"], "cv_roc_auc": metrics["cross_validation"]["reward_model"]["roc_auc"],
-    }))
+    click.echo(json.dumps(training_summary(rec, out_dir)))
 
 
 def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> str:
@@ -72,11 +69,36 @@ def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> 
     others = sorted((r for r in rows if not r["chosen"]), key=lambda r: -r["value"])
     prior = [r for r in others if r["option"] == "prior"]
     shown = chosen + prior + [r for r in others if r["option"] != "prior"][: max(0, limit - 2)]
-    lines = [f"model selection ({len(rows)} options, cross-validated by {cv_groups}; one-standard-error rule toward simpler):",
-             "| option | CV value | SE vs best | chosen |", "|---|---|---|---|"]
+    partial = any(r.get("departure_support") is not None for r in rows)
+    lines = [f"model selection ({len(rows)} options, cross-validated by {cv_groups}): an option clears the prior with a gain over "
+             "3 standard errors; the simplest within one standard error of the best that cleared is chosen",
+             "| option | CV value | gain over prior | SE | " + ("support | " if partial else "") + "cleared | chosen |",
+             "|---|---|---|---|" + ("---|" if partial else "") + "---|---|"]
     for r in shown:
-        lines.append(f"| {r['option']} | {r['value']:.4f} | {r['se_vs_best']:.4f} | {'yes' if r['chosen'] else ''} |")
+        support = f"{r['departure_support']:.0f} | " if partial and r.get("departure_support") is not None else ("| " if partial else "")
+        lines.append(f"| {r['option']} | {r['value']:.4f} | {r['gain_over_prior']:+.4f} | {r['se_vs_prior']:.4f} | {support}"
+                     f"{'yes' if r.get('cleared_prior') else ''} | {'yes' if r['chosen'] else ''} |")
     return "\n".join(lines)
+
+
+def training_summary(rec, out_dir: Path) -> dict:
+    """What ``oirl train`` prints: the option chosen (the prior included), the model the
+    bundle carries and what it is used for, and the cross-validated figures."""
+    metrics = rec.metadata["metrics"]
+    chosen = next(r for r in metrics["model_selection"] if r["chosen"])
+    prior_chosen = chosen["option"] == "prior"
+    return {
+        "bundle": str(out_dir),
+        "chosen": {"option": chosen["option"], "policy": rec.default_policy,
+                   "conservative_margin": None if rec.margin == float("inf") else rec.margin,
+                   "means": f"always the best training prompt, {rec.default_prompt_id!r}" if prior_chosen else
+                            f"the {rec.default_policy} policy over the {rec.model.name} reward model"},
+        "reward_model": {"kind": rec.model.name, "params": rec.model.get_params(), "layout": rec.layout,
+                         "role": "ranks the candidates (--policy argmax and rankings); the default policy keeps the best training prompt"
+                                 if prior_chosen else "scores every candidate for the default policy"},
+        "training": rec.metadata["training"],
+        "cv_selection": metrics["cross_validation"]["selection"], "cv_roc_auc": metrics["cross_validation"]["reward_model"]["roc_auc"],
+    }
 
 
 # --------------------------------------------------------------------------- recommend
@@ -128,7 +150,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
         queries = [q for source in query_sources(queries_file) for q in read_query_partition(source)["query"]]
     candidates = read_candidates(candidates_file) if candidates_file else None
     rec = load_bundle(model_dir, cache_dir=cache_dir)
-    rec.check_policy(policy, rec.resolve_candidates(candidates), rec.candidate_costs(candidates))  # e.g. cost-aware without costs: fail before embedding
+    rec.policy(policy, rec.resolve_candidates(candidates), costs=rec.candidate_costs(candidates))  # e.g. cost-aware without costs: fail before embedding
     for result in rec.recommend(queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight):
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
 

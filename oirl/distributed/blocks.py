@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oirl.data.questions import QuestionKey
 from oirl.data.schema import text_hashes64
 from oirl.distributed.cluster import _release_memory, n_workers
 from oirl.embed.cached import CachedEmbedder
@@ -73,13 +74,13 @@ def _embedder_info(spec: str, cache_dir: str, prompt_texts: list[str]) -> Embedd
 # --------------------------------------------------------------------------- encoding and blocks
 
 
-def _encode(frame: pd.DataFrame) -> pd.DataFrame:
+def _encode(frame: pd.DataFrame, question_key: QuestionKey) -> pd.DataFrame:
     """Canonical rows -> the columns the blocks need, with 64-bit hashes of texts and ids."""
     texts, text_codes = pd.factorize(frame["query"], sort=False)[::-1]
     ids, id_codes = pd.factorize(frame["query_id"], sort=False)[::-1]
     out = pd.DataFrame({
         "query": frame["query"].to_numpy(),
-        "text_hash": text_hashes64(list(texts))[text_codes] if len(frame) else np.zeros(0, dtype="<u8"),
+        "text_hash": question_key.hashes(texts)[text_codes] if len(frame) else np.zeros(0, dtype="<u8"),  # one per question
         "instance_hash": text_hashes64(list(ids))[id_codes] if len(frame) else np.zeros(0, dtype="<u8"),
         "prompt_id": frame["prompt_id"].to_numpy(),
         "prompt": frame["prompt"].to_numpy(),
@@ -183,12 +184,12 @@ class EncodedRows:
     costs: dict[str, float]
 
 
-def encode_rows(client, rows, *, source: str = "<logs>") -> EncodedRows:
+def encode_rows(client, rows, question_key: QuestionKey, *, source: str = "<logs>") -> EncodedRows:
     """Validate, hash and persist the rows on the workers; gather only the prompt table
     (one text per id across files) and the mean cost per prompt (a Dask group-by)."""
     from distributed import wait
 
-    encoded = rows.map_partitions(_encode, enforce_metadata=False).persist()
+    encoded = rows.map_partitions(_encode, question_key, enforce_metadata=False).persist()
     wait(encoded)
     tables = [t for t in client.gather(client.compute(encoded.map_partitions(_prompt_table).to_delayed())) if len(t)]
     if not tables:

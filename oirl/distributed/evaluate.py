@@ -13,6 +13,8 @@ from oirl.distributed.blocks import build_blocks, encode_rows, worker_recommende
 from oirl.distributed.cluster import n_workers
 from oirl.distributed.read import _rows_of_split, read_log_partitions
 from oirl.errors import OirlError
+from oirl.evaluation.scored import ScoredLogs, bundle_and_logged
+from oirl.policy.policies import POLICIES
 from oirl.recommender.bundle import load_bundle
 
 # --------------------------------------------------------------------------- evaluation
@@ -61,15 +63,16 @@ def evaluate_distributed(
         if split_column and split_column not in rows.columns:
             warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=2)
         parts.append(_rows_of_split(rows, split_column, split))
-    encoded = encode_rows(client, dd.concat(parts) if len(parts) > 1 else parts[0], source=source)
-    prompt_ids = sorted(encoded.prompt_texts)  # the in-memory pivot's column order (it breaks exact ties)
-    if candidates is not None:
-        keep = {c.prompt_id for c in rec.resolve_candidates(candidates)} | {c.prompt_id for c in candidates}
-        prompt_ids = [p for p in prompt_ids if p in keep]
-        if not prompt_ids:
-            raise OirlError("none of the candidates occur in the evaluated logs")
-    eval_candidates = [Candidate(encoded.prompt_texts[p], p) for p in prompt_ids]
-    vectors = client.submit(_candidate_vectors, bundle, cache, eval_candidates, pure=False).result()
+    encoded = encode_rows(client, dd.concat(parts) if len(parts) > 1 else parts[0], rec.question_key, source=source)
+    logged = [Candidate(t, p) for p, t in encoded.prompt_texts.items()]
+    chosen = rec.resolve_candidates(candidates) if candidates is not None else bundle_and_logged(rec, logged)  # as in memory
+    log_id = {t: p for p, t in encoded.prompt_texts.items()}
+    never = [c.prompt_id for c in chosen if c.prompt not in log_id]
+    if never:
+        raise OirlError(f"{source}: oirl evaluate --dask reports on full-information logs only; candidate(s) "
+                        f"{', '.join(never[:5])} are never logged: run it without --dask for off-policy estimates")
+    prompt_ids = [log_id[c.prompt] for c in chosen]
+    vectors = client.submit(_candidate_vectors, bundle, cache, chosen, pure=False).result()
     blocks = build_blocks(client, encoded, prompt_ids, embed_with=("bundle", bundle), cache_dir=cache, n_folds=1,
                           n_partitions=n_partitions, source=source)
     rewards = np.vstack([b["rewards"] for b in blocks.meta])
@@ -77,23 +80,29 @@ def evaluate_distributed(
     if missing:
         raise OirlError(f"{source}: oirl evaluate --dask reports on full-information logs only (every prompt logged for every "
                         f"query instance); {missing} of {rewards.size} cells are not logged: run it without --dask")
-    scored = client.gather(client.map(_eval_scores, blocks.futures, model_dir=bundle, cache_dir=cache, candidate_vectors=vectors, pure=False))
-    scores = np.vstack([s for s, _ in scored])
-    seen = np.concatenate([t for _, t in scored])
+    parts = client.gather(client.map(_eval_scores, blocks.futures, model_dir=bundle, cache_dir=cache, candidate_vectors=vectors, pure=False))
+    scores = np.vstack([s for s, _ in parts])
+    seen = np.concatenate([t for _, t in parts])
     warn_if_seen(source, seen)
-    context = rec.policy_context(eval_candidates, costs={**encoded.costs, **(costs or {})})
-    cost = None if np.isnan(context["cost"]).any() else context["cost"]
-    report = selection_report(scores, rewards, prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"], margin=rec.margin,
-                              threshold=rec.threshold, cost=cost)
+    context = rec.policy("argmax", chosen, costs={**encoded.costs, **(costs or {})}).context
+    texts = np.concatenate([b["texts"] for b in blocks.meta])  # question hashes stand in for texts on the driver
+    instance_text = np.concatenate([b["texts"][b["inst_text"]] for b in blocks.meta])
+    scored = ScoredLogs(list(np.concatenate([b["instances"] for b in blocks.meta])), instance_text, [c.prompt_id for c in chosen],
+                        rewards, scores, context, seen, margin=rec.margin, threshold=rec.threshold,
+                        candidate_set="the bundle's prompts and every logged prompt" if candidates is None else "the candidates given")
+    cost = None if np.isnan(context.cost).any() else context.cost
+    names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
+    report = selection_report(scored, {name: scored.policy(name) for name in names})
     report.update({
-        "feedback": "full", "default_policy": rec.default_policy,
+        "feedback": "full", "candidates": {"set": scored.candidate_set, "ids": scored.prompt_ids, "never_logged": []},
+        "default_policy": rec.default_policy,
         "seen_in_training": {"query_instances": int(seen.sum()), "of": int(len(seen))},
         "reward_model": classification_metrics(rewards.ravel(), scores.ravel()),
         "conservative_margin": None if np.isinf(rec.margin) else rec.margin,
         "ope": {"refused": {"estimates": "off-policy estimates are not computed under --dask; run oirl evaluate without --dask"}},
         "model_selection": rec.metadata.get("metrics", {}).get("model_selection"),
-        "distributed": {"workers": n_workers(client), "partitions": len(blocks.futures)},
+        "distributed": {"workers": n_workers(client), "partitions": len(blocks.futures), "distinct_questions": int(len(texts))},
     })
     if cost is not None and cost_weights:
-        report["cost_sweep"] = cost_sweep_report(scores, rewards, prompt_ids, cost, cost_weights, context["prior"])
+        report["cost_sweep"] = cost_sweep_report(scores, rewards, context, cost_weights)
     return json_safe(report)

@@ -57,10 +57,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oirl.data.questions import QuestionKey
 from oirl.distributed.blocks import Blocks, _driver_matrix, _embedder_info, _load_embedder, build_blocks, encode_rows
 from oirl.distributed.cluster import _release_memory, _say, n_workers
 from oirl.distributed.read import _rows_of_split, read_log_partitions
 from oirl.embed.base import DEFAULT_EMBEDDER
+from oirl.embed.registry import get_embedder
 from oirl.errors import OirlError
 
 DASK_MODELS = ("auto", "lightgbm", "knn")
@@ -311,7 +313,8 @@ def train_distributed(
     rows = _rows_of_split(read_log_partitions(path, columns=[split_column] if split_column else None), split_column, train_split)
     _say(progress, f"reading and validating {rows.npartitions} partition(s) on {n_workers(client)} worker(s)")
     tick = time.perf_counter()
-    encoded = encode_rows(client, rows, source=source)
+    question_key = QuestionKey(casefold=get_embedder(embedder).lowercases)  # the tokenizer's files tell, no model loaded
+    encoded = encode_rows(client, rows, question_key, source=source)
     timings["read"] = time.perf_counter() - tick
     tick = time.perf_counter()
     client.run(_load_embedder, embedder, cache)  # the embedding model, once per worker (a static one is built once, under a lock)
@@ -323,6 +326,9 @@ def train_distributed(
                           n_partitions=n_partitions, source=source)
     timings["embed"] = time.perf_counter() - tick
     matrix = _driver_matrix(blocks, info.prompt_vectors)
+    if not matrix.full_information and matrix.propensity is None:
+        raise OirlError(f"{source}: a partial-feedback log needs a propensity column under --dask (without --dask, oirl estimates "
+                        "the logging policy from the query vectors)")
     if blocks.duplicates:
         warnings.warn(f"{source}: {blocks.duplicates} (query_id, prompt_id) keys occur on several rows; their rewards are averaged",
                       stacklevel=2)
@@ -351,7 +357,7 @@ def train_distributed(
             "source": source, "fingerprint": hashlib.sha256(row_hashes.astype("<u8").tobytes()).hexdigest()[:16],
             "rows": int(matrix.logged.sum()), "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(matrix.texts)),
             "feedback": "full" if matrix.full_information else "partial", "cv_folds": cv_folds, "cv_groups": "text",
-            "importance_weights": False, "seconds": round(time.perf_counter() - started, 2),
+            "importance_weights": False, "question_key": question_key.to_dict(), "propensities": None, "seconds": round(time.perf_counter() - started, 2),
         },
         "metrics": {
             "cross_validation": cv_metrics(selection, matrix, None), "model_selection": selection.table,
@@ -364,6 +370,6 @@ def train_distributed(
         prompts=[Candidate(t, p) for p, t in zip(blocks.prompt_ids, blocks.prompt_texts, strict=True)],
         prompt_vectors=info.prompt_vectors, prior=dict(zip(blocks.prompt_ids, matrix.prompt_means().tolist(), strict=True)),
         margin=selection.margin, default_policy=selection.policy, costs=blocks.costs, metadata=metadata,
-        train_text_hashes=matrix.texts, train_instance_hashes=matrix.query_ids, cache_dir=cache_dir,
+        train_text_hashes=matrix.texts, train_instance_hashes=matrix.query_ids, question_key=question_key, cache_dir=cache_dir,
         embedder_bundle_files=info.bundle_files,
     )

@@ -46,6 +46,12 @@ class Embedder(ABC):
         """Told the cache directory by :class:`CachedEmbedder`; embedders that build files there override it."""
         return None
 
+    @property
+    def lowercases(self) -> bool:
+        """Whether the embedder sees "Tom" and "tom" as the same text (its tokenizer
+        lowercases); decides the question key (:mod:`oirl.data.questions`). Default: no."""
+        return False
+
     def embed(self, texts: Sequence[str], *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
         """Embed any number of texts in batches; shape (len(texts), dimension)."""
         from tqdm import tqdm
@@ -113,6 +119,28 @@ def weights_revision(directory: str | Path) -> str:
     return revision
 
 
+def tokenizer_lowercases(folder: Path | None) -> bool:
+    """Whether the Hugging Face tokenizer saved in ``folder`` lowercases its input: its
+    ``tokenizer.json`` normaliser lowercases, or ``tokenizer_config.json`` says
+    ``do_lower_case``. False when neither file says so (the safe side: case then matters)."""
+    import json
+
+    if folder is None:
+        return False
+    try:
+        normalizer = json.loads((Path(folder) / "tokenizer.json").read_text(encoding="utf-8")).get("normalizer")
+    except (OSError, ValueError, AttributeError):
+        normalizer = None
+    text = json.dumps(normalizer or {})
+    if '"lowercase": true' in text or '"type": "Lowercase"' in text:
+        return True
+    try:
+        config = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("do_lower_case"))
+
+
 class HashingEmbedder(Embedder):
     """A tiny deterministic bag-of-words embedder (signed feature hashing).
 
@@ -132,6 +160,10 @@ class HashingEmbedder(Embedder):
     @property
     def revision(self) -> str:
         return f"hashing-{self._dimension}"
+
+    @property
+    def lowercases(self) -> bool:
+        return True  # it reads text.lower()
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self._dimension), dtype=np.float32)

@@ -43,6 +43,10 @@ class CachedEmbedder:
     def dimension(self) -> int:
         return self.embedder.dimension
 
+    @property
+    def lowercases(self) -> bool:
+        return self.embedder.lowercases
+
     def __len__(self) -> int:
         """How many vectors of this model revision the cache holds."""
         return self.cache.count(self._key)

@@ -25,7 +25,9 @@ EMBEDDERS: dict[str, Callable[[], Embedder]] = {
 
 
 def get_embedder(spec: str = DEFAULT_EMBEDDER) -> Embedder:
-    """Build an embedder from a registry name, ``hashing:DIM``, ``static:FOLDER`` or a sentence-transformers name/path."""
+    """Build an embedder from a registry name, ``hashing:DIM``, ``static:FOLDER`` or a
+    sentence-transformers model folder or name found offline (in the local Hugging Face
+    cache); anything else is refused at once, with the valid names."""
     if spec in EMBEDDERS:
         return EMBEDDERS[spec]()
     if spec.startswith("hashing:"):
@@ -37,4 +39,8 @@ def get_embedder(spec: str = DEFAULT_EMBEDDER) -> Embedder:
         from oirl.embed.static import StaticEmbedder
 
         return StaticEmbedder.from_directory(spec.split(":", 1)[1])
-    return SentenceTransformerEmbedder(spec)
+    model = SentenceTransformerEmbedder(spec)
+    if model.weights_dir() is None:  # nothing is downloaded at run time: refuse now, not after a network timeout
+        raise OirlError(f"unknown embedder {spec!r}: choose from {', '.join(EMBEDDERS)}, hashing:DIM, static:FOLDER, or a "
+                        "sentence-transformers model folder or name already in the local Hugging Face cache")
+    return model

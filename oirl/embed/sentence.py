@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from oirl._threads import configure_openmp
-from oirl.embed.base import DEFAULT_EMBEDDER, Embedder, weights_revision
+from oirl.embed.base import DEFAULT_EMBEDDER, Embedder, tokenizer_lowercases, weights_revision
 from oirl.errors import OirlError, one_line
 
 
@@ -68,6 +68,10 @@ class SentenceTransformerEmbedder(Embedder):
                 )
                 self._revision = super().revision
         return self._revision
+
+    @property
+    def lowercases(self) -> bool:
+        return tokenizer_lowercases(self.weights_dir())
 
     def _load(self):
         if self._model is None:

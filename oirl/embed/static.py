@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from oirl._atomic import fsync_path
-from oirl.embed.base import DEFAULT_EMBEDDER, Embedder, default_cache_dir, weights_revision
+from oirl.embed.base import DEFAULT_EMBEDDER, Embedder, default_cache_dir, tokenizer_lowercases, weights_revision
 from oirl.embed.sentence import SentenceTransformerEmbedder
 from oirl.embed.store import _file_lock
 from oirl.errors import OirlError
@@ -110,6 +110,10 @@ class StaticEmbedder(Embedder):
             if self._directory is None:
                 self._directory = self._builder(self._cache_dir or default_cache_dir())
             return self._directory
+
+    @property
+    def lowercases(self) -> bool:
+        return tokenizer_lowercases(self.directory)
 
     def _load(self):
         with self._lock:

@@ -8,21 +8,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oirl.policy.policies import choose
+from oirl.policy.policies import CostAware, PolicyContext
 
 
-def cost_sweep(scores: np.ndarray, rewards: np.ndarray, cost: np.ndarray, cost_weights: np.ndarray, prior: np.ndarray | None = None) -> pd.DataFrame:
+def cost_sweep(scores: np.ndarray, rewards: np.ndarray, context: PolicyContext, cost_weights: np.ndarray) -> pd.DataFrame:
     """The reward-cost curve of the cost-aware policy over ``cost_weights`` (lambda).
 
-    ``scores`` and ``rewards`` (n_q, n_c), ``cost`` (n_c,). Returns one row per lambda
-    with the mean logged reward and the mean cost of the chosen candidates.
+    ``scores`` and ``rewards`` (n_q, n_c), the candidates' costs in ``context``. Returns
+    one row per lambda with the mean logged reward and the mean cost of the picks.
     """
     logged = ~np.isnan(rewards)
     rows = np.arange(len(rewards))
     out = []
     for weight in cost_weights:
-        picks = choose("cost-aware", scores, mask=logged, cost=cost, cost_weight=float(weight), prior=prior)
-        out.append({"cost_weight": float(weight), "reward": float(rewards[rows, picks].mean()), "cost": float(cost[picks].mean())})
+        picks = CostAware(context, float(weight)).choose(scores, logged)
+        out.append({"cost_weight": float(weight), "reward": float(rewards[rows, picks].mean()), "cost": float(context.cost[picks].mean())})
     return pd.DataFrame(out)
 
 
@@ -63,12 +63,12 @@ def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, 
     save_figure(fig, ax, path, title)
 
 
-def cost_sweep_report(scores: np.ndarray, rewards: np.ndarray, prompt_ids: list[str], cost: np.ndarray,
-                      cost_weights: list[float], prior: np.ndarray) -> dict[str, Any]:
+def cost_sweep_report(scores: np.ndarray, rewards: np.ndarray, context: PolicyContext, cost_weights: list[float]) -> dict[str, Any]:
     """The cost-aware policy's reward-cost curve over ``cost_weights``, its normalised
-    area, and the single prompts as points (full-information logs)."""
-    curve = cost_sweep(scores, rewards, cost, np.asarray(cost_weights), prior)
-    arms = pd.DataFrame({"prompt_id": prompt_ids, "reward": np.nanmean(rewards, axis=0), "cost": cost})
+    area, and the single prompts as points (full-information logs; arrays (n_q, n_c))."""
+    cost = context.cost
+    curve = cost_sweep(scores, rewards, context, np.asarray(cost_weights))
+    arms = pd.DataFrame({"prompt_id": list(context.ids), "reward": np.nanmean(rewards, axis=0), "cost": cost})
     span = (float(cost.min()), float(cost.max()))
     return {
         "curve": curve.to_dict(orient="records"),

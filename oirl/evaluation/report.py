@@ -1,9 +1,13 @@
 """Offline evaluation: how well a selector picks prompts, and how good its reward model is.
 
-Selection is scored on logged outcomes: for each query instance, the logged reward of
-the prompt a policy picks (only prompts logged for that query are candidates). The
-reference points are the best single prompt chosen on *training* data, the oracle
-(per-query best logged prompt), and the expected value of a uniformly random pick.
+On a full-information log (every candidate logged for every query instance) selection
+is scored on logged outcomes: for each instance, the logged reward of the prompt a
+policy picks. The reference points are the best single prompt chosen on *training*
+data, the oracle (per-query best logged prompt), and the expected value of a uniformly
+random pick. A partial-feedback log cannot give those figures; every report carries the
+off-policy estimates of :mod:`oirl.evaluation.offpolicy`, which say how much of each
+policy the log supports. The candidates are the bundle's prompts and the logged ones,
+or what each decision offered (:mod:`oirl.evaluation.scored`).
 """
 
 from __future__ import annotations
@@ -17,57 +21,37 @@ import pandas as pd
 from oirl.evaluation.costs import cost_sweep_report
 from oirl.evaluation.offpolicy import ope_report
 from oirl.evaluation.scored import ScoredLogs, score_logs
-from oirl.policy.policies import POLICIES, choose, policy_value
+from oirl.policy.policies import POLICIES, Policy, policy_value
 from oirl.reward.metrics import classification_metrics
 
 
-def selection_report(
-    scores: np.ndarray,
-    rewards: np.ndarray,
-    prompt_ids: list[str],
-    *,
-    prior: np.ndarray,
-    in_bundle: np.ndarray,
-    margin: float,
-    threshold: float,
-    cost: np.ndarray | None = None,
-    cost_weight: float = 0.0,
-) -> dict:
-    """Success rate of every policy and of the reference points on one reward matrix.
+def selection_report(scored: ScoredLogs, policies: dict[str, Policy]) -> dict:
+    """Success rate of every policy and of the reference points on a full-information log.
 
-    ``scores`` and ``rewards`` have shape (n_q, n_p); cells where ``rewards`` is NaN
-    (prompt not logged for that query) are not candidates.
-    """
-    logged = ~np.isnan(rewards)
-    filled = np.where(logged, rewards, 0.0)
+    Each policy picks among the candidates logged (and offered) for each instance."""
+    rewards = scored.rewards
+    available = scored.logged & scored.available
+    filled = np.where(scored.logged, rewards, 0.0)
+    prompt_ids = scored.prompt_ids
     per_prompt = {p: float(np.nanmean(rewards[:, j])) for j, p in enumerate(prompt_ids)}
-
-    known = ~np.isnan(prior)
-    if known.any():
-        best_train = int(np.where(known, prior, -np.inf).argmax())
-        best_single_id, best_single = prompt_ids[best_train], per_prompt[prompt_ids[best_train]]
+    default = scored.context.default
+    if default is not None:
+        best_single_id, best_single = prompt_ids[default], per_prompt[prompt_ids[default]]
     else:  # no candidate was ever trained on: nothing to choose "on training data"
         best_single_id, best_single = None, float("nan")
-    oracle = float(np.nanmax(rewards, axis=1).mean())
-    random = float(np.nanmean(rewards, axis=1).mean())
-
-    context = {"prior": prior, "margin": margin, "in_bundle": in_bundle, "threshold": threshold, "cost": cost, "cost_weight": cost_weight}
-    names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
-    policies = {name: policy_value(choose(name, scores, mask=logged, **context), filled) for name in names}
+    oracle = float(np.nanmax(np.where(available, rewards, np.nan), axis=1).mean())
+    random = float(np.nanmean(np.where(available, rewards, np.nan), axis=1).mean())
+    values = {name: policy_value(policy.choose(scored.scores, available), filled) for name, policy in policies.items()}
     gap = oracle - best_single
     return {
         "queries": int(len(rewards)),
-        "policies": policies,
+        "policies": values,
         "best_single_prompt": {"prompt_id": best_single_id, "success_rate": best_single, "chosen_on": "training data"},
         "oracle": oracle,
         "random": random,
-        "gap_recovered": {name: (value - best_single) / gap if gap > 0 else None for name, value in policies.items()},
+        "gap_recovered": {name: (value - best_single) / gap if gap > 0 else None for name, value in values.items()},
         "prompts": per_prompt,
     }
-
-
-
-
 
 
 def evaluate_recommender(
@@ -88,24 +72,24 @@ def evaluate_recommender(
 
     scored = score_logs(rec, logs, candidates, costs=costs)
     warn_if_seen(source, scored.seen)
-    rewards, scores, logged, context = scored.rewards, scored.scores, scored.logged, scored.context
-    cost = None if np.isnan(context["cost"]).any() else context["cost"]  # a partial cost table cannot rank every candidate
+    rewards, scores, logged = scored.rewards, scored.scores, scored.logged
+    cost = None if np.isnan(scored.context.cost).any() else scored.context.cost  # a partial cost table cannot rank every candidate
     if scored.full_information:
-        report = selection_report(
-            scores, rewards, scored.prompt_ids, prior=context["prior"], in_bundle=context["in_bundle"],
-            margin=rec.margin, threshold=rec.threshold, cost=cost,
-        )
+        names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
+        report = selection_report(scored, {name: scored.policy(name) for name in names})
     else:
         report = partial_feedback_report(scored)
     report["feedback"] = "full" if scored.full_information else "partial"
+    report["candidates"] = {"set": scored.candidate_set, "ids": scored.prompt_ids,
+                            "never_logged": [p for j, p in enumerate(scored.prompt_ids) if not logged[:, j].any()]}
     report["default_policy"] = rec.default_policy
     report["seen_in_training"] = {"query_instances": int(scored.seen.sum()), "of": int(len(scored.seen))}
     report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
     report["conservative_margin"] = None if np.isinf(rec.margin) else rec.margin
-    report["ope"] = ope_report(rec, logs, scored, cost_weights=cost_weights if cost is not None else None, n_boot=n_boot)
+    report["ope"] = ope_report(rec, logs, scored, cost_weights=cost_weights if cost is not None else None, n_boot=n_boot, source=source)
     report["model_selection"] = rec.metadata.get("metrics", {}).get("model_selection")
     if cost is not None and cost_weights and scored.full_information:
-        report["cost_sweep"] = cost_sweep_report(scores, rewards, scored.prompt_ids, cost, cost_weights, context["prior"])
+        report["cost_sweep"] = cost_sweep_report(scored.scores, scored.rewards, scored.context, cost_weights)
     return json_safe(report)
 
 
@@ -125,8 +109,8 @@ REFUSED_ON_PARTIAL = (
 def partial_feedback_report(scored: ScoredLogs) -> dict[str, Any]:
     """What can be said without every prompt logged: counts and the logged means only."""
     logged = scored.logged
-    known = ~np.isnan(scored.context["prior"])
-    best = scored.prompt_ids[int(np.where(known, scored.context["prior"], -np.inf).argmax())] if known.any() else None
+    default = scored.context.default
+    best = None if default is None else scored.prompt_ids[default]
     return {
         "queries": int(len(scored.rewards)),
         "rounds": int(logged.sum()),

@@ -26,7 +26,8 @@ import numpy as np
 from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
 from oirl.learn.candidates import ModelSpec
-from oirl.policy.policies import choose
+from oirl.ope import estimators as ope
+from oirl.policy.policies import PolicyContext, make_policy
 from oirl.reward.base import RewardModel, check_scores
 
 # --------------------------------------------------------------------------- folds and out-of-fold scores
@@ -80,34 +81,51 @@ def fit_on(model: RewardModel, matrix: LogMatrix, layout: str) -> RewardModel:
 # --------------------------------------------------------------------------- selection values
 
 
-def row_values(picks: np.ndarray, matrix: LogMatrix, q_hat: np.ndarray) -> np.ndarray:
+def row_values(picks: np.ndarray, matrix: LogMatrix, reference: np.ndarray) -> np.ndarray:
     """Estimated reward of each instance's pick, shape (n,).
 
-    Full information: the logged reward of the pick. Partial feedback with
-    propensities: doubly robust (:func:`oirl.ope.estimators.dr`, averaged over the instance's
-    logged rounds; ``q_hat`` must be out-of-fold). Without propensities: the direct
-    method, ``q_hat[pick]``.
+    Full information: the logged reward of the pick. Partial feedback: doubly robust
+    (:func:`oirl.ope.estimators.dr`, averaged over the instance's logged rounds) with the
+    propensities the matrix carries (logged, or estimated by
+    :mod:`oirl.learn.logging_policy`) and ``reference`` (n, m) as its reward model. The
+    reference is the same for every option (the fold's prompt means), never the option's
+    own predictions: a model that predicts high rewards where it picks would otherwise
+    vouch for itself.
     """
-    from oirl.ope import estimators as ope
-
     rows = np.arange(len(picks))
     if matrix.full_information and matrix.propensity is None:
         return matrix.rewards[rows, picks]
     if matrix.propensity is None:
-        return q_hat[rows, picks]
+        raise OirlError("partial feedback needs propensities, logged or estimated (oirl.learn.logging_policy), to be valued")
     rounds = ope.logged_rounds(matrix.rewards, matrix.propensity)
-    terms = ope.dr(rounds, ope.one_hot(picks, matrix.rewards.shape[1]), q_hat)
+    terms = ope.dr(rounds, ope.one_hot(picks, matrix.rewards.shape[1]), reference)
     return ope.per_instance(rounds, terms, len(picks))
 
 
+def reference_rewards(priors: np.ndarray) -> np.ndarray:
+    """The doubly robust reference (n, m) from per-instance fold priors: a prompt the
+    fold never logged counts at the fold's worst known prompt (it vouches for nothing)."""
+    known = np.isfinite(priors)
+    floor = np.where(known, priors, np.inf).min(axis=1, keepdims=True)
+    return np.where(known, priors, np.where(np.isfinite(floor), floor, 0.0))
+
+
 def policy_values(fit: CrossFit, matrix: LogMatrix, policy: str, margin: float = 0.0) -> np.ndarray:
-    """Per-instance CV value of a policy; each fold uses its own prior (tie-breaks, default)."""
+    """Per-instance CV value of a policy; each fold uses its own prior (tie-breaks, default), shape (n,)."""
     values = np.empty(len(matrix.query_ids))
+    picks = policy_picks(fit, policy, margin)
     for _, test in fit.folds:
-        prior = fit.priors[test[0]]
-        picks = choose(policy, fit.scores[test], prior=prior, margin=margin)
-        values[test] = row_values(picks, matrix.subset(test), fit.scores[test])
+        values[test] = row_values(picks[test], matrix.subset(test), reference_rewards(fit.priors[test]))
     return values
+
+
+def policy_picks(fit: CrossFit, policy: str, margin: float = 0.0) -> np.ndarray:
+    """(n,) each instance's out-of-fold pick under ``policy``, with its fold's prior."""
+    picks = np.empty(len(fit.scores), dtype=int)
+    for _, test in fit.folds:
+        context = PolicyContext.of([str(j) for j in range(fit.scores.shape[1])], prior=fit.priors[test[0]])
+        picks[test] = make_policy(policy, context, margin=margin).choose(fit.scores[test])
+    return picks
 
 
 def prior_values(fit: CrossFit, matrix: LogMatrix) -> np.ndarray:

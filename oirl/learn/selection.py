@@ -10,16 +10,17 @@ held-out instance with every prompt, and the per-prompt prior (mean training rew
 of each fold computed on that fold's training rows only. A policy's cross-validated
 *selection value* is the expected reward of its picks on the held-out rows (the logged
 reward of the pick with full information, the doubly robust estimate with partial
-feedback). :func:`select_model` chooses among "the prior alone" (always the best
-training prompt), each candidate's argmax and each candidate's conservative policy by
-the one-standard-error rule toward the simpler choice, the standard error clustered by
-question text (repeated samples of one question are not independent); the prior is left
-only for a gain of more than :data:`PRIOR_Z` standard errors (and :data:`MIN_EFFECT`).
+feedback, with a reference reward model shared by every option). :func:`select_model`
+chooses among "the prior alone" (always the best training prompt), each candidate's
+argmax and each candidate's conservative policy by one rule: the options whose gain
+over the prior clears :data:`PRIOR_Z` standard errors (and :data:`MIN_EFFECT`, and on
+partial feedback :data:`MIN_SUPPORT`) are eligible, and the simplest within one standard
+error of the best of them wins; the prior when none is eligible. Standard errors are
+clustered by question (repeated samples of one question are not independent).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
 from oirl.learn.candidates import CV_GROUPS, ModelSpec
-from oirl.learn.crossfit import CrossFit, cross_fit, fit_on, make_folds, policy_values, prior_values
+from oirl.learn.crossfit import CrossFit, cross_fit, fit_on, make_folds, policy_picks, policy_values, prior_values
 from oirl.ope.bootstrap import clustered_standard_error
 from oirl.reward.base import RewardModel
 from oirl.reward.registry import make_reward_model
@@ -44,6 +45,9 @@ MIN_EFFECT = 0.002
 #: folds that measure it, so its gain is optimistic (measured: a 2.7-standard-error
 #: gain on 199 training questions lost 0.7 points on new queries).
 PRIOR_Z = 3.0
+#: On partial feedback, an option's departures from the prior must rest on logged
+#: rounds of at least this effective sample size (too few, and its gain is noise).
+MIN_SUPPORT = 30.0
 
 
 
@@ -78,7 +82,7 @@ def choose_margin(fit: CrossFit, matrix: LogMatrix, grid: tuple[float, ...] = MA
     """
     per_row = {str(m): policy_values(fit, matrix, "conservative", m) for m in grid}
     complexity = {str(m): -m for m in grid}  # larger margins are simpler
-    chosen, _ = one_standard_error_choice(per_row, complexity, matrix.text_index)
+    chosen, _ = one_standard_error_choice(per_row, complexity, matrix.questions)
     return float(chosen), {m: float(per_row[str(m)].mean()) for m in grid}
 
 
@@ -104,18 +108,22 @@ def select_model(
 ) -> Selection:
     """Cross-fit each candidate and choose a (model, policy) by its selection value.
 
-    ``folds`` (default: :func:`make_folds`) and ``fitter`` (default: :func:`cross_fit`,
-    same signature) let another engine produce the out-of-fold scores, e.g. Dask
-    (:mod:`oirl.distributed.train`); the choice is made here either way."""
+    One rule: an option may replace the prior (always the best training prompt) only
+    if its gain over the prior clears :data:`PRIOR_Z` clustered standard errors (and
+    :data:`MIN_EFFECT`) and, on partial feedback, the logged rounds behind its
+    departures from the prior weigh at least :data:`MIN_SUPPORT` (effective sample
+    size); among the options that clear, the simplest within one standard error of the
+    best of them wins; the prior when none clears. ``folds`` (default:
+    :func:`make_folds`) and ``fitter`` (default: :func:`cross_fit`, same signature) let
+    another engine produce the out-of-fold scores, e.g. Dask; the choice is made here
+    either way. A partial-feedback ``matrix`` must carry propensities (logged or
+    estimated)."""
     from tqdm import tqdm
 
     if cv_groups not in CV_GROUPS:
         raise OirlError(f"unknown --cv-groups {cv_groups!r} (choose from {', '.join(CV_GROUPS)})")
-    if matrix.propensity is None and not matrix.full_information:
-        warnings.warn("partial feedback without a propensity column: cross-validated values use the direct method only "
-                      "(the reward model's own estimate), which is biased where the logging policy was", stacklevel=2)
     folds = make_folds(matrix, n_folds, cv_groups) if folds is None else folds
-    fits, margins, values, complexity, rows = {}, {}, {}, {}, []
+    fits, margins, values, picks, complexity, rows = {}, {}, {}, {}, {}, []
     for candidate in tqdm(candidates, desc="model selection", unit="model", disable=not progress):
         fit = fitter(candidate, matrix, folds)
         fits[candidate.label] = fit
@@ -123,22 +131,19 @@ def select_model(
         for policy, policy_margin, rank in (("conservative", margin, 2 * candidate.complexity - 1), ("argmax", 0.0, 2 * candidate.complexity)):
             key = f"{candidate.label} {policy}"
             values[key] = policy_values(fit, matrix, policy, policy_margin)
+            picks[key] = policy_picks(fit, policy, policy_margin)
             complexity[key] = rank
             rows.append({"option": key, "model": candidate.model, "params": dict(candidate.params), "layout": candidate.layout_for(),
                          "policy": policy, "margin": None if np.isinf(policy_margin) else policy_margin})
     first = fits[candidates[0].label]
     values["prior"] = prior_values(first, matrix)
+    picks["prior"] = policy_picks(first, "conservative", float("inf"))
     complexity["prior"] = 0
     rows.insert(0, {"option": "prior", "model": None, "params": {}, "layout": None, "policy": "conservative", "margin": None})
-    chosen, errors = one_standard_error_choice(values, complexity, matrix.text_index)
-    gain = float(values[chosen].mean() - values["prior"].mean())
-    if chosen != "prior" and gain <= max(PRIOR_Z * clustered_standard_error(values[chosen] - values["prior"], matrix.text_index), MIN_EFFECT):
-        chosen = "prior"
+    supports = {key: departure_support(picks[key], picks["prior"], matrix) for key in values}
+    chosen, facts = choose_option(values, complexity, matrix.questions, supports)
     for row in rows:
-        difference = values[row["option"]] - values["prior"]
-        row.update(value=float(values[row["option"]].mean()), se_vs_best=errors[row["option"]],
-                   gain_over_prior=float(difference.mean()), se_vs_prior=clustered_standard_error(difference, matrix.text_index),
-                   chosen=row["option"] == chosen)
+        row.update(facts[row["option"]])
     if chosen == "prior":
         # No per-query signal worth its noise: always the best training prompt. The bundle
         # still carries the best model, so rankings and --policy argmax stay informative.
@@ -147,6 +152,53 @@ def select_model(
     label, policy = chosen.rsplit(" ", 1)
     margin = next(r["margin"] for r in rows if r["option"] == chosen)
     return Selection(fits[label].spec, policy, float("inf") if margin is None else margin, fits[label], rows, values, margins[label][1])
+
+
+def choose_option(
+    values: dict[str, np.ndarray], complexity: dict[str, float], clusters: np.ndarray, supports: dict[str, float | None] | None = None,
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The selection rule over per-instance values (n,) of named options, ``"prior"`` among them.
+
+    An option clears the prior when its mean gain over the prior exceeds
+    :data:`PRIOR_Z` clustered standard errors and :data:`MIN_EFFECT`, and its support
+    (if given, see :func:`departure_support`) is at least :data:`MIN_SUPPORT`. Among the
+    options that clear, the simplest (``complexity``) within one standard error of the best
+    of them is chosen; the prior when none clears. Returns the choice and, per option,
+    its value, gain over the prior, standard errors and whether it cleared."""
+    supports = supports or {}
+    facts: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        difference = value - values["prior"]
+        gain, error = float(difference.mean()), clustered_standard_error(difference, clusters)
+        support = supports.get(name)
+        cleared = name != "prior" and gain > max(PRIOR_Z * error, MIN_EFFECT) and (support is None or support >= MIN_SUPPORT)
+        facts[name] = {"value": float(value.mean()), "gain_over_prior": gain, "se_vs_prior": error, "departure_support": support,
+                       "cleared_prior": bool(cleared), "se_vs_best": None}
+    cleared = [name for name in values if facts[name]["cleared_prior"]]
+    chosen = "prior"
+    if cleared:
+        chosen, errors = one_standard_error_choice({k: values[k] for k in cleared}, complexity, clusters)
+        for name, error in errors.items():
+            facts[name]["se_vs_best"] = error
+    for name in facts:
+        facts[name]["chosen"] = name == chosen
+    return chosen, facts
+
+
+def departure_support(picks: np.ndarray, prior_picks: np.ndarray, matrix: LogMatrix) -> float | None:
+    """How much logged evidence stands behind an option's departures from the prior: the
+    effective sample size, (sum w)^2 / sum w^2, of the importance weights w = 1 / p of
+    the logged rounds where the option departs and its pick was logged. None with full
+    information (every pick is logged); 0 when no departure was ever logged."""
+    if matrix.full_information and matrix.propensity is None:
+        return None
+    departs = picks != prior_picks
+    rows = np.flatnonzero(departs)
+    logged = matrix.logged[rows, picks[rows]]
+    if not logged.any():
+        return 0.0
+    weights = 1.0 / matrix.propensity[rows[logged], picks[rows][logged]]
+    return float(weights.sum() ** 2 / (weights**2).sum())
 
 
 def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tuple[float, ...] = NEW_PROMPT_TAU_GRID) -> tuple[float, dict[float, float]]:
@@ -164,8 +216,7 @@ def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tu
         part = matrix.subset(train)
         for j in range(m):
             keep = [c for c in range(m) if c != j]
-            sub = LogMatrix(part.query_ids, part.texts, part.text_index, part.query_vectors, [part.prompt_ids[c] for c in keep],
-                            [part.prompt_texts[c] for c in keep], part.prompt_vectors[keep], part.rewards[:, keep])
+            sub = part.with_prompts(keep)
             fitted = fit_on(make_reward_model("knn", **{**model.get_params(), "dimension": None}), sub, "concat")
             truth = matrix.rewards[test, j]
             logged = ~np.isnan(truth)

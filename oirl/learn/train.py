@@ -18,6 +18,7 @@ model on every training row::
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from oirl.data.matrix import LogMatrix
+from oirl.data.questions import QuestionKey
 from oirl.data.schema import fingerprint, text_hashes64
 from oirl.embed.base import DEFAULT_EMBEDDER
 from oirl.embed.cached import CachedEmbedder
@@ -32,6 +34,7 @@ from oirl.embed.registry import get_embedder
 from oirl.errors import OirlError
 from oirl.learn.candidates import AUTO, AUTO_CANDIDATES, CV_GROUPS, spec
 from oirl.learn.crossfit import fit_on
+from oirl.learn.logging_policy import describe, with_propensities
 from oirl.learn.selection import choose_new_prompt_tau, select_model
 from oirl.recommender.recommender import Candidate, Recommender, bundle_files_of, embedder_revision
 from oirl.reward.metrics import classification_metrics
@@ -69,7 +72,11 @@ def train_recommender(
         raise OirlError(f"{source}: importance weighting needs a propensity column in the log")
     live = get_embedder(embedder)
     cached = CachedEmbedder(live, cache_dir)  # also tells a static embedder where to build itself
-    matrix = LogMatrix.from_logs(logs, cached.embed, progress=progress)
+    question_key = QuestionKey(casefold=live.lowercases)
+    matrix = LogMatrix.from_logs(logs, cached.embed, question_key=question_key, progress=progress)
+    matrix, propensities = with_propensities(matrix, cv_folds)
+    if propensities is not None:
+        warnings.warn(f"{source}: {describe(propensities)}", stacklevel=2)
     if importance_weights:
         matrix = matrix.importance_weighted()
     selection = select_model(matrix, candidates, n_folds=cv_folds, cv_groups=cv_groups, progress=progress)
@@ -86,7 +93,7 @@ def train_recommender(
             "source": source, "fingerprint": fingerprint(logs), "rows": int(len(logs)),
             "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(matrix.texts)),
             "feedback": "full" if matrix.full_information else "partial", "cv_folds": cv_folds, "cv_groups": cv_groups,
-            "importance_weights": importance_weights,
+            "importance_weights": importance_weights, "question_key": question_key.to_dict(), "propensities": propensities,
             "seconds": round(time.perf_counter() - started, 2),
         },
         "metrics": {"cross_validation": cv_metrics(selection, matrix, new_prompt_widths), "model_selection": selection.table},
@@ -95,7 +102,7 @@ def train_recommender(
         model=fitted, embedder_spec=embedder, embedder_id=live.model_id, embedder_revision=embedder_revision(live),
         layout=chosen_layout, prompts=[Candidate(t, p) for p, t in zip(matrix.prompt_ids, matrix.prompt_texts, strict=True)],
         prompt_vectors=matrix.prompt_vectors, prior=prior, margin=selection.margin, default_policy=selection.policy,
-        costs=costs, metadata=metadata, train_text_hashes=text_hashes64(matrix.texts),
+        costs=costs, metadata=metadata, train_text_hashes=question_key.hashes(matrix.texts), question_key=question_key,
         train_instance_hashes=text_hashes64(matrix.query_ids), cache_dir=cache_dir,
         embedder_bundle_files=bundle_files_of(live),
     )

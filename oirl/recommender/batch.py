@@ -137,7 +137,7 @@ def recommend_to_parquet(
     directory appears whole or not at all (it is written beside and renamed into place).
     ``write_parts`` scores and writes the partitions (default: here, in order)."""
     out_dir = check_recommend_output(out_dir)
-    rec.check_policy(policy, rec.resolve_candidates(candidates), rec.candidate_costs(candidates))  # e.g. cost-aware without costs: fail before any work
+    rec.policy(policy, rec.resolve_candidates(candidates), costs=rec.candidate_costs(candidates))  # e.g. cost-aware without costs: fail before any work
     sources = query_sources(queries)
     options = {"candidates": candidates, "policy": policy, "cost_weight": cost_weight}
     started = time.perf_counter()

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from oirl import __version__
 from oirl._atomic import atomic_directory
 from oirl._json import json_safe
+from oirl.data.questions import QuestionKey
 from oirl.errors import BundleError, one_line
 from oirl.policy.policies import POLICIES
 from oirl.reward.features import FEATURE_LAYOUTS, feature_dimension
@@ -40,7 +41,7 @@ from oirl.reward.features import FEATURE_LAYOUTS, feature_dimension
 if TYPE_CHECKING:
     from oirl.recommender.recommender import Recommender
 
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3
 BUNDLE_FILE = "bundle.json"
 PROMPT_VECTORS_FILE = "prompt_vectors.npy"
 TEXT_HASHES_FILE = "train_text_hashes.npy"
@@ -92,6 +93,28 @@ class PolicySection(_Strict):
     fallback_threshold: UnitFloat
 
 
+class QuestionKeySection(_Strict):
+    """The rule that makes two query texts one question (:mod:`oirl.data.questions`)."""
+
+    unicode: Literal["NFKC"]
+    whitespace: Literal["collapsed"]
+    casefold: bool
+
+
+class PropensitySection(_Strict):
+    """Where a partial log's propensities came from, and how far to trust them."""
+
+    source: Literal["logged", "estimated"]
+    rounds: Count
+    min: UnitFloat
+    max: UnitFloat
+    effective_sample_size: NonNegative
+    estimator: str | None = None
+    C: NonNegative | None = None
+    floor: UnitFloat | None = None
+    clipped_rounds: Count | None = None
+
+
 class TrainingSection(_Strict):
     source: str
     fingerprint: Text
@@ -102,13 +125,15 @@ class TrainingSection(_Strict):
     cv_folds: Annotated[int, Field(ge=2)]
     cv_groups: Literal["text", "instance"]
     importance_weights: bool = False
+    question_key: QuestionKeySection
+    propensities: PropensitySection | None = None
     seconds: NonNegative
 
 
 class BundleSchema(_Strict):
     """``bundle.json``; every field is checked on load."""
 
-    format: Literal[2]
+    format: Literal[3]
     oirl_version: str
     embedder: EmbedderSection
     features: FeatureSection
@@ -305,12 +330,12 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
         default_policy=schema.policy.default, threshold=schema.policy.fallback_threshold,
         costs={p.prompt_id: p.cost for p in schema.prompts if p.cost is not None},
         metadata={"training": schema.training.model_dump(), "metrics": schema.metrics},
-        train_text_hashes=text_hashes, train_instance_hashes=instance_hashes, cache_dir=cache_dir, embedder_bundle_files=embedder_files,
-        embedder_directory=directory / EMBEDDER_DIR if embedder_files else None,
+        train_text_hashes=text_hashes, train_instance_hashes=instance_hashes,
+        question_key=QuestionKey.from_dict(schema.training.question_key.model_dump()), cache_dir=cache_dir, embedder_bundle_files=embedder_files,
+        embedder_directory=directory / EMBEDDER_DIR if embedder_files else None, fingerprint=sha256(raw)[:16],
     )
     if check_embedder:
         rec.check_embedder(where=str(directory / BUNDLE_FILE))
-    rec.fingerprint = sha256(raw)[:16]
     return rec
 
 

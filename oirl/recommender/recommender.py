@@ -1,36 +1,33 @@
-"""The Python API: train a reward model from logs, save it as a bundle, recommend prompts.
+"""The fitted recommender: a reward model, its embedder, the prompt table and the policy
+settings, used by the CLI, the HTTP service and evaluation alike::
 
-The CLI (:mod:`oirl.cli`) and the HTTP service (:mod:`oirl.serve.app`) are thin shells
-over :class:`Recommender`::
+    from oirl.recommender.bundle import load_bundle
 
-    from oirl.logs import read_logs, training_rows
-    from oirl.recommender import Recommender
-
-    rec = train_recommender(training_rows(read_logs("logs/mawps.parquet"), "split", "train", source="mawps"))
-    save_bundle(rec, "models/mawps")
     rec = load_bundle("models/mawps")
-    [r] = rec.recommend(["Tom has 3 apples ..."])          # the bundle's default policy
+    [r] = rec.recommend(["Tom has 3 apples ..."])            # the bundle's default policy
+    scores = rec.score(["Tom has 3 apples ..."])             # (1, n_prompts) predicted rewards
+    policy = rec.policy("conservative")                      # a policy object for the bundle's prompts
 
-Training embeds the logs (:mod:`oirl.embed.cached`), pivots them into a
-:class:`~oirl.data.matrix.LogMatrix`, lets cross-validation choose the reward model and
-policy (:mod:`oirl.learn.crossfit`), and fits the chosen model on every training row. The
-bundle format lives in :mod:`oirl.recommender.bundle`, the evaluation in :mod:`oirl.evaluation.report`.
+Training lives in :mod:`oirl.learn.train`, the bundle format in :mod:`oirl.recommender.bundle`.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from oirl.data.questions import QuestionKey
 from oirl.data.schema import text_hashes64, text_id
 from oirl.embed.cached import CachedEmbedder
 from oirl.embed.registry import get_embedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
-from oirl.policy.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, choose
-from oirl.reward.base import RewardModel
+from oirl.policy.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyContext, make_policy
+from oirl.reward.base import RewardModel, check_scores
+from oirl.reward.features import pair_features
 
 
 @dataclass(frozen=True)
@@ -58,50 +55,64 @@ class Recommendation:
     prompt: str
     score: float
     ranking: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None  # why the pick is not the top of the ranking (None when it is)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "prompt_id": self.prompt_id, "prompt": self.prompt, "score": self.score, "ranking": self.ranking}
+        out = {"query": self.query, "prompt_id": self.prompt_id, "prompt": self.prompt, "score": self.score, "ranking": self.ranking}
+        return out if self.reason is None else {**out, "reason": self.reason}
 
 
 class Recommender:
-    """A fitted reward model with its embedder, prompt table and policy parameters."""
+    """A fitted recommender: the reward model, its embedder, the prompt table and the
+    policy settings that cross-validation chose. Immutable once built (by
+    :func:`oirl.learn.train.train_recommender` or :func:`oirl.recommender.bundle.load_bundle`):
+    it scores, ranks and recommends, and never changes. ``model`` may be None (a bundle
+    made by ``oirl init`` before any training): every query then scores each bundle prompt
+    at its prior."""
 
     def __init__(
-        self, *, model: RewardModel, embedder_spec: str, embedder_id: str, embedder_revision: str, layout: str,
+        self, *, model: RewardModel | None, embedder_spec: str, embedder_id: str, embedder_revision: str, layout: str,
         prompts: list[Candidate], prompt_vectors: np.ndarray, prior: dict[str, float], margin: float,
         default_policy: str = DEFAULT_POLICY, threshold: float = DEFAULT_THRESHOLD, costs: dict[str, float] | None = None,
         metadata: dict[str, Any] | None = None, train_text_hashes: np.ndarray | None = None,
         train_instance_hashes: np.ndarray | None = None, cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
-        embedder_directory: str | Path | None = None,
+        embedder_directory: str | Path | None = None, question_key: QuestionKey | None = None, fingerprint: str | None = None,
     ):
-        self.model = model
-        self.embedder_spec = embedder_spec
-        self.embedder_id = embedder_id
-        self.embedder_revision = embedder_revision
-        self.layout = layout
-        self.prompts = prompts
-        self.prompt_vectors = prompt_vectors
-        self.prior = prior
-        self.margin = margin
-        self.default_policy = default_policy
-        self.threshold = threshold
-        self.costs = costs or {}  # prompt id -> cost of one call, for the cost-aware policy
-        self.metadata = metadata or {}
-        self.train_text_hashes = _sorted_hashes(train_text_hashes)
-        self.train_instance_hashes = _sorted_hashes(train_instance_hashes)
-        self._cache_dir = cache_dir
-        self._embedder_bundle_files = embedder_bundle_files or {}
-        self._embedder_directory = embedder_directory  # a static embedder carried inside the bundle
-        self._embedder = None
-        self._query_embedder = None
-        self._by_id = {p.prompt_id: p for p in prompts}
-        self._by_text = {p.prompt: p for p in prompts}
-        self._index = {p.prompt_id: i for i, p in enumerate(prompts)}
-        self.fingerprint: str | None = None  # set by load(): hash of the loaded bundle.json
+        set_ = super().__setattr__
+        set_("model", model)
+        set_("embedder_spec", embedder_spec)
+        set_("embedder_id", embedder_id)
+        set_("embedder_revision", embedder_revision)
+        set_("layout", layout)
+        set_("prompts", tuple(prompts))
+        set_("prompt_vectors", np.asarray(prompt_vectors))
+        set_("prior", dict(prior))
+        set_("margin", margin)
+        set_("default_policy", default_policy)
+        set_("threshold", threshold)
+        set_("costs", dict(costs or {}))  # prompt id -> cost of one call, for the cost-aware policy
+        set_("metadata", metadata or {})
+        set_("question_key", question_key or QuestionKey())  # how training texts were hashed (same question, same hash)
+        set_("train_text_hashes", _sorted_hashes(train_text_hashes))
+        set_("train_instance_hashes", _sorted_hashes(train_instance_hashes))
+        set_("fingerprint", fingerprint)  # the hash of the bundle.json it was loaded from (None before it is saved)
+        set_("_cache_dir", cache_dir)
+        set_("_embedder_bundle_files", dict(embedder_bundle_files or {}))
+        set_("_embedder_directory", embedder_directory)  # a static embedder carried inside the bundle
+        set_("_live", {})  # the embedders, built on first use (a cache, not state)
+        set_("_by_id", {p.prompt_id: p for p in prompts})
+        set_("_by_text", {p.prompt: p for p in prompts})
+        set_("_index", {p.prompt_id: i for i, p in enumerate(prompts)})
 
-    # ------------------------------------------------------------------ training
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a Recommender is immutable once built (tried to set {name!r}); build another one instead")
 
-    # ------------------------------------------------------------------ bundle I/O
+    def with_query_embedder(self, embedder) -> Recommender:
+        """The same recommender, embedding queries with ``embedder`` (anything with
+        ``embed(texts) -> (n, d)``, e.g. an in-memory cache in front of the model)."""
+        twin = copy.copy(self)
+        object.__setattr__(twin, "_live", {**self._live, "query": embedder})
+        return twin
 
     def embedder_files(self) -> dict[str, bytes]:
         """Files of an embedder that travels inside the bundle (none for hub models)."""
@@ -126,24 +137,23 @@ class Recommender:
     @property
     def embedder(self):
         """The live embedder: the one carried inside the bundle, else the one its spec names."""
-        if self._embedder is None:
+        if "model" not in self._live:
             if self._embedder_directory is not None:
-                from oirl.embed.static import StaticEmbedder
+                from oirl.embed.static import (
+                    StaticEmbedder,  # the static model's loader (model2vec) only when a bundle carries one
+                )
 
-                self._embedder = StaticEmbedder.from_directory(self._embedder_directory)
+                self._live["model"] = StaticEmbedder.from_directory(self._embedder_directory)
             else:
-                self._embedder = get_embedder(self.embedder_spec)
-        return self._embedder
-
-    def set_query_embedder(self, embedder) -> None:
-        """Use another query embedder (anything with ``embed(texts) -> (n, d)``), e.g. an in-memory cache."""
-        self._query_embedder = embedder
+                self._live["model"] = get_embedder(self.embedder_spec)
+        return self._live["model"]
 
     @property
     def query_embedder(self):
-        if self._query_embedder is None:
-            self._query_embedder = CachedEmbedder(self.embedder, self._cache_dir)
-        return self._query_embedder
+        """What embeds queries and new prompts: the live embedder behind the disk cache."""
+        if "query" not in self._live:
+            self._live["query"] = CachedEmbedder(self.embedder, self._cache_dir)
+        return self._live["query"]
 
     def resolve_candidates(self, candidates: list[Candidate] | None = None, candidate_ids: list[str] | None = None) -> list[Candidate]:
         """The candidate set: the bundle's prompts by default; passed ones replace them.
@@ -208,20 +218,27 @@ class Recommender:
 
     def score_vectors(self, query_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
         """Predicted rewards from vectors: (n_q, d) and (n_c, d) -> (n_q, n_c)."""
-        from oirl.reward.base import check_scores
-
+        if self.model is None:
+            return np.tile(self._prior_scores(candidate_vectors), (len(query_vectors), 1))
         scores = self.model.predict_grid(query_vectors, candidate_vectors, self.layout)
         check_scores(scores, f"{self.model.name} model")
         return scores
 
     def score_pairs(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray) -> np.ndarray:
         """Predicted reward of row-aligned (query, prompt) pairs: (n, d), (n, d) -> (n,)."""
-        from oirl.reward.base import check_scores
-        from oirl.reward.features import pair_features
-
+        if self.model is None:
+            return self._prior_scores(prompt_vectors)
         scores = self.model.predict_reward(pair_features(query_vectors, prompt_vectors, self.layout))
         check_scores(scores[None, :], f"{self.model.name} model")
         return scores
+
+    def _prior_scores(self, prompt_vectors: np.ndarray) -> np.ndarray:
+        """Without a reward model: each prompt's prior, matched by its vector (a prompt the
+        bundle does not hold scores the mean prior). Shape (n,)."""
+        known = np.array([self.prior[p.prompt_id] for p in self.prompts])
+        similar = np.asarray(prompt_vectors, dtype=np.float32) @ self.prompt_vectors.T.astype(np.float32)
+        exact = similar.max(axis=1) > 1 - 1e-5
+        return np.where(exact, known[similar.argmax(axis=1)], known.mean())
 
     def score(self, queries: list[str], candidates: list[Candidate] | None = None) -> np.ndarray:
         """Predicted reward of every candidate for every query, shape (n_queries, n_candidates)."""
@@ -229,48 +246,40 @@ class Recommender:
         candidates = candidates if candidates is not None else self.prompts
         return self.score_vectors(self.query_embedder.embed(list(queries)), self.candidate_vectors(candidates))
 
-    def policy_context(self, candidates: list[Candidate], costs: dict[str, float] | None = None, cost_weight: float = 0.0) -> dict[str, Any]:
-        """What the policies need to know about a candidate set: priors, bundle membership,
-        costs (``costs`` overrides the bundle's, by prompt id) and the cost weight."""
+    def policy(self, name: str | None = None, candidates: list[Candidate] | None = None, *, costs: dict[str, float] | None = None,
+               cost_weight: float = 0.0) -> Policy:
+        """The named policy (None: the bundle's default) for a candidate set (default: the
+        bundle's prompts), with what it needs to know: each candidate's training prior,
+        bundle membership and cost (``costs``, by prompt id, add to or override the
+        bundle's), the cross-validated margin and the fallback threshold. Built before any
+        embedding, so that e.g. cost-aware without costs fails at once."""
+        candidates = self.prompts if candidates is None else candidates
         in_bundle = np.array([self.is_bundle_prompt(c) for c in candidates], dtype=bool)
-        prior = np.array([self.prior[c.prompt_id] if b else np.nan for c, b in zip(candidates, in_bundle, strict=True)])
         known = {**self.costs, **(costs or {})}
-        cost = np.array([known.get(c.prompt_id, np.nan) for c in candidates], dtype=np.float64)
-        return {"prior": prior, "in_bundle": in_bundle, "margin": self.margin, "threshold": self.threshold, "cost": cost, "cost_weight": cost_weight}
+        context = PolicyContext(
+            ids=tuple(c.prompt_id for c in candidates),
+            prior=np.array([self.prior[c.prompt_id] if b else np.nan for c, b in zip(candidates, in_bundle, strict=True)]),
+            in_bundle=in_bundle, cost=np.array([known.get(c.prompt_id, np.nan) for c in candidates], dtype=np.float64))
+        return make_policy(name or self.default_policy, context, margin=self.margin, threshold=self.threshold, cost_weight=cost_weight)
 
-    def check_policy(self, policy: str | None, candidates: list[Candidate] | None = None, costs: dict[str, float] | None = None) -> str:
-        """The policy to use (None: the bundle's default), checked before any embedding.
-        ``costs`` (prompt id -> cost) add to or override the bundle's."""
-        from oirl.policy.policies import POLICIES
+    def rank(self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], policy: Policy, *, top_k: int | None = None,
+             picks: np.ndarray | None = None, reasons: list[str | None] | None = None) -> list[Recommendation]:
+        """``policy``'s pick for each row of a score matrix (n_q, n_c) with the top-k ranking by score.
 
-        policy = policy or self.default_policy
-        if policy not in POLICIES:
-            raise OirlError(f"unknown policy {policy!r} (choose from {', '.join(POLICIES)})")
-        if policy == "cost-aware":
-            cost = self.policy_context(candidates if candidates is not None else self.prompts, costs)["cost"]
-            missing = [c.prompt_id for c, v in zip(candidates or self.prompts, cost, strict=True) if not np.isfinite(v)]
-            if missing:
-                raise OirlError(f"the cost-aware policy needs a cost for every candidate; none known for: {', '.join(missing[:10])}")
-        return policy
-
-    def rank(
-        self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], *, policy: str | None = None,
-        top_k: int | None = None, cost_weight: float = 0.0, costs: dict[str, float] | None = None, picks: np.ndarray | None = None,
-    ) -> list[Recommendation]:
-        """Apply ``policy`` (default: the bundle's) to a score matrix (n_q, n_c): the pick plus the top-k ranking.
-
-        ``costs`` add to or override the bundle's; ``picks`` (n_q,), if given, replace the
-        policy's picks (e.g. a draw of an exploring service)."""
-        policy = self.check_policy(policy, candidates, costs)
-        context = self.policy_context(candidates, costs, cost_weight=cost_weight)
-        picks = choose(policy, scores, **context) if picks is None else picks
-        prior = np.nan_to_num(context["prior"], nan=-1.0)
+        ``picks`` (n_q,), if given, replace the policy's (e.g. an exploring service's draws),
+        with their ``reasons``; otherwise a pick that is not the top of its ranking says why
+        (:meth:`Policy.explain`)."""
+        if picks is None:
+            picks = policy.choose(scores)
+            reasons = [policy.explain(row, int(pick)) for row, pick in zip(scores, picks, strict=True)]
+        reasons = reasons or [None] * len(picks)
+        prior = np.nan_to_num(policy.context.prior, nan=-1.0)
         results = []
-        for query, row, pick in zip(queries, scores, picks, strict=True):
+        for query, row, pick, reason in zip(queries, scores, picks, reasons, strict=True):
             order = np.lexsort((-prior, -row))[: top_k or None]  # by score, ties by training prior (as the policies)
             ranking = [{"prompt_id": candidates[j].prompt_id, "prompt": candidates[j].prompt, "score": float(row[j])} for j in order]
             c = candidates[int(pick)]
-            results.append(Recommendation(query, c.prompt_id, c.prompt, float(row[pick]), ranking))
+            results.append(Recommendation(query, c.prompt_id, c.prompt, float(row[pick]), ranking, reason))
         return results
 
     def recommend(
@@ -280,13 +289,12 @@ class Recommender:
         """Best-of-N per query: the policy's pick plus the top-k ranking by score (candidates'
         own costs, if given, override the bundle's)."""
         chosen = self.resolve_candidates(candidates, candidate_ids)
-        costs = self.candidate_costs(candidates)
-        policy = self.check_policy(policy, chosen, costs)
-        return self.rank(queries, self.score(queries, chosen), chosen, policy=policy, top_k=top_k, cost_weight=cost_weight, costs=costs)
+        rule = self.policy(policy, chosen, costs=self.candidate_costs(candidates), cost_weight=cost_weight)
+        return self.rank(queries, self.score(queries, chosen), chosen, rule, top_k=top_k)
 
     def seen_in_training(self, texts: list[str] | np.ndarray) -> np.ndarray:
-        """(n,) True where a query text occurred among the training queries."""
-        return _member(text_hashes64(texts), self.train_text_hashes)
+        """(n,) True where a query text is the same question (:mod:`oirl.data.questions`) as a training query."""
+        return _member(self.question_key.hashes(texts), self.train_text_hashes)
 
     def trained_on_instances(self, query_ids: list[str] | np.ndarray) -> np.ndarray:
         """(n,) True where a query instance (id) was among the training rows."""

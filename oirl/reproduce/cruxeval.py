@@ -84,7 +84,7 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, cache_dir=None, embedde
     for model in models:
         pair = [scored.prompt_ids.index(f"{model}:direct"), scored.prompt_ids.index(f"{model}:cot")]
         sub = R[:, pair]
-        better = sub[:, int(np.argmax(scored.context["prior"][pair]))]
+        better = sub[:, int(np.argmax(scored.context.prior[pair]))]
         ours = scored.values("argmax", mask=np.isin(np.arange(R.shape[1]), pair)[None, :].repeat(len(R), axis=0))
         mean, low, high = paired_cluster_bootstrap(ours - better, np.asarray(scored.query_ids), n_boot=n_boot)
         style_rows.append({"model": model, "direct": sub[:, 0].mean(), "step-by-step": sub[:, 1].mean(), "better style (train)": better.mean(),

@@ -80,9 +80,9 @@ def sample_rounds(rewards: np.ndarray, logger: np.ndarray, rng: np.random.Genera
 def estimator_study(rec: Recommender, test: pd.DataFrame, *, repetitions: int, n_boot: int, seed: int = 0) -> pd.DataFrame:
     """One row per (logger, size, repetition, policy, estimator): estimate, interval, truth."""
     scored = score_logs(rec, test)
-    rewards, scores, texts = scored.rewards, scored.scores, scored.texts
+    rewards, scores = scored.rewards, scored.scores
     n, k = rewards.shape
-    best = int(np.nanargmax(scored.context["prior"]))
+    best = int(np.nanargmax(scored.context.prior))
     picks = {policy: scored.policy_picks(policy) for policy in POLICIES}
     rng = np.random.default_rng(seed)
     rows = []
@@ -93,7 +93,7 @@ def estimator_study(rec: Recommender, test: pd.DataFrame, *, repetitions: int, n
                 keep = np.arange(n) if size is None else np.sort(rng.choice(n, size, replace=False))
                 rounds = sample_rounds(rewards[keep], logger[keep], rng)
                 dists = {p: ope.one_hot(picks[p][keep], k) for p in POLICIES}
-                estimates = ope.evaluate_policies(dists, rounds, scores[keep], clusters=texts[keep], n_boot=n_boot, seed=int(rng.integers(2**31)))
+                estimates = ope.evaluate_policies(dists, rounds, scores[keep], clusters=scored.questions[keep], n_boot=n_boot, seed=int(rng.integers(2**31)))
                 for policy in POLICIES:
                     truth = float(rewards[keep, picks[policy][keep]].mean())
                     for estimator, result in estimates[policy].items():

@@ -21,11 +21,10 @@ the subset's rows; for other models it reuses the model chosen for the fold.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ import pandas as pd
 
 from oirl._atomic import write_text_atomic
 from oirl.data.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
+from oirl.data.questions import QuestionKey
 from oirl.errors import OirlError
 from oirl.evaluation.report import evaluate_recommender
 from oirl.evaluation.scored import ScoredLogs, score_logs
@@ -81,8 +81,10 @@ def dataset_logs(data_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def in_test_fraction(texts: pd.Series, fraction: float = DISJOINT_TEST_FRACTION) -> pd.Series:
-    """A fixed, order-free choice of held-out questions: by a hash of the text."""
-    return texts.map(lambda t: int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little") / 2**64 < fraction)
+    """A fixed, order-free choice of held-out questions: by a hash of the question key
+    (:mod:`oirl.data.questions`), so that variants of one question fall on one side."""
+    hashes = QuestionKey(casefold=True).hashes(texts.tolist())
+    return pd.Series(hashes / 2**64 < fraction, index=texts.index)
 
 
 def protocol_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, protocol: str, *, limit: int | None = None) -> Split:
@@ -108,7 +110,9 @@ def disjoint_heldout_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, 
     """The held-out prompts ran on the paper's test rows only: for a question-disjoint
     held-out table, train on the paper's training rows minus every question among them."""
     paper = protocol_split(name, six, heldout, "paper", limit=limit)
-    train = paper.train[~paper.train["query"].isin(set(paper.test["query"]))]
+    key = QuestionKey(casefold=True)
+    test_questions = set(key.keys(paper.test["query"]))
+    train = paper.train[[q not in test_questions for q in key.keys(paper.train["query"])]]
     return Split(name, "disjoint", train.reset_index(drop=True), paper.test, paper.test16)
 
 
@@ -166,11 +170,9 @@ def critique_picks(confidence: np.ndarray, columns: list[str]) -> np.ndarray:
 
 def subset_values(result: SplitResult, columns: list[int], confidence: np.ndarray | None) -> dict[str, np.ndarray]:
     """Per test instance, the reward each method earns choosing among ``columns``."""
-    s = result.scored
-    rewards = s.rewards[:, columns]
-    sub = ScoredLogs(s.query_ids, s.texts, [s.prompt_ids[c] for c in columns], rewards, s.scores[:, columns],
-                     {**s.context, **{k: s.context[k][columns] for k in ("prior", "in_bundle", "cost")}}, s.seen)
-    prior = sub.context["prior"]
+    sub = result.scored.subset(columns)
+    rewards = sub.rewards
+    prior = sub.context.prior
     rows = np.arange(len(rewards))
     out = {
         "random": rewards.mean(axis=1),
@@ -299,9 +301,9 @@ def reproduce(
             by_k = table[["oirl (default policy) mean", "best prompt (train) mean"]]
             summary[-1]["default >= best (train) - .005 at every K"] = bool((by_k.iloc[:, 0] >= by_k.iloc[:, 1] - 0.005).all())
             for policy in ("oirl (default policy)", "oirl argmax", "oirl conservative"):
-                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], result.scored.texts, n_boot=n_boot)
+                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], result.scored.questions, n_boot=n_boot)
                 intervals.append({"dataset": name, "protocol": protocol, "policy": policy, "gain over best prompt (train)": mean,
-                                  "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(result.scored.texts)))})
+                                  "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(result.scored.questions)))})
             leak_rows.append(leakage(split))
             t0 = time.perf_counter()
             if on_paper_rows:  # the same training rows: the same bundle
@@ -373,7 +375,7 @@ def authors_config_timing(result: SplitResult, *, cache_dir, embedder: str, n_es
     s = result.scored
     test_vectors = cached.embed(list(s.texts))
     scores = model.predict_grid(test_vectors, result.rec.candidate_vectors([result.rec.as_candidate(PROMPTS[p]) for p in s.prompt_ids]), "concat")
-    picks = ScoredLogs(s.query_ids, s.texts, s.prompt_ids, s.rewards, scores, s.context, s.seen).picks("argmax")
+    picks = replace(s, scores=scores).picks("argmax")
     return {
         "dataset": result.split.dataset,
         "authors' XGBoost seconds (one fit)": round(seconds, 1),

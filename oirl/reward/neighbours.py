@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -81,9 +82,17 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
         return self
 
     def neighbours(self, query_vectors: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most similar training queries of each query: (indices, cosines), best first."""
+        """The ``k`` most similar training queries of each query: (indices, cosines), best first.
+
+        Exact cosine ties (common with bag-of-words vectors) go to the training query with
+        the smaller :meth:`tie_keys`, a hash of its vector: the neighbours, and so the
+        scores, do not depend on the order of the training rows, which differs between
+        engines (scikit-learn's ``NearestNeighbors`` breaks such ties by position, so a Dask
+        and an in-memory fit of the same rows could disagree).
+        """
         self._check_fitted()
         k = min(k or self.k, len(self.queries_))
+        keys = self.tie_keys()
         indices = np.empty((len(query_vectors), k), dtype=np.int64)
         cosines = np.empty((len(query_vectors), k), dtype=np.float32)
         # Bounded memory: a block of cosines and their argpartition (int64) hold about
@@ -92,11 +101,24 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
         for start in range(0, len(query_vectors), step):
             cos = np.asarray(query_vectors[start : start + step], dtype=np.float32) @ self.queries_.T
             idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+            kth = np.take_along_axis(cos, idx, axis=1).min(axis=1)
+            for row in np.flatnonzero((cos >= kth[:, None]).sum(axis=1) > k):  # a tie at the k-th place
+                tied = np.flatnonzero(cos[row] >= kth[row])
+                idx[row] = tied[np.lexsort((keys[tied], -cos[row, tied]))[:k]]
             top = np.take_along_axis(cos, idx, axis=1)
-            order = np.argsort(-top, axis=1, kind="stable")
+            order = np.lexsort((keys[idx], -top), axis=1)
             indices[start : start + step] = np.take_along_axis(idx, order, axis=1)
             cosines[start : start + step] = np.take_along_axis(top, order, axis=1)
         return indices, cosines
+
+    def tie_keys(self) -> np.ndarray:
+        """(n_train,) uint64: a hash of each training query's vector, to break exact ties."""
+        keys = getattr(self, "_tie_keys", None)
+        if keys is None or len(keys) != len(self.queries_):
+            rows = np.ascontiguousarray(self.queries_, dtype=np.float32)
+            keys = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows], dtype=np.uint64)
+            self._tie_keys = keys
+        return keys
 
     def prompt_weights(self, prompt_vectors: np.ndarray) -> np.ndarray:
         """(n_prompts, n_train_prompts) weights ``v`` of the training prompts, rows summing to one."""

@@ -46,8 +46,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from oirl.errors import OirlError, UnknownPromptError
-from oirl.policy.explore import draw, exploration_probabilities
-from oirl.policy.policies import POLICIES, choose
+from oirl.policy.explore import draw, explorer
+from oirl.policy.policies import POLICIES
 from oirl.recommender.bundle import load_bundle
 from oirl.recommender.recommender import Candidate, Recommender
 from oirl.serve.runtime import (
@@ -560,9 +560,10 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
                                  f"`top_k` longest candidates), over the cap of {limits.echoed_prompt_chars:,}; lower "
                                  "`top_k` or send fewer queries per request", "too_much_prompt_text")
         try:
-            policy = recommender.check_policy(body.policy, chosen, costs)  # cost-aware without costs: refused before embedding
+            rule = recommender.policy(body.policy, chosen, costs=costs, cost_weight=body.cost_weight)  # cost-aware without costs: refused before embedding
         except OirlError as exc:
             raise RequestRefused(str(exc), "missing_cost", ("body", "policy")) from None
+        policy = rule.name
         exploration = body.explore or default_explore
         vectors = await batcher.embed(body.queries + new_texts)
         candidate_vectors = recommender.candidate_vectors(chosen, vectors[n:])
@@ -571,12 +572,9 @@ def create_app(recommender: Recommender, *, api_key: str | None = None, limits: 
             scores = recommender.score_vectors(vectors[:n], candidate_vectors)
             picks = propensity = None
             if exploration is not None:
-                context = recommender.policy_context(chosen, costs, cost_weight=body.cost_weight)
                 parameter = exploration.epsilon if exploration.method == "epsilon" else exploration.temperature
-                probabilities = exploration_probabilities(scores, choose(policy, scores, **context), exploration.method, parameter)
-                picks, propensity = draw(probabilities, np.random.default_rng())
-            ranked = recommender.rank(body.queries, scores, chosen, policy=policy, top_k=body.top_k, cost_weight=body.cost_weight,
-                                      costs=costs, picks=picks)
+                picks, propensity = draw(explorer(exploration.method, parameter, rule).probabilities(scores), np.random.default_rng())
+            ranked = recommender.rank(body.queries, scores, chosen, rule, top_k=body.top_k, picks=picks)
             return ranked, propensity
 
         ranked, propensity = await score_in_thread(n * len(chosen), score_and_rank)
