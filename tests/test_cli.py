@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from oirl.cli.main import cli
-from oirl.data.logs import write_logs
+from oirl.data.logs import read_logs, write_logs
 from oirl.errors import OirlError
 from oirl.learn.selection import MIN_EFFECT, PRIOR_Z
 from oirl.recommender.bundle import load_bundle, save_bundle
@@ -233,3 +234,33 @@ def test_several_evaluated_logs_must_agree_on_optional_columns(trained, tmp_path
     with_cost = write_logs(read_logs(log_file).assign(cost=1.0), tmp_path / "costed.parquet")
     result = run("evaluate", work / "model", log_file, with_cost, "--cache-dir", work / "emb", ok=False)
     assert result.exit_code == 2 and "has a 'cost' column and" in result.stderr and "Traceback" not in result.output
+
+
+def test_import_logs_never_replaces_a_file_oirl_did_not_write(trained, tmp_path):
+    _, log_file, _ = trained
+    other = tmp_path / "existing.csv"
+    other.write_text("someone else's data\n")
+    refused = run("import", "logs", log_file, "--out", other, ok=False)
+    assert refused.exit_code == 2 and "exists and was not written by oirl" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and other.read_text() == "someone else's data\n"
+    run("import", "logs", log_file, "--out", other, "--force")  # said so: replaced
+    assert other.read_text().startswith("query_id,")
+    ours = tmp_path / "ours.parquet"
+    run("import", "logs", log_file, "--out", ours)
+    run("import", "logs", log_file, "--out", ours)  # a Parquet log oirl wrote is replaced
+    foreign = tmp_path / "foreign.parquet"
+    pd.DataFrame({"x": [1]}).to_parquet(foreign)
+    assert run("import", "logs", log_file, "--out", foreign, ok=False).exit_code == 2
+
+
+def test_evaluate_says_which_rows_it_evaluated_and_keeps_foreign_files(trained, tmp_path):
+    work, log_file, _ = trained
+    no_split = write_logs(read_logs(log_file).drop(columns="split").head(60), tmp_path / "nosplit.parquet")
+    result = run("evaluate", work / "model", no_split, "--out", tmp_path / "report.json", "--cache-dir", work / "emb")
+    report = json.loads(result.stdout)
+    assert report["split"] is None and report["rows"] == "every row (no split column)"
+    assert "no column 'split'" in result.stderr
+    run("evaluate", work / "model", no_split, "--out", tmp_path / "report.json", "--cache-dir", work / "emb")  # its own report: replaced
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    refused = run("evaluate", work / "model", no_split, "--out", tmp_path / "notes.json", "--cache-dir", work / "emb", ok=False)
+    assert refused.exit_code == 2 and json.loads((tmp_path / "notes.json").read_text()) == {"mine": True}

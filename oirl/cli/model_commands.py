@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from oirl.cli.names import AUTO_MODEL, CV_GROUPS, REWARD_MODEL_NAMES
-from oirl.cli.options import CACHE_OPTION, concat_logs, read_candidates, read_costs, read_jsonl_records
+from oirl.cli.options import CACHE_OPTION, FORCE_OPTION, concat_logs, read_candidates, read_costs, read_jsonl_records
 from oirl.embed.base import DEFAULT_EMBEDDER
 from oirl.errors import OirlError
 from oirl.policy.policies import POLICIES
@@ -169,14 +169,16 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
 @click.option("--cost-weights", default="0,0.001,0.003,0.01,0.03,0.1,0.3,1,3", show_default=True, help="Lambdas to sweep for the cost-aware policy (when every prompt has a cost).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG).")
 @click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="Score the logs on a Dask cluster ('local', 'local:N' or an existing scheduler); full-information logs only, no off-policy estimates.")
+@FORCE_OPTION
 @CACHE_OPTION
 def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_column: str, candidates_file: Path | None, out_file: Path | None,
-             costs_file: Path | None, cost_weights: str, plot_file: Path | None, dask_spec: str | None, cache_dir: Path) -> None:
+             costs_file: Path | None, cost_weights: str, plot_file: Path | None, dask_spec: str | None, force: bool, cache_dir: Path) -> None:
     """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics;
     with costs, the cost-aware policy's reward-cost curve over --cost-weights."""
     import pandas as pd
 
     from oirl._atomic import write_text_atomic
+    from oirl._outputs import check_replaceable, is_oirl_json, is_oirl_png, json_mark
     from oirl.data.logs import read_logs, split_rows
     from oirl.evaluation.report import evaluate_recommender
     from oirl.recommender.bundle import load_bundle
@@ -186,6 +188,10 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
         from oirl.distributed.evaluate import evaluate_distributed
 
         parse_dask_spec(dask_spec)
+    if out_file:
+        check_replaceable(out_file, lambda path: is_oirl_json(path, "evaluate report"), force=force)
+    if plot_file:
+        check_replaceable(plot_file, is_oirl_png, force=force, option="--plot")
     rec = load_bundle(model_dir, cache_dir=cache_dir)
     source = " + ".join(map(str, log_files))
     candidates = read_candidates(candidates_file) if candidates_file else None
@@ -194,20 +200,26 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
     except ValueError:
         raise OirlError(f"--cost-weights: expected comma-separated numbers, got {cost_weights!r}") from None
     costs = read_costs(costs_file) if costs_file else None
+    unsplit = []
     if dask_spec:
         with dask_client(dask_spec) as client:
             result = evaluate_distributed(client, model_dir, list(log_files), split=split, split_column=split_column, candidates=candidates,
                                           costs=costs, cost_weights=weights, cache_dir=cache_dir)
     else:
-        frames = []
+        frames, unsplit = [], []
         for path in log_files:
             frame = read_logs(path)
             if split_column not in frame.columns:
+                unsplit.append(str(path))
                 warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=1)
             frames.append(split_rows(frame, split_column, split, source=str(path)))
         logs = concat_logs(frames, log_files) if len(frames) > 1 else frames[0]
         result = evaluate_recommender(rec, logs, candidates, costs=costs, cost_weights=weights, source=source)
-    report = {"model": str(model_dir), "logs": [str(p) for p in log_files], "split_column": split_column, "split": split, **result}
+    # The rows actually evaluated: a log without the split column is evaluated whole.
+    selected = f"{split_column} == {split!r}" if not unsplit else ("every row (no split column)" if len(unsplit) == len(log_files)
+                                                                  else f"{split_column} == {split!r}; every row of {', '.join(unsplit)}")
+    report = {**json_mark("evaluate report"), "model": str(model_dir), "logs": [str(p) for p in log_files],
+              "split_column": split_column if not unsplit else None, "split": split if not unsplit else None, "rows": selected, **result}
     if plot_file and "cost_sweep" not in result:  # still write the report: the evaluation itself succeeded
         if out_file:
             write_text_atomic(out_file, json.dumps(report, indent=2) + "\n")

@@ -10,6 +10,8 @@ import click
 
 from oirl.errors import OirlError
 
+FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output file even if oirl did not write it.")
+
 CACHE_OPTION = click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -41,6 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from oirl._atomic import atomic_path
+from oirl._outputs import PARQUET_KEY, check_replaceable, is_oirl_parquet
 from oirl.data.schema import REQUIRED_COLUMNS, _check_propensity_sums, average_duplicates, validate_logs
 from oirl.errors import LogFormatError, one_line
 
@@ -221,17 +222,25 @@ _READERS = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
 # --------------------------------------------------------------------------- writing
 
 
-def write_logs(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a canonical frame atomically in the format its extension names."""
+def write_logs(frame: pd.DataFrame, path: str | Path, *, force: bool = False) -> Path:
+    """Write a canonical frame atomically in the format its extension names.
+
+    An existing file is replaced only if oirl wrote it (a Parquet log carries oirl's mark
+    in its schema metadata) or with ``force`` (:mod:`oirl._outputs`)."""
     path = Path(path)
     fmt = log_format(path)
+    check_replaceable(path, is_oirl_parquet if fmt == "parquet" else lambda _: False, force=force)
     with atomic_path(path) as tmp:
         if fmt == "csv":
             frame.to_csv(tmp, index=False)
         elif fmt == "jsonl":
             frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:
-            frame.to_parquet(tmp, index=False)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_KEY: b"log"}), tmp)
     return path
 
 

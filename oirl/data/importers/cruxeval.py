@@ -121,13 +121,14 @@ def build_logs(data_dir: str | Path, temperature: float = 0.2, costs: dict[str, 
 
 
 def import_cruxeval(
-    data_dir: str | Path, out_dir: str | Path, *, temperature: float = 0.2, fmt: str = "parquet", costs: dict[str, float] | None = None
+    data_dir: str | Path, out_dir: str | Path, *, temperature: float = 0.2, fmt: str = "parquet", costs: dict[str, float] | None = None,
+    force: bool = False,
 ) -> dict:
     """Write ``cruxeval_input_t{temperature}.<fmt>`` and return a summary."""
     frame = build_logs(data_dir, temperature, costs)
     n_samples, n_arms = frame["query_id"].nunique(), frame["prompt_id"].nunique()
     if len(frame) != n_samples * n_arms:
         raise OirlError(f"cruxeval: {len(frame)} rows for {n_samples} samples x {n_arms} arms; some arms miss samples")
-    path = write_logs(frame, Path(out_dir) / f"cruxeval_input_t{temperature}.{fmt}")
+    path = write_logs(frame, Path(out_dir) / f"cruxeval_input_t{temperature}.{fmt}", force=force)
     return {"file": str(path), "samples": int(n_samples), "arms": int(n_arms), "rows": int(len(frame)),
             "models": int(frame["llm"].nunique()), "mean_reward": float(frame["reward"].mean())}

@@ -191,7 +191,7 @@ def build_logs(data_dir: str | Path, dataset: str, prompts: list[str]) -> pd.Dat
 
 
 def import_prompt_oirl(
-    data_dir: str | Path, out_dir: str | Path, *, datasets: tuple[str, ...] = DATASETS, fmt: str = "parquet"
+    data_dir: str | Path, out_dir: str | Path, *, datasets: tuple[str, ...] = DATASETS, fmt: str = "parquet", force: bool = False,
 ) -> list[dict]:
     """Import the release under ``data_dir`` into ``out_dir``; returns one summary per file."""
     out_dir = Path(out_dir)
@@ -201,7 +201,7 @@ def import_prompt_oirl(
         for suffix, prompts in (("", TRAINING_PROMPTS), ("_heldout", HELDOUT_PROMPTS)):
             frame = build_logs(data_dir, dataset, prompts)
             _check_counts(frame, dataset, layout, heldout=bool(suffix))
-            path = write_logs(frame, out_dir / f"{dataset}{suffix}.{fmt}")
+            path = write_logs(frame, out_dir / f"{dataset}{suffix}.{fmt}", force=force)
             queries = frame.drop_duplicates("query_id")
             summaries.append(
                 {
