@@ -16,7 +16,9 @@ from oirl.data.questions import QuestionKey
 from oirl.data.schema import text_hashes64
 from oirl.distributed.cluster import _release_memory, n_workers
 from oirl.embed.cached import CachedEmbedder
+from oirl.embed.base import revision_of
 from oirl.embed.registry import get_embedder
+from oirl.embed.static import bundle_files
 from oirl.errors import LogFormatError
 from oirl.recommender.bundle import load_bundle
 
@@ -63,12 +65,11 @@ class EmbedderInfo:
 
 
 def _embedder_info(spec: str, cache_dir: str, prompt_texts: list[str]) -> EmbedderInfo:
-    from oirl.recommender.recommender import bundle_files_of, embedder_revision
 
     cached = worker_embedder(spec, cache_dir)
     vectors = cached.embed(prompt_texts)
     live = cached.embedder
-    return EmbedderInfo(spec, live.model_id, embedder_revision(live), int(live.dimension), bundle_files_of(live), vectors)
+    return EmbedderInfo(spec, live.model_id, revision_of(live), int(live.dimension), bundle_files(live), vectors)
 
 
 # --------------------------------------------------------------------------- encoding and blocks

@@ -119,6 +119,11 @@ def weights_revision(directory: str | Path) -> str:
     return revision
 
 
+def revision_of(embedder) -> str:
+    """What identifies an embedder's weights (its content hash where it has one); bundles record it."""
+    return str(getattr(embedder, "revision", None) or embedder.model_id)
+
+
 def tokenizer_lowercases(folder: Path | None) -> bool:
     """Whether the Hugging Face tokenizer saved in ``folder`` lowercases its input: its
     ``tokenizer.json`` normaliser lowercases, or ``tokenizer_config.json`` says

@@ -156,6 +156,14 @@ class StaticEmbedder(Embedder):
         return super().embed(texts, batch_size=batch_size, progress=progress)
 
 
+def bundle_files(embedder: Embedder) -> dict[str, bytes]:
+    """The files a bundle carries so that serving needs no distillation: a static model's
+    folder; nothing for other embedders (their weights come from their package)."""
+    if not isinstance(embedder, StaticEmbedder):
+        return {}
+    return {path.name: path.read_bytes() for path in static_model_files(embedder)}
+
+
 def static_model_files(embedder: Embedder) -> list[Path]:
     """The files to copy for ``embedder`` to load elsewhere via ``static:FOLDER`` (building it first if needed)."""
     if not isinstance(embedder, StaticEmbedder):

@@ -1,9 +1,12 @@
 """Training: logs in, a fitted :class:`~oirl.recommender.recommender.Recommender` out.
 
-The steps, each in its own module: embed the logs (:mod:`oirl.embed`), pivot them into a
-:class:`~oirl.data.matrix.LogMatrix`, let cross-validation choose the reward model and the
-policy (:mod:`oirl.learn.selection` over :mod:`oirl.learn.crossfit`), and fit the chosen
-model on every training row::
+:func:`fit_bundle` is the one training algorithm; an engine (:mod:`oirl.learn.engine`:
+in memory, or Dask) does the reading, embedding and fitting where the data lives. The
+steps: embed the logs (:mod:`oirl.embed`) and pivot them into a
+:class:`~oirl.data.matrix.LogMatrix`, estimate the logging policy of a partial log
+without propensities (:mod:`oirl.learn.logging_policy`), let cross-validation choose the
+reward model and the policy (:mod:`oirl.learn.selection` over :mod:`oirl.learn.crossfit`),
+and fit the chosen model on every training row::
 
     from oirl.data.logs import read_logs, training_rows
     from oirl.learn.train import train_recommender
@@ -19,93 +22,77 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from oirl.data.matrix import LogMatrix
-from oirl.data.questions import QuestionKey
-from oirl.data.schema import fingerprint, text_hashes64
-from oirl.embed.base import DEFAULT_EMBEDDER
-from oirl.embed.cached import CachedEmbedder
-from oirl.embed.registry import get_embedder
-from oirl.errors import OirlError
-from oirl.learn.candidates import AUTO, AUTO_CANDIDATES, CV_GROUPS, spec
-from oirl.learn.crossfit import fit_on
-from oirl.learn.logging_policy import describe, with_propensities
-from oirl.learn.selection import choose_new_prompt_tau, select_model
-from oirl.recommender.recommender import Candidate, Recommender, bundle_files_of, embedder_revision
+from oirl.learn.engine import Engine, InMemoryEngine, TrainOptions
+from oirl.learn.logging_policy import describe
+from oirl.learn.selection import select_model
+from oirl.recommender.recommender import Candidate, Recommender
 from oirl.reward.metrics import classification_metrics
 
 
-def train_recommender(
-    logs: pd.DataFrame, *, model: str = AUTO, model_params: dict[str, Any] | None = None, embedder: str = DEFAULT_EMBEDDER,
-    layout: str | None = None, cv_folds: int = 3, cv_groups: str = "text", cache_dir: str | Path | None = None,
-    progress: bool = False, source: str = "<logs>", importance_weights: bool = False,
-) -> Recommender:
-    """Fit on ``logs`` (canonical frame, training rows only).
+def fit_bundle(logs: Any, engine: Engine, options: TrainOptions) -> Recommender:
+    """Train a recommender: the one training algorithm, whatever the ``engine``.
 
-    ``model="auto"`` lets grouped cross-validation choose among the candidates of
-    :data:`oirl.learn.selection.AUTO_CANDIDATES` and the prior alone by the selection value
-    of their policies; a model name forces that backend (``model_params`` go to its
-    constructor). Either way cross-validation chooses the conservative margin and
-    the bundle's default policy, and the final model is fit on all rows. On a
-    partial-feedback log the reward model learns from the logged cells (weighted by
-    1 / propensity with ``importance_weights``) and cross-validated values are doubly
-    robust estimates.
+    ``logs`` is what the engine reads (a canonical frame for :class:`InMemoryEngine`, a
+    path of Parquet files for Dask). Steps: the candidates (``options.model``: ``auto``
+    cross-validates the grid of :data:`oirl.learn.candidates.AUTO_CANDIDATES` and the prior
+    alone; a name forces that backend); the logs prepared (embedded and pivoted); on
+    partial feedback the propensities (logged, else the estimated logging policy); the
+    reward model and policy chosen by cross-validation (:func:`select_model`); the chosen
+    model fitted on every row; the bundle assembled.
     """
     started = time.perf_counter()
-    if cv_groups not in CV_GROUPS:
-        raise OirlError(f"unknown cross-validation grouping {cv_groups!r} (choose from {', '.join(CV_GROUPS)})")
-    if model == AUTO:
-        if model_params:
-            raise OirlError("model parameters need a named --model, not auto")
-        candidates = tuple(c if layout is None else spec(c.model, c.complexity, layout, **dict(c.params)) for c in AUTO_CANDIDATES)
-    else:
-        candidates = (spec(model, 1, layout, **(model_params or {})),)
-        candidates[0].make()  # fail on an unknown model or parameter before embedding anything
-    if logs.empty:
-        raise OirlError(f"{source}: no training rows")
-    if importance_weights and "propensity" not in logs.columns:
-        raise OirlError(f"{source}: importance weighting needs a propensity column in the log")
-    live = get_embedder(embedder)
-    cached = CachedEmbedder(live, cache_dir)  # also tells a static embedder where to build itself
-    question_key = QuestionKey(casefold=live.lowercases)
-    matrix = LogMatrix.from_logs(logs, cached.embed, question_key=question_key, progress=progress)
-    matrix, propensities = with_propensities(matrix, cv_folds)
+    timings: dict[str, float] = {}
+    candidates = options.candidates(engine.trainable)
+    tick = time.perf_counter()
+    prepared = engine.prepare(logs, options)
+    timings["prepare"] = time.perf_counter() - tick
+    matrix, propensities = engine.with_propensities(prepared.matrix, options)
     if propensities is not None:
-        warnings.warn(f"{source}: {describe(propensities)}", stacklevel=2)
-    if importance_weights:
+        warnings.warn(f"{options.source}: {describe(propensities)}", stacklevel=2)
+    if options.importance_weights:
         matrix = matrix.importance_weighted()
-    selection = select_model(matrix, candidates, n_folds=cv_folds, cv_groups=cv_groups, progress=progress)
-    chosen_layout = selection.spec.layout_for()
-    fitted = fit_on(selection.spec.make(), matrix, chosen_layout)
-    new_prompt_widths = None
-    if fitted.name == "knn":
-        tau, new_prompt_widths = choose_new_prompt_tau(matrix, fitted, selection.fit.folds)
-        fitted.set_params(new_prompt_tau=tau)
-    prior = dict(zip(matrix.prompt_ids, matrix.prompt_means().tolist(), strict=True))
-    costs = logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {}
-    metadata = {
-        "training": {
-            "source": source, "fingerprint": fingerprint(logs), "rows": int(len(logs)),
-            "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(matrix.texts)),
-            "feedback": "full" if matrix.full_information else "partial", "cv_folds": cv_folds, "cv_groups": cv_groups,
-            "importance_weights": importance_weights, "question_key": question_key.to_dict(), "propensities": propensities,
-            "seconds": round(time.perf_counter() - started, 2),
-        },
-        "metrics": {"cross_validation": cv_metrics(selection, matrix, new_prompt_widths), "model_selection": selection.table},
+    tick = time.perf_counter()
+    folds = engine.folds(replace(prepared, matrix=matrix), options)
+    selection = select_model(matrix, candidates, cv_groups=options.cv_groups, folds=folds, fitter=engine.cross_fit,
+                             progress=options.progress)
+    timings["cross_validation"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    fitted = engine.fit(selection.spec, matrix)
+    new_prompt_widths = engine.tune_new_prompt_width(fitted, matrix, folds)
+    timings["fit"] = time.perf_counter() - tick
+    training = {
+        "source": options.source, "fingerprint": prepared.fingerprint, "rows": prepared.rows,
+        "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(np.unique(matrix.questions))),
+        "feedback": "full" if matrix.full_information else "partial", "cv_folds": options.cv_folds, "cv_groups": options.cv_groups,
+        "importance_weights": options.importance_weights, "question_key": prepared.question_key.to_dict(), "propensities": propensities,
+        "seconds": round(time.perf_counter() - started, 2),
     }
+    metrics = {"cross_validation": cv_metrics(selection, matrix, new_prompt_widths), "model_selection": selection.table,
+               "engine": {"name": type(engine).__name__, "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
+                          "candidates": [c.label for c in candidates], **prepared.notes}}
     return Recommender(
-        model=fitted, embedder_spec=embedder, embedder_id=live.model_id, embedder_revision=embedder_revision(live),
-        layout=chosen_layout, prompts=[Candidate(t, p) for p, t in zip(matrix.prompt_ids, matrix.prompt_texts, strict=True)],
-        prompt_vectors=matrix.prompt_vectors, prior=prior, margin=selection.margin, default_policy=selection.policy,
-        costs=costs, metadata=metadata, train_text_hashes=question_key.hashes(matrix.texts), question_key=question_key,
-        train_instance_hashes=text_hashes64(matrix.query_ids), cache_dir=cache_dir,
-        embedder_bundle_files=bundle_files_of(live),
+        model=fitted, embedder_spec=prepared.embedder["spec"], embedder_id=prepared.embedder["model_id"],
+        embedder_revision=prepared.embedder["revision"], layout=selection.spec.layout_for(),
+        prompts=[Candidate(t, p) for p, t in zip(matrix.prompt_ids, matrix.prompt_texts, strict=True)],
+        prompt_vectors=matrix.prompt_vectors, prior=dict(zip(matrix.prompt_ids, matrix.prompt_means().tolist(), strict=True)),
+        margin=selection.margin, default_policy=selection.policy, costs=prepared.costs,
+        metadata={"training": training, "metrics": metrics}, train_text_hashes=prepared.text_hashes,
+        train_instance_hashes=prepared.instance_hashes, question_key=prepared.question_key, cache_dir=options.cache_dir,
+        embedder_bundle_files=prepared.embedder["bundle_files"],
     )
+
+
+def train_recommender(logs: pd.DataFrame, **options: Any) -> Recommender:
+    """Train in this process on a canonical frame of training rows; ``options`` are
+    :class:`TrainOptions`' fields (``model``, ``embedder``, ``cv_groups``, ...)."""
+    return fit_bundle(logs, InMemoryEngine(), TrainOptions(**options))
 
 
 def cv_metrics(selection, matrix: LogMatrix, new_prompt_widths: dict | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from oirl.data.questions import QuestionKey
 from oirl.data.schema import text_hashes64, text_id
+from oirl.embed.base import revision_of
 from oirl.embed.cached import CachedEmbedder
 from oirl.embed.registry import get_embedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
@@ -121,10 +122,10 @@ class Recommender:
     def check_embedder(self, *, where: str) -> None:
         """Refuse a live embedder other than the one the bundle was trained with."""
         live = self.embedder
-        if live.model_id != self.embedder_id or embedder_revision(live) != self.embedder_revision:
+        if live.model_id != self.embedder_id or revision_of(live) != self.embedder_revision:
             raise BundleError(
                 f"{where}: trained with embedder {self.embedder_id} (revision {self.embedder_revision}), "
-                f"but {self.embedder_spec!r} is now {live.model_id} (revision {embedder_revision(live)}); retrain the bundle"
+                f"but {self.embedder_spec!r} is now {live.model_id} (revision {revision_of(live)}); retrain the bundle"
             )
 
     # ------------------------------------------------------------------ scoring
@@ -309,20 +310,6 @@ def _member(hashes: np.ndarray, sorted_hashes: np.ndarray) -> np.ndarray:
         return np.zeros(len(hashes), dtype=bool)
     at = np.clip(np.searchsorted(sorted_hashes, hashes), 0, len(sorted_hashes) - 1)
     return sorted_hashes[at] == hashes
-
-
-def bundle_files_of(embedder) -> dict[str, bytes]:
-    """The files a bundle carries so that serving needs no distillation (static embedders)."""
-    from oirl.embed.static import StaticEmbedder, static_model_files
-
-    if not isinstance(embedder, StaticEmbedder):
-        return {}
-    return {path.name: path.read_bytes() for path in static_model_files(embedder)}
-
-
-def embedder_revision(embedder) -> str:
-    """What identifies an embedder's weights (its content hash where it has one)."""
-    return str(getattr(embedder, "revision", None) or embedder.model_id)
 
 
 def check_queries(queries: list[str]) -> None:
