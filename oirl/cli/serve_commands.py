@@ -48,17 +48,29 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
 
 @click.command("export-decisions")
 @click.argument("decisions", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Partial log to write (.parquet, .jsonl or .csv).")
-def export_decisions(decisions: Path, out_file: Path) -> None:
-    """Write the served decisions that have feedback as a partial log (for 'oirl train' and 'oirl evaluate').
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Partial log to write (.parquet, .jsonl or .csv); must not exist unless --force.")
+@click.option("--feedback-window", type=click.FloatRange(min=0, min_open=True), default=24 * 3600.0, show_default=True,
+              metavar="SECONDS", help="A reward counts when it arrived within this many seconds of its decision.")
+@click.option("--missing-reward", type=click.FloatRange(0, 1), default=None, metavar="R",
+              help="Reward for decisions whose window passed without one (default: leave them out).")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def export_decisions(decisions: Path, out_file: Path, feedback_window: float, missing_reward: float | None, force: bool) -> None:
+    """Write the served decisions whose outcome is known as a partial log (for 'oirl train' and 'oirl evaluate').
 
     One row per decision: decision_id, query_id (= the decision id, so repeated query
-    texts stay separate), query, prompt_id, prompt, reward, propensity, model_version,
-    created_at, feedback_at.
+    texts stay separate), query, prompt_id, prompt, reward, propensity, candidate_ids
+    (JSON list of the prompt ids offered), model_version, created_at, feedback_at.
+    Decisions younger than the window without feedback wait for a later export; older
+    ones are left out, or get --missing-reward. Prints a JSON summary of the counts.
     """
+    from oirl.data.logs import log_format
     from oirl.serve.decisions import DecisionStore
 
     if not decisions.is_file():
         raise OirlError(f"{decisions}: no such decision database (start 'oirl serve --decisions {decisions}')")
+    log_format(out_file)  # an unknown extension fails before the existence check
+    if out_file.exists() and not force:
+        raise OirlError(f"{out_file}: already exists; choose a new --out file or add --force to replace it")
     with DecisionStore(decisions) as store:
-        click.echo(json.dumps(store.export(out_file)))
+        click.echo(json.dumps(store.export(out_file, feedback_window=feedback_window, missing_reward=missing_reward)))
