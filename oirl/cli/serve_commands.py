@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -22,11 +23,15 @@ from oirl.errors import OirlError
 @click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
 def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None) -> None:
-    """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key."""
+    """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key.
+
+    SIGHUP (or POST /v1/admin/reload) swaps in the bundle now at MODEL_DIR: requests under
+    way finish on the old one, a missing or corrupt one is refused and the old one keeps serving.
+    """
     import os
 
     from oirl.policy.explore import parse_exploration
-    from oirl.recommender.bundle import load_bundle
+    from oirl.serve.scoring import ServedModel
 
     try:
         import uvicorn
@@ -34,16 +39,47 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
         raise OirlError("the service needs the [serve] extra: pip install 'oirl[serve]'") from None
     if explore:
         parse_exploration(explore)  # a bad setting fails here, in one line
-    load_bundle(model_dir)  # fail here, with a clear message, before any worker starts
+    ServedModel.load(model_dir)  # fail here, with a clear message, before any worker starts
     if decisions is not None:
         from oirl.serve.decisions import DecisionStore
 
         decisions.parent.mkdir(parents=True, exist_ok=True)
         DecisionStore(decisions).close()  # create or migrate it once, and refuse a file that is not one
+    listener = _listen(host, port)
     os.environ["OIRL_MODEL_DIR"] = str(model_dir.resolve())
     os.environ["OIRL_EXPLORE"] = explore or ""
     os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
-    uvicorn.run("oirl.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+    os.environ["OIRL_WORKERS"] = str(workers)
+    config = uvicorn.Config("oirl.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+    if workers > 1:  # as uvicorn.run does, on the socket bound here
+        from uvicorn.supervisors import Multiprocess
+
+        click.echo(f"INFO:     oirl serving on http://{host}:{listener.getsockname()[1]} with {workers} workers", err=True)
+        Multiprocess(config, sockets=[listener]).run()
+    else:
+        server = uvicorn.Server(config)
+        server.run(sockets=[listener])
+        if not server.started:
+            sys.exit(3)  # the app failed to start; uvicorn has said why
+
+
+def _listen(host: str, port: int):
+    """A socket bound to (host, port) as uvicorn binds one; a port in use is a one-line error."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OirlError(f"cannot listen on {host}:{port}: port {port} is in use (stop what uses it or choose another --port)") from None
+        raise OirlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listener.set_inheritable(True)  # the workers' processes take it over
+    return listener
 
 
 @click.command("export-decisions")
