@@ -299,3 +299,28 @@ def test_serving_on_a_port_in_use_is_one_line_error(minilm_bundle):
         result = CliRunner().invoke(cli, ["serve", str(minilm_bundle), "--port", str(port)])
     assert result.exit_code == 2, result.output
     assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: port {port} is in use (stop what uses it or choose another --port)\n"
+
+
+def test_bench_serve_reload_runs_at_toy_size(data_dir, hashing_bundles, tmp_path):
+    from experiment_scripts import load
+
+    out = tmp_path / "reload.json"
+    result = load("bench_serve_reload").main(["--data-dir", str(data_dir), "--bundles", str(hashing_bundles["a"]), str(hashing_bundles["b"]),
+                                              "--clients", "4", "--reloads", "2", "--interval", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["failed_requests"] == 0 and result["mismatched_versions"] == 0 and result["decisions_with_another_version"] == 0
+    assert result["requests"] > 0 and result["final_version"] == result["expected_final_version"] == version_of(hashing_bundles["a"])
+    assert [r["by"] for r in result["reload_seconds"]] == ["POST", "SIGHUP"] and len(result["answers_by_version"]) == 2
+
+
+def test_the_version_windows_of_the_reload_bench():
+    from experiment_scripts import load
+
+    allowed = load("bench_serve_reload").allowed_versions
+    switches = [(10.0, 11.0, "B"), (20.0, 21.0, "A")]
+    assert allowed(1, 2, "A", switches) == {"A"}
+    assert allowed(9, 10.5, "A", switches) == {"A", "B"}  # under way during the first switch
+    assert allowed(12, 13, "A", switches) == {"B"}
+    assert allowed(12, 25, "A", switches) == {"A", "B"}
+    assert allowed(22, 23, "A", switches) == {"A"}
+    assert allowed(1, 2, "A", []) == {"A"}
