@@ -11,6 +11,8 @@ import click
 
 from oirl.errors import OirlError
 
+WORKER_START_SECONDS = 180  # a worker started by a reload must be serving within this
+
 # --------------------------------------------------------------------------- serve
 
 
@@ -50,7 +52,15 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     os.environ["OIRL_EXPLORE"] = explore or ""
     os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
     os.environ["OIRL_WORKERS"] = str(workers)
-    config = uvicorn.Config("oirl.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+    settings = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": "info"}
+    # On SIGHUP uvicorn's supervisor gives a new worker this long to start before it keeps the old
+    # one and aborts the restart; its default (5 s) is less than loading torch and MiniLM takes.
+    settings["timeout_worker_healthcheck"] = WORKER_START_SECONDS
+    try:
+        config = uvicorn.Config("oirl.serve.app:app_from_env", **settings)
+    except TypeError:  # an older uvicorn without the setting
+        del settings["timeout_worker_healthcheck"]
+        config = uvicorn.Config("oirl.serve.app:app_from_env", **settings)
     if workers > 1:  # as uvicorn.run does, on the socket bound here
         from uvicorn.supervisors import Multiprocess
 
