@@ -58,7 +58,9 @@ def default_bundle(data_dir: Path, work: Path, cache_dir: Path) -> Path:
 
     logs = build_logs(data_dir, "gsm8k", TRAINING_PROMPTS)
     train = logs[logs["query_id"].isin(logs.loc[logs["split"] == "train", "query_id"].unique()[:500])]
-    return train_recommender(train, model="knn", cache_dir=cache_dir).save(work / "model")
+    from oirl.recommender.bundle import save_bundle
+
+    return save_bundle(train_recommender(train, model="knn", cache_dir=cache_dir), work / "model")
 
 
 def main(argv: list[str] | None = None) -> dict:

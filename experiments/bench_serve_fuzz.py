@@ -51,7 +51,7 @@ def start_server(model_dir: Path, log_file, api_key: str | None = None, extra_ar
                                 *map(str, extra_args)],
                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with code {process.returncode}")
@@ -62,7 +62,7 @@ def start_server(model_dir: Path, log_file, api_key: str | None = None, extra_ar
             pass
         time.sleep(0.3)
     process.kill()
-    raise RuntimeError("the server did not start in 120 s")
+    raise RuntimeError("the server did not start in 300 s")
 
 
 def stop_server(process: subprocess.Popen) -> None:

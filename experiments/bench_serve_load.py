@@ -9,12 +9,14 @@ For ``--duration`` seconds:
   16,384 pairs (the same 256 candidate texts each time);
 - one client sends /v1/score at the text cap: 512 pairs of new queries and new prompts
   = 1,024 distinct texts;
-- once, after 2 s, a 256 x 256 /v1/recommend, which must get its 422 at once.
+- once, after 2 s, a 256 x 256 /v1/recommend, which must get its 422 at once, then, as
+  the reference under the same load, a /v1/score of 256 pairs that embeds 512 new texts.
 A thread samples the server's VmRSS and VmHWM (/proc/PID/status) every 0.1 s.
 
 Prints and writes experiments/results/bench_serve_load.json (atomically): the small
 requests' errors (any status but 200, or no answer), p50/p95/p99 latency and rate; each
-cap client's statuses and latencies; the 256 x 256 request's status and latency; the
+cap client's statuses and latencies; the 256 x 256 request's status and latency (and the
+reference's); the
 server's RSS at start and its peak, against the bound the service is designed for.
 Without --model-dir it trains a small bundle (LightGBM on 300 GSM8K train queries).
 """
@@ -128,7 +130,10 @@ async def run_load(base: str, queries: list[str], candidates: list[str], *, clie
         await asyncio.sleep(2)
         body = {"queries": [f"Too big {i}?" for i in range(256)], "candidates": [f"Too big prompt {j}." for j in range(256)]}
         ms, status = await timed(client, "/v1/recommend", body)
-        big.update(status=status, ms=round(ms, 1))
+        # the reference, under the same load: a request that does embed 512 new texts
+        pairs = [{"query": f"Reference question {i}: how many are left?", "prompt": f"Reference prompt {i}: answer."} for i in range(256)]
+        reference_ms, reference_status = await timed(client, "/v1/score", {"pairs": pairs})
+        big.update(status=status, ms=round(ms, 1), embedding_512_texts_ms=round(reference_ms, 1), embedding_512_texts_status=reference_status)
 
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:

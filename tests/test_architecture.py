@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "oirl"
 MAX_LINES = 400
 
 #: Each package may import only the ones listed before it (the flow of data).
-LAYERS = ["errors", "_atomic", "_outputs", "_json", "_threads", "_plots", "data", "embed", "reward", "policy", "ope", "recommender",
+LAYERS = ["errors", "_atomic", "_outputs", "_json", "_threads", "_sqlite", "_plots", "data", "embed", "reward", "policy", "ope", "recommender",
           "learn", "evaluation", "serve", "distributed", "reproduce", "client", "cli"]
 
 

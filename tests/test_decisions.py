@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -14,12 +15,14 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from oirl.errors import OirlError
 from oirl.serve.decisions import (
+    DEFAULT_FEEDBACK_WINDOW,
     EXPORT_COLUMNS,
     ConflictingFeedbackError,
     Decision,
@@ -204,6 +207,8 @@ def test_a_new_file_follows_the_umask(tmp_path, umask, mode):
 
 # --------------------------------------------------------------------------- export
 
+NOW = datetime(2024, 5, 3, tzinfo=timezone.utc)  # every decision below is older than a day: all windows have closed
+
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_export_writes_one_row_per_decision_with_feedback(store, tmp_path, suffix):
@@ -212,14 +217,18 @@ def test_export_writes_one_row_per_decision_with_feedback(store, tmp_path, suffi
     late = make_decision(created_at="2024-05-02T00:00:00Z", propensity=0.25)
     early = make_decision(created_at="2024-05-01T00:00:00Z")  # the same query text again
     other = make_decision(query="A shop sells 3 pens for $2.\nHow much do 12 pens cost?", prompt_id="p-short",
-                          prompt="Answer with one number.", created_at="2024-05-01T12:00:00Z", model_version="v2")
+                          prompt="Answer with one number.", created_at="2024-05-01T12:00:00Z", model_version="v2",
+                          candidate_ids=["p-short", "CoT"], candidate_prompts=["Answer with one number.", CANDIDATE_PROMPTS[0]])
     pending = make_decision(created_at="2024-05-01T06:00:00Z")
     store.record([late, early, other, pending])
     for d, reward in ((late, 0.0), (early, 1.0), (other, 0.5)):
-        store.feedback(d.decision_id, reward)
+        feedback_at(store, d, reward, d.created_at.replace("00.000000Z", "59.000000Z"))  # within the minute
 
     out = tmp_path / "out" / f"served{suffix}"
-    assert store.export(out) == {"rows": 3, "without_feedback": 1, "file": str(out)}
+    summary = store.export(out, now=NOW)
+    assert summary == {"rows": 3, "with_feedback": 3, "late_feedback": 0, "without_feedback": 1, "pending": 0,
+                       "filled_with_missing_reward": 0, "dropped": 1, "feedback_window_seconds": 86_400, "missing_reward": None,
+                       "file": str(out)}
     log = read_logs(out)
     order = [early, other, late]
     assert len(log) == 3
@@ -229,18 +238,61 @@ def test_export_writes_one_row_per_decision_with_feedback(store, tmp_path, suffi
     assert [float(p) for p in log["propensity"]] == [1.0, 1.0, 0.25]
     assert log["model_version"].tolist() == ["v1", "v2", "v1"]
     assert log["created_at"].tolist() == [d.created_at for d in order]
+    assert [json.loads(ids) for ids in log["candidate_ids"]] == [CANDIDATE_IDS, ["p-short", "CoT"], CANDIDATE_IDS]
     assert set(EXPORT_COLUMNS) <= set(log.columns)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
-def test_export_refuses_when_no_decision_has_feedback(store, tmp_path):
-    store.record([make_decision()])
+def feedback_at(store, decision, reward, when):
+    """Feedback recorded at ``when`` (the store stamps the clock; the test sets the stamp it would have had)."""
+    store.feedback(decision.decision_id, reward)
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE decisions SET feedback_at = ? WHERE decision_id = ?", (when, decision.decision_id))
+
+
+def test_the_feedback_window_decides_what_is_exported(store, tmp_path):
+    """A day's window, exported at noon on May 3rd: feedback within a day counts, later feedback does not."""
+    from oirl.data.logs import read_logs
+
+    in_time = make_decision(created_at="2024-05-01T00:00:00Z")  # feedback after 23 h
+    late = make_decision(created_at="2024-05-01T01:00:00Z")  # feedback after 25 h: kept in the store, not exported
+    never = make_decision(created_at="2024-05-01T02:00:00Z")  # no feedback, window long closed
+    young_rewarded = make_decision(created_at="2024-05-03T11:00:00Z")  # an hour old, already rewarded
+    young = make_decision(created_at="2024-05-03T11:30:00Z")  # half an hour old: its reward may still come
+    store.record([in_time, late, never, young_rewarded, young])
+    feedback_at(store, in_time, 1.0, "2024-05-01T23:00:00.000000Z")
+    feedback_at(store, late, 0.0, "2024-05-02T02:00:00.000000Z")
+    feedback_at(store, young_rewarded, 0.0, "2024-05-03T11:10:00.000000Z")
+    noon = datetime(2024, 5, 3, 12, tzinfo=timezone.utc)
+
+    dropped = store.export(tmp_path / "dropped.jsonl", now=noon)  # the default window: 24 h
+    assert dropped["feedback_window_seconds"] == DEFAULT_FEEDBACK_WINDOW == 86_400
+    assert {k: dropped[k] for k in ("rows", "with_feedback", "late_feedback", "without_feedback", "pending", "dropped")} == \
+        {"rows": 2, "with_feedback": 2, "late_feedback": 1, "without_feedback": 1, "pending": 1, "dropped": 2}
+    assert read_logs(tmp_path / "dropped.jsonl")["decision_id"].tolist() == [in_time.decision_id, young_rewarded.decision_id]
+
+    filled = store.export(tmp_path / "filled.csv", now=noon, missing_reward=0.0)
+    assert (filled["rows"], filled["filled_with_missing_reward"], filled["dropped"], filled["pending"]) == (4, 2, 0, 1)
+    log = read_logs(tmp_path / "filled.csv").set_index("decision_id")
+    assert log.loc[late.decision_id, "reward"] == 0.0 and log.loc[never.decision_id, "reward"] == 0.0
+    assert log.loc[never.decision_id, "feedback_at"] == "" and log.loc[late.decision_id, "feedback_at"] == ""
+    assert young.decision_id not in log.index
+    assert stored_rows(store.path)[late.decision_id] == (0.0, "2024-05-02T02:00:00.000000Z")  # the late reward stays stored
+
+    later = store.export(tmp_path / "later.jsonl", now=noon + timedelta(days=1), missing_reward=0.5)  # young's window has closed
+    assert (later["rows"], later["pending"], later["without_feedback"]) == (5, 0, 2)
+
+
+def test_export_refuses_when_nothing_is_exportable(store, tmp_path):
+    store.record([make_decision()])  # created now: its window is open
     out = tmp_path / "served.jsonl"
-    with pytest.raises(OirlError, match=r"decisions.db: no decision has feedback yet \(1 without\)"):
+    with pytest.raises(OirlError, match=r"decisions.db: nothing to export \(0 with feedback .* 1 younger than the window"):
         store.export(out)
-    assert not out.exists()
+    assert not out.exists() and not list(tmp_path.glob(".served*"))
     with pytest.raises(OirlError, match="unknown log format '.txt'"):
         store.export(tmp_path / "served.txt")
+    with pytest.raises(OirlError, match="feedback window: must be a finite number of seconds > 0"):
+        store.export(out, feedback_window=0)
 
 
 def test_export_refuses_one_prompt_id_with_two_texts(store, tmp_path):
@@ -252,6 +304,46 @@ def test_export_refuses_one_prompt_id_with_two_texts(store, tmp_path):
     store.feedback(b.decision_id, 0.0)
     with pytest.raises(OirlError, match=r"prompt_id 'CoT' was served with two texts .*model v1.*model v2"):
         store.export(tmp_path / "served.csv")
+    assert not (tmp_path / "served.csv").exists()
+
+
+def exported_peak_bytes(tmp_path, n: int) -> int:
+    """Python's peak allocation while exporting a store of ``n`` rewarded decisions, in chunks of 500."""
+    import tracemalloc
+
+    with DecisionStore(tmp_path / f"big-{n}.db") as big:
+        decisions = [make_decision(query=f"question {i} " + "with some words " * 10) for i in range(n)]
+        for start in range(0, n, 1_000):
+            big.record(decisions[start : start + 1_000])
+        with sqlite3.connect(big.path) as db:
+            db.execute("UPDATE decisions SET reward = 1.0, feedback_at = created_at")
+        tracemalloc.start()
+        try:
+            summary = big.export(tmp_path / f"big-{n}.parquet", chunk_rows=500)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert summary["rows"] == n
+
+
+def test_export_streams_in_constant_memory(tmp_path):
+    exported_peak_bytes(tmp_path, 10)  # pyarrow's first use allocates for itself
+    small, large = exported_peak_bytes(tmp_path, 2_000), exported_peak_bytes(tmp_path, 8_000)
+    assert large < 1.5 * small, (small, large)  # reading everything at once would take about 4 x
+
+
+def test_a_failed_write_is_a_store_error(tmp_path):
+    with DecisionStore(tmp_path / "locked.db", busy_timeout=0.05) as store:
+        holder = sqlite3.connect(store.path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+        try:
+            with pytest.raises(DecisionStoreError, match="locked.db: the decision store failed .*locked"):
+                store.record([make_decision()])
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        store.record([make_decision()])  # and works again once the lock is gone
+        assert store.stats()["decisions"] == 1
 
 
 # --------------------------------------------------------------------------- concurrency

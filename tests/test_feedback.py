@@ -165,11 +165,36 @@ def test_export_decisions_writes_a_partial_log_that_trains(tmp_path):
         for i, d in enumerate(decisions[:10]):
             store.feedback(d.decision_id, float(i % 2))
     result = run("export-decisions", store_path, "--out", tmp_path / "feedback.parquet")
-    assert json.loads(result.stdout)["rows"] == 10
+    summary = json.loads(result.stdout)
+    assert (summary["rows"], summary["pending"], summary["feedback_window_seconds"]) == (10, 2, 86_400)  # two may still get theirs
     logs = read_logs(tmp_path / "feedback.parquet")
     assert len(logs) == 10 and logs["propensity"].eq(0.5).all() and logs["query_id"].nunique() == 10
+    assert all(json.loads(ids) == ["a", "b"] for ids in logs["candidate_ids"])  # what off-policy evaluation may choose from
     missing = run("export-decisions", tmp_path / "none.sqlite", "--out", tmp_path / "x.parquet", ok=False)
     assert missing.exit_code == 2 and "no such decision database" in missing.stderr and not (tmp_path / "x.parquet").exists()
+
+
+def test_export_decisions_refuses_an_existing_file_unless_forced(tmp_path):
+    from oirl.serve.decisions import Decision, DecisionStore
+
+    store_path = tmp_path / "decisions.sqlite"
+    with DecisionStore(store_path) as store:
+        decision = Decision(query="What is 2 plus 2?", candidate_ids=["a"], candidate_prompts=["Answer directly."], prompt_id="a",
+                            prompt="Answer directly.", score=0.5, policy="argmax", model_version="m")
+        store.record([decision])
+        store.feedback(decision.decision_id, 1.0)
+    existing = tmp_path / "results.csv"
+    existing.write_text("someone's spreadsheet\n")
+    refused = run("export-decisions", store_path, "--out", existing, ok=False)
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: ") and "results.csv: already exists" in refused.stderr and "--force" in refused.stderr
+    assert existing.read_text() == "someone's spreadsheet\n"
+    run("export-decisions", store_path, "--out", existing, "--force")
+    assert read_logs(existing)["decision_id"].tolist() == [decision.decision_id]
+    filled = run("export-decisions", store_path, "--out", tmp_path / "filled.jsonl", "--feedback-window", "0.5", "--missing-reward", "0")
+    assert json.loads(filled.stdout)["missing_reward"] == 0.0
+    bad = run("export-decisions", store_path, "--out", tmp_path / "x.jsonl", "--feedback-window", "0", ok=False)
+    assert bad.exit_code == 2 and "--feedback-window" in bad.stderr and not (tmp_path / "x.jsonl").exists()
 
 
 def test_the_ope_simulation_runs_at_toy_size(data_dir, tmp_path):

@@ -1,6 +1,7 @@
 """The feedback loop through a real server: exploration with exact propensities, decisions
 recorded before the answer, outcomes at /v1/feedback, and the export of both as a partial log."""
 
+import json
 import math
 import uuid
 
@@ -61,8 +62,10 @@ def test_feedback_is_recorded_once_and_conflicts_are_refused(logged):
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert client.post("/v1/feedback", json={"decision_id": decision, "reward": 0.0}).status_code == 409
     assert client.post("/v1/feedback", json={"decision_id": str(uuid.uuid4()), "reward": 1.0}).status_code == 404
-    for bad in ({"decision_id": decision, "reward": 1.5}, {"decision_id": "not-a-uuid", "reward": 1.0}, {"decision_id": decision}):
+    for bad in ({"decision_id": decision, "reward": 1.5}, {"decision_id": decision}, {"decision_id": "", "reward": 1.0}):
         assert client.post("/v1/feedback", json=bad).status_code == 422
+    malformed = client.post("/v1/feedback", json={"decision_id": "not-a-uuid", "reward": 1.0})  # an id no decision has: 404
+    assert malformed.status_code == 404 and malformed.json() == {"detail": "unknown decision_id 'not-a-uuid'"}
     assert httpx.post(f"{client.base_url}/v1/feedback", json={"decision_id": decision, "reward": 1.0}).status_code == 401
 
 
@@ -81,7 +84,8 @@ def test_recorded_decisions_export_with_the_propensities_served(logged, tmp_path
         assert row["propensity"] == pytest.approx(answer["propensity"]) and row["prompt_id"] == answer["prompt_id"]
         assert row["query_id"] == decision_id
     model = client.get("/v1/model").json()
-    assert model["feedback"]["explore"] == {"method": "epsilon", "epsilon": 0.5}
+    assert model["feedback"] == {"decisions": "decisions.sqlite", "explore": {"method": "epsilon", "epsilon": 0.5}}
+    assert str(decisions.parent) not in json.dumps(model)  # no server path
 
 
 @pytest.fixture(scope="module")

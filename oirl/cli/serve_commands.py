@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from oirl.errors import OirlError
+
+WORKER_START_SECONDS = 180  # a worker started by a reload must be serving within this
 
 # --------------------------------------------------------------------------- serve
 
@@ -22,11 +25,15 @@ from oirl.errors import OirlError
 @click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
 def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None) -> None:
-    """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key."""
+    """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key.
+
+    SIGHUP (or POST /v1/admin/reload) swaps in the bundle now at MODEL_DIR: requests under
+    way finish on the old one, a missing or corrupt one is refused and the old one keeps serving.
+    """
     import os
 
     from oirl.policy.explore import parse_exploration
-    from oirl.recommender.bundle import load_bundle
+    from oirl.serve.scoring import ServedModel
 
     try:
         import uvicorn
@@ -34,31 +41,82 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
         raise OirlError("the service needs the [serve] extra: pip install 'oirl[serve]'") from None
     if explore:
         parse_exploration(explore)  # a bad setting fails here, in one line
-    load_bundle(model_dir)  # fail here, with a clear message, before any worker starts
+    ServedModel.load(model_dir)  # fail here, with a clear message, before any worker starts
     if decisions is not None:
         from oirl.serve.decisions import DecisionStore
 
         decisions.parent.mkdir(parents=True, exist_ok=True)
         DecisionStore(decisions).close()  # create or migrate it once, and refuse a file that is not one
+    listener = _listen(host, port)
     os.environ["OIRL_MODEL_DIR"] = str(model_dir.resolve())
     os.environ["OIRL_EXPLORE"] = explore or ""
     os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
-    uvicorn.run("oirl.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+    os.environ["OIRL_WORKERS"] = str(workers)
+    settings = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": "info"}
+    # On SIGHUP uvicorn's supervisor gives a new worker this long to start before it keeps the old
+    # one and aborts the restart; its default (5 s) is less than loading torch and MiniLM takes.
+    settings["timeout_worker_healthcheck"] = WORKER_START_SECONDS
+    try:
+        config = uvicorn.Config("oirl.serve.app:app_from_env", **settings)
+    except TypeError:  # an older uvicorn without the setting
+        del settings["timeout_worker_healthcheck"]
+        config = uvicorn.Config("oirl.serve.app:app_from_env", **settings)
+    if workers > 1:  # as uvicorn.run does, on the socket bound here
+        from uvicorn.supervisors import Multiprocess
+
+        click.echo(f"INFO:     oirl serving on http://{host}:{listener.getsockname()[1]} with {workers} workers", err=True)
+        Multiprocess(config, sockets=[listener]).run()
+    else:
+        server = uvicorn.Server(config)
+        server.run(sockets=[listener])
+        if not server.started:
+            sys.exit(3)  # the app failed to start; uvicorn has said why
+
+
+def _listen(host: str, port: int):
+    """A socket bound to (host, port) as uvicorn binds one; a port in use is a one-line error."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OirlError(f"cannot listen on {host}:{port}: port {port} is in use (stop what uses it or choose another --port)") from None
+        raise OirlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listener.set_inheritable(True)  # the workers' processes take it over
+    return listener
 
 
 @click.command("export-decisions")
 @click.argument("decisions", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Partial log to write (.parquet, .jsonl or .csv).")
-def export_decisions(decisions: Path, out_file: Path) -> None:
-    """Write the served decisions that have feedback as a partial log (for 'oirl train' and 'oirl evaluate').
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Partial log to write (.parquet, .jsonl or .csv); must not exist unless --force.")
+@click.option("--feedback-window", type=click.FloatRange(min=0, min_open=True), default=24 * 3600.0, show_default=True,
+              metavar="SECONDS", help="A reward counts when it arrived within this many seconds of its decision.")
+@click.option("--missing-reward", type=click.FloatRange(0, 1), default=None, metavar="R",
+              help="Reward for decisions whose window passed without one (default: leave them out).")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def export_decisions(decisions: Path, out_file: Path, feedback_window: float, missing_reward: float | None, force: bool) -> None:
+    """Write the served decisions whose outcome is known as a partial log (for 'oirl train' and 'oirl evaluate').
 
     One row per decision: decision_id, query_id (= the decision id, so repeated query
-    texts stay separate), query, prompt_id, prompt, reward, propensity, model_version,
-    created_at, feedback_at.
+    texts stay separate), query, prompt_id, prompt, reward, propensity, candidate_ids
+    (JSON list of the prompt ids offered), model_version, created_at, feedback_at.
+    Decisions younger than the window without feedback wait for a later export; older
+    ones are left out, or get --missing-reward. Prints a JSON summary of the counts.
     """
+    from oirl.data.logs import log_format
     from oirl.serve.decisions import DecisionStore
 
     if not decisions.is_file():
         raise OirlError(f"{decisions}: no such decision database (start 'oirl serve --decisions {decisions}')")
+    log_format(out_file)  # an unknown extension fails before the existence check
+    if out_file.exists() and not force:
+        raise OirlError(f"{out_file}: already exists; choose a new --out file or add --force to replace it")
     with DecisionStore(decisions) as store:
-        click.echo(json.dumps(store.export(out_file)))
+        click.echo(json.dumps(store.export(out_file, feedback_window=feedback_window, missing_reward=missing_reward)))

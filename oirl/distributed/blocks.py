@@ -15,8 +15,8 @@ import pandas as pd
 from oirl.data.questions import QuestionKey
 from oirl.data.schema import text_hashes64
 from oirl.distributed.cluster import _release_memory, n_workers
-from oirl.embed.cached import CachedEmbedder
 from oirl.embed.base import revision_of
+from oirl.embed.cached import CachedEmbedder
 from oirl.embed.registry import get_embedder
 from oirl.embed.static import bundle_files
 from oirl.errors import LogFormatError

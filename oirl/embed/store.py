@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from oirl._sqlite import Migration, is_migrated, migrate
 from oirl.errors import OirlError
 
 try:  # file locks guard recovery and migration; SQLite does its own locking
@@ -39,9 +40,10 @@ _VECTOR_DTYPE = np.dtype("<f4")
 
 # -- the SQLite store
 
-# Applied in order, each once, recorded in ``schema_migrations`` (as simonw/llm does).
-_MIGRATIONS: list[tuple[str, list[str]]] = [
-    (
+# Applied in order, each once, recorded in ``schema_migrations`` (see oirl._sqlite).
+_MIGRATIONS_TABLE = "schema_migrations"
+_MIGRATIONS: list[Migration] = [
+    Migration.of_statements(
         "001_initial",
         [
             "CREATE TABLE models (id INTEGER PRIMARY KEY, revision TEXT NOT NULL UNIQUE, model_id TEXT NOT NULL,"
@@ -160,21 +162,11 @@ class EmbeddingCache:
         """Whether the file is in WAL mode with every migration applied (read-only checks)."""
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             return False
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone() is None:
-            return False
-        applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
-        return all(name in applied for name, _ in _MIGRATIONS)
+        return is_migrated(conn, _MIGRATIONS_TABLE, _MIGRATIONS)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        with _transaction(conn):
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-            applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
-            for name, statements in _MIGRATIONS:
-                if name not in applied:
-                    for statement in statements:
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, _now()))
+        migrate(conn, _MIGRATIONS_TABLE, _MIGRATIONS, now=_now)
 
     def _recover(self, problem: sqlite3.Error, bad_inode: int | None) -> sqlite3.Connection:
         """Move the corrupt cache file ``bad_inode`` aside (with its -wal and -shm) and start a new one."""

@@ -1,9 +1,8 @@
-"""The service's bounded runtime: the embedding batcher and the ASGI limits.
+"""The embedding batcher: the texts of concurrent requests embedded together on one thread.
 
-:class:`EmbeddingBatcher` embeds the texts of concurrent requests together on one
-thread, with an LRU of vectors, a bounded queue and a stall timeout;
-:class:`BodySizeLimit` answers 413 for large bodies and :class:`ConcurrencyLimit` 503
-for requests beyond a number under way. :mod:`oirl.serve.app` wires them into the app.
+:class:`EmbeddingBatcher` keeps an LRU of vectors (a :class:`cachetools.LRUCache`), a
+bounded queue, and a watchdog that gives up on requests whose texts make no progress.
+The ASGI limits are in :mod:`oirl.serve.middleware`; :mod:`oirl.serve.app` wires both.
 """
 
 from __future__ import annotations
@@ -11,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from fastapi.responses import JSONResponse
+from cachetools import LRUCache
 
-MAX_BODY_BYTES = 1 << 20  # 1 MiB
 SMALL_WINDOW_SECONDS = 1.0  # small requests "come in" if one came in this recently
+WATCH_SECONDS = 1.0  # the watchdog looks for stalled requests at least this often
+log = logging.getLogger("oirl.serve")
 
 
 class Overloaded(Exception):
@@ -28,8 +29,7 @@ class Overloaded(Exception):
 
 
 class EmbeddingFailed(Exception):
-    """The embedding model raised on the texts of this request (500)."""
-
+    """The embedding model raised on the texts of this request (500; the message is for the server log only)."""
 
 
 # --------------------------------------------------------------------------- embedding
@@ -44,12 +44,12 @@ class _Job:
 
     __slots__ = ("items", "handed", "vectors", "future", "progress_at")
 
-    def __init__(self, items: list[tuple[bytes, str]], future: asyncio.Future):
+    def __init__(self, items: list[tuple[bytes, str]], future: asyncio.Future, now: float):
         self.items = items  # (key, text), distinct
         self.handed = 0  # items[:handed] went to a model call
         self.vectors: dict[bytes, np.ndarray] = {}
         self.future = future
-        self.progress_at = time.monotonic()
+        self.progress_at = now
 
     @property
     def waiting(self) -> int:
@@ -67,13 +67,18 @@ class EmbeddingBatcher:
     a call takes at most ``max_share`` texts from any one request: calls for large
     requests stay short, and a small request arriving meanwhile soon has its turn. A
     request whose texts see no progress for ``stall_seconds`` gets :class:`Overloaded`
-    and its remaining texts leave the queue. A failed model call is retried once per
-    request, so only the requests whose own texts fail get :class:`EmbeddingFailed`.
+    and its remaining texts leave the queue (a watchdog looks every ``WATCH_SECONDS`` or
+    a quarter of ``stall_seconds``, whichever is shorter; :meth:`expire_stalled`). A
+    failed model call is retried once per request, so only the requests whose own texts
+    fail get :class:`EmbeddingFailed`. ``clock`` (seconds, monotonic) times progress,
+    calls and the small-request window.
     """
 
     def __init__(self, embed: Callable[[list[str]], np.ndarray], *, max_batch: int = 48, max_share: int = 4,
-                 max_queued: int = 4096, stall_seconds: float = 30.0, cache_items: int = 50_000):
+                 max_queued: int = 4096, stall_seconds: float = 30.0, cache_items: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic):
         self._embed = embed
+        self._clock = clock
         # A request with at most this many new texts, arriving while the queue is empty and
         # no call runs, is embedded on the event loop itself. The app turns it on when a
         # model call measures under a millisecond or two (a static embedder): then the two
@@ -86,11 +91,13 @@ class EmbeddingBatcher:
         self.stall_seconds = stall_seconds
         self.cache_items = cache_items
         self.texts_embedded = 0
-        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._pending: deque[_Job] = deque()
+        self._cache: LRUCache[bytes, np.ndarray] = LRUCache(maxsize=max(1, cache_items))
+        self._pending: deque[_Job] = deque()  # jobs with texts not yet handed to a call
+        self._jobs: set[_Job] = set()  # every job whose request waits (queued or in a call)
         self._queued = 0  # sum of `waiting` over the pending jobs
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
         self._call_started: float | None = None
         self._small_at = -np.inf  # when a request of at most max_share texts last came in
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oirl-embed")
@@ -98,13 +105,21 @@ class EmbeddingBatcher:
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="oirl-embedding-batcher")
-        self._task.add_done_callback(lambda _: self._fail_all(Overloaded(self.problem() or "the embedding worker stopped")))
+        self._task.add_done_callback(self._stopped)
+        self._watchdog = asyncio.create_task(self._watch(), name="oirl-embedding-watchdog")
+
+    def _stopped(self, task: asyncio.Task) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # the details go to the log; clients and /health hear only that it stopped
+            log.error("the embedding worker stopped: %s: %s", type(error).__name__, error)
+        self._fail_all(Overloaded(self.problem() or "the embedding worker stopped"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._watchdog, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -118,15 +133,14 @@ class EmbeddingBatcher:
     def call_seconds(self) -> float | None:
         """How long the current model call has run (None: no call runs)."""
         started = self._call_started
-        return None if started is None else time.monotonic() - started
+        return None if started is None else self._clock() - started
 
     def problem(self) -> str | None:
         """Why the batcher cannot embed now (None: it can)."""
         if self._task is None:
             return "the embedding worker has not started"
         if self._task.done():
-            error = None if self._task.cancelled() else self._task.exception()
-            return f"the embedding worker stopped ({type(error).__name__}: {error})" if error else "the embedding worker stopped"
+            return "the embedding worker stopped"
         seconds = self.call_seconds()
         if seconds is not None and seconds > self.stall_seconds:
             return f"an embedding call has run for {seconds:.0f} s (limit {self.stall_seconds:g} s)"
@@ -138,16 +152,15 @@ class EmbeddingBatcher:
         found: dict[bytes, np.ndarray] = {}
         missing: dict[bytes, str] = {}
         for text, key in zip(texts, keys, strict=True):
-            vector = self._cache.get(key)
+            vector = self._cache.get(key)  # a hit becomes the most recently used
             if vector is not None:
-                self._cache.move_to_end(key)
                 found[key] = vector
             else:
                 missing.setdefault(key, text)
         if missing and len(missing) <= self.inline_texts and sum(map(len, missing.values())) <= self.inline_chars \
                 and not self._pending and self._call_started is None and self.problem() is None:
             if len(missing) <= self.max_share:  # small requests keep coming: large ones still get short calls
-                self._small_at = time.monotonic()
+                self._small_at = self._clock()
             found.update(self._embed_inline(missing))
         elif missing:
             problem = self.problem()
@@ -155,14 +168,15 @@ class EmbeddingBatcher:
                 raise Overloaded(problem)
             if self._queued and self._queued + len(missing) > self.max_queued:
                 raise Overloaded(f"the embedding queue is full ({self._queued:,} texts wait, at most {self.max_queued:,})")
-            job = _Job(list(missing.items()), asyncio.get_running_loop().create_future())
+            job = _Job(list(missing.items()), asyncio.get_running_loop().create_future(), self._clock())
             if len(missing) <= self.max_share:
                 self._small_at = job.progress_at
             self._pending.append(job)
+            self._jobs.add(job)
             self._queued += len(missing)
             self._wakeup.set()
             try:
-                await self._wait(job)
+                await job.future  # the watchdog fails it if it stalls
             finally:
                 self._forget(job)
             found.update(job.vectors)
@@ -182,14 +196,18 @@ class EmbeddingBatcher:
         self._deliver({}, by_key)
         return by_key
 
-    async def _wait(self, job: _Job) -> None:
+    def expire_stalled(self) -> int:
+        """Fail every request whose texts saw no progress for ``stall_seconds`` (by the clock); returns how many."""
+        now = self._clock()
+        stalled = [job for job in self._jobs if not job.future.done() and now - job.progress_at >= self.stall_seconds]
+        for job in stalled:
+            self._fail(job, Overloaded(f"no embedding progress for {self.stall_seconds:g} s"))
+        return len(stalled)
+
+    async def _watch(self) -> None:
         while True:
-            remaining = job.progress_at + self.stall_seconds - time.monotonic()
-            done, _ = await asyncio.wait({job.future}, timeout=max(remaining, 0.0))
-            if done:
-                return job.future.result()
-            if time.monotonic() - job.progress_at >= self.stall_seconds:
-                raise Overloaded(f"no embedding progress for {self.stall_seconds:g} s")
+            await asyncio.sleep(min(WATCH_SECONDS, self.stall_seconds / 4))
+            self.expire_stalled()
 
     def _forget(self, job: _Job) -> None:
         """Take a job out of the queue (finished, failed or abandoned); its texts in a running call only feed the cache."""
@@ -200,6 +218,7 @@ class EmbeddingBatcher:
             job.handed = len(job.items)
         with contextlib.suppress(ValueError):
             self._pending.remove(job)
+        self._jobs.discard(job)
 
     def _fail(self, job: _Job, error: BaseException) -> None:
         if not job.future.done():
@@ -207,7 +226,7 @@ class EmbeddingBatcher:
         self._forget(job)
 
     def _fail_all(self, error: BaseException) -> None:
-        for job in list(self._pending):
+        for job in list(self._jobs):
             self._fail(job, error)
 
     def _next_batch(self) -> dict[_Job, list[tuple[bytes, str]]]:
@@ -215,7 +234,7 @@ class EmbeddingBatcher:
         (at most ``max_share`` per job while small jobs come in)."""
         parts: dict[_Job, list[tuple[bytes, str]]] = {}
         distinct: set[bytes] = set()
-        share = self.max_share if time.monotonic() - self._small_at < SMALL_WINDOW_SECONDS else self.max_batch
+        share = self.max_share if self._clock() - self._small_at < SMALL_WINDOW_SECONDS else self.max_batch
         handed = True
         while handed and len(distinct) < self.max_batch:
             handed = False
@@ -236,7 +255,7 @@ class EmbeddingBatcher:
 
     async def _call(self, texts: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        self._call_started = time.monotonic()
+        self._call_started = self._clock()
         try:
             vectors = await loop.run_in_executor(self._executor, self._embed, texts)
         finally:
@@ -249,11 +268,8 @@ class EmbeddingBatcher:
 
     def _deliver(self, parts: dict[_Job, list[tuple[bytes, str]]], vectors: dict[bytes, np.ndarray]) -> None:
         for key, vector in vectors.items():
-            self._cache[key] = vector.copy()  # a row of its own: no cached row keeps a whole batch alive
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_items:
-            self._cache.popitem(last=False)
-        now = time.monotonic()
+            self._cache[key] = vector.copy()  # a row of its own: no cached row keeps a whole batch alive (LRU evicts)
+        now = self._clock()
         for job, items in parts.items():
             if job.future.done():  # timed out, failed or abandoned meanwhile
                 continue
@@ -294,7 +310,7 @@ class EmbeddingBatcher:
             self._deliver({job: parts[job]}, dict(zip(items, vectors, strict=True)))
 
 
-def _length_sorted(embedder) -> Callable[[list[str]], np.ndarray]:
+def length_sorted(embedder) -> Callable[[list[str]], np.ndarray]:
     """The model call: texts sorted by length and embedded 16 at a time, so one long
     text does not pad a whole batch to its length."""
 
@@ -306,84 +322,3 @@ def _length_sorted(embedder) -> Callable[[list[str]], np.ndarray]:
         return out
 
     return embed
-
-
-# --------------------------------------------------------------------------- ASGI middleware
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
-
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
-        received = 0
-        rejected = False
-
-        async def limited_receive():
-            nonlocal received, rejected
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    if not rejected:
-                        rejected = True
-                        await self._reject(send)
-                    return {"type": "http.disconnect"}  # the app stops reading here
-            return message
-
-        async def guarded_send(message):
-            if not rejected:  # the 413 is already out: drop whatever the app answers
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise
-
-    async def _reject(self, send) -> None:
-        response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
-        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-
-class _Gate:
-    """Counts the /v1 requests under way."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_flight = 0
-
-
-class ConcurrencyLimit:
-    """ASGI middleware: a 503 with Retry-After, before the body is read, for a /v1 request
-    beyond ``gate.limit`` under way."""
-
-    def __init__(self, app, gate: _Gate, retry_after: int):
-        self.app = app
-        self.gate = gate
-        self.retry_after = retry_after
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            return await self.app(scope, receive, send)
-        if self.gate.in_flight >= self.gate.limit:
-            response = _unavailable(f"{self.gate.limit} requests under way; try again shortly", self.retry_after)
-            return await response(scope, receive, send)
-        self.gate.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.gate.in_flight -= 1
-
-
-def _unavailable(detail: str, retry_after: int) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)})
