@@ -179,18 +179,30 @@ def to_log(rows: list[dict], source: str) -> pd.DataFrame:
 
 
 def is_oirl_log(path: Path) -> bool:
-    """Whether ``path`` reads as a canonical log in the column order :func:`write_logs` writes.
+    """Whether ``path`` is a valid log whose own columns start as :func:`write_logs` writes them.
 
-    That is what oirl writes; a file of anything else (a tool's own output, notes)
-    does not start with these columns in this order.
+    That is what oirl writes (query_id, query, prompt_id, prompt, reward, ...); a tool's
+    own output, notes, or a hand-made log in another column order are not.
     """
     try:
+        fmt = log_format(path)
+        if fmt == "csv":
+            columns = list(pd.read_csv(path, nrows=0).columns)
+        elif fmt == "jsonl":
+            with path.open(encoding="utf-8") as handle:
+                columns = list(json.loads(handle.readline()))
+        else:
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(path).names
+        if columns[:5] != list(CANONICAL_COLUMNS[:5]):
+            return False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            columns = list(read_logs(path).columns)
-    except (OirlError, OSError):
+            read_logs(path)
+    except Exception:  # any file that does not read as a log (pandas, pyarrow and json raise many types)
         return False
-    return columns[:5] == list(CANONICAL_COLUMNS[:5])
+    return True
 
 
 def check_output_file(path: Path) -> Path:
