@@ -247,20 +247,28 @@ def test_inspect_zstandard_and_deflate_archives_and_json_logs_agree(tmp_path):
         assert {i.compress_type for i in archive.infolist()} == {93}  # the format Python 3.11's zipfile cannot read
 
 
-def test_inspect_other_scorer_version_checks(tmp_path):
+def test_inspect_other_scorer_numeric_scores_and_version_checks(tmp_path):
     directory = unpacked(FIXTURES / "inspect" / "0.3.40-json", tmp_path)
     frame, summary = read_inspect([directory], scorer="match")
     assert summary["scorer"] == "match" and set(frame["reward"]) == {0.0, 1.0}  # match grades C or I only
+    letters, _ = read_inspect([directory])
+    assert read_inspect([directory], score_range=(0, 2))[0].equals(letters)  # a range scales numbers, not grades
+    for path in directory.iterdir():  # the same grades as points out of 10
+        _edit_json(path, lambda log: [s["scores"]["near_match"].update(value={"C": 10, "P": 5, "I": 0}[s["scores"]["near_match"]["value"]])
+                                      for s in log["samples"]])
+    with pytest.warns(UserWarning, match=r"scores run from 0 to 10, outside \[0, 1\]"):
+        points, _ = read_inspect([directory])
+    assert points.equals(letters) and read_inspect([directory], score_range=(0, 10))[0].equals(letters)
     path = sorted(directory.iterdir())[0]
     log = json.loads(path.read_text())
     log["eval"]["packages"]["inspect_ai"] = "0.2.9"
     path.write_text(json.dumps(log))
     with pytest.warns(UserWarning, match=r"written by inspect-ai 0\.2\.9, older than the versions this importer was tested with"):
-        read_inspect([path])
+        read_inspect([path], score_range=(0, 10))
     log["version"] = 3
     path.write_text(json.dumps(log))
     with pytest.raises(LogFormatError, match=r"field 'version': log format 3 is not supported"):
-        read_inspect([path])
+        read_inspect([path], score_range=(0, 10))
 
 
 # --------------------------------------------------------------------------- the CLI end to end

@@ -153,7 +153,7 @@ def check_tool_version(tool: str, found: str | None, tested: tuple[str, str], so
     """
     if found is None:
         return
-    parsed, oldest, newest = version_tuple(found), version_tuple(tested[0]), version_tuple(tested[1])
+    parsed, oldest, newest = version_tuple(found), version_tuple(tested[0]) or (), version_tuple(tested[1]) or ()
     if parsed is None:
         warnings.warn(f"{source}: unrecognised {tool} version {found!r}; read as {tested[1]} would write it", stacklevel=2)
     elif parsed < oldest:

@@ -57,6 +57,18 @@ _ZIP_ZSTANDARD = 93
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # a zip local file header, up to the name and extra lengths
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """One scored sample of one arm (one epoch of it)."""
+
+    arm: Arm
+    natural_id: str
+    key: str  # the sample's identity across logs: its id and input
+    query: str
+    score: float
+    numeric: bool  # a number from the scorer (scaled), not a letter grade or a boolean (already in [0, 1])
+
+
 @dataclass
 class EvalLog:
     """The parts of one log the importer reads: its header and an iterator over its samples."""
@@ -66,15 +78,18 @@ class EvalLog:
     samples: Iterator[tuple[str, dict]]  # (where, sample)
 
 
-def read_inspect(paths: list[str | Path], *, scorer: str | None = None, score_range: tuple[float, float] | None = None) -> tuple:
+def read_inspect(paths: list[str | Path], *, scorer: str | None = None, score_range: tuple[float, float] | None = None) -> tuple[pd.DataFrame, dict]:
     """(canonical log frame, summary dict) of the given logs (files, or folders holding ``.eval`` / ``.json`` logs)."""
     files = log_files([Path(p) for p in paths])
-    records, versions, scorers, skipped = [], set(), set(), 0
+    records: list[_Scored] = []
+    versions: set[str] = set()
+    scorers: set[str] = set()
+    skipped = 0
     for path in files:
         log = open_log(path)
         version = ((log.header["eval"].get("packages") or {}).get("inspect_ai"))
         check_tool_version("inspect-ai", version, TESTED_VERSIONS, str(path))
-        versions.add(version or "not recorded")
+        versions.add(str(version or "not recorded"))
         arm = log_arm(log)
         name = scorer or _first_scorer(log)
         scorers.add(name)
@@ -82,32 +97,34 @@ def read_inspect(paths: list[str | Path], *, scorer: str | None = None, score_ra
         if status != "success":
             warnings.warn(f"{path}: the eval's status is {status!r}, not 'success'; importing the samples it scored", stacklevel=2)
         for where, sample in log.samples:
-            value = _score(sample, name, where)
+            value, numeric = _score(sample, name, where)
             if value is None:
                 skipped += 1
                 continue
             query = _input_text(sample.get("input"), where)
             sample_id = sample.get("id")
-            records.append({"arm": arm, "natural": str(sample_id), "key": content_key({"id": sample_id, "input": query}),
-                            "query": query, "score": value, "where": where})
+            records.append(_Scored(arm, str(sample_id), content_key({"id": sample_id, "input": query}), query, value, numeric))
     if skipped:
         warnings.warn(f"{paths[0] if len(paths) == 1 else 'the logs'}: {skipped} sample(s) have no score from the scorer "
                       "(errors or unscored); left out", stacklevel=2)
     if not records:
         raise LogFormatError(f"{', '.join(map(str, files))}: no scored samples to import")
-    scores = scale_scores(pd.Series([r["score"] for r in records], dtype="float64"), score_range, ", ".join(map(str, files)))
-    ids = readable_query_ids([(r["natural"], r["key"]) for r in records])
-    names = arm_names(r["arm"] for r in records)
-    rows = pd.DataFrame({"query_id": [ids[r["key"]] for r in records], "query": [r["query"] for r in records],
-                         "prompt_id": [names[r["arm"]][0] for r in records], "prompt": [names[r["arm"]][1] for r in records],
-                         "llm": [dict(r["arm"].parts)["model"] for r in records], "reward": scores.to_numpy()})
+    scores = pd.Series([r.score for r in records], dtype="float64")
+    to_scale = pd.Series([r.numeric for r in records])
+    if to_scale.any():
+        scores[to_scale] = scale_scores(scores[to_scale], score_range, ", ".join(map(str, files)))
+    ids = readable_query_ids([(r.natural_id, r.key) for r in records])
+    names = arm_names(r.arm for r in records)
+    rows = pd.DataFrame({"query_id": [ids[r.key] for r in records], "query": [r.query for r in records],
+                         "prompt_id": [names[r.arm][0] for r in records], "prompt": [names[r.arm][1] for r in records],
+                         "llm": [dict(r.arm.parts)["model"] for r in records], "reward": scores.to_numpy()})
     # Epochs of one sample (and repeated runs of one arm) are draws of one arm on one query: their mean is the reward.
     per_query = rows.groupby(["query_id", "prompt_id"], sort=False).agg(
         query=("query", "first"), prompt=("prompt", "first"), llm=("llm", "first"), reward=("reward", "mean"), draws=("reward", "size"))
     frame = to_log(per_query.reset_index().drop(columns="draws").to_dict("records"), ", ".join(map(str, files)))
     draws = sorted(set(per_query["draws"].tolist()))
-    versions = sorted(versions)
-    return frame, {"tool": "inspect-ai", "tool_version": versions[0] if len(versions) == 1 else versions, "logs": len(files),
+    found = sorted(versions)
+    return frame, {"tool": "inspect-ai", "tool_version": found[0] if len(found) == 1 else found, "logs": len(files),
                    "scorer": sorted(scorers)[0] if len(scorers) == 1 else sorted(scorers),
                    "scores_per_row": draws[0] if len(draws) == 1 else draws, "unscored_samples_left_out": skipped}
 
@@ -150,10 +167,12 @@ def open_log(path: Path) -> EvalLog:
 def log_arm(log: EvalLog) -> Arm:
     """Model x task (with arguments) x solver plan of one log."""
     spec, plan = log.header["eval"], log.header.get("plan") or {}
-    steps = plan.get("steps") if isinstance(plan.get("steps"), list) else []
-    if not all(isinstance(s, dict) and isinstance(s.get("solver"), str) for s in steps):
+    steps = plan.get("steps", [])
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("solver"), str) for s in steps):
         raise LogFormatError(f"{log.path}, field 'plan.steps': expected solver steps with a 'solver' name")
     args = spec.get("task_args") or {}
+    if not isinstance(args, dict):
+        raise LogFormatError(f"{log.path}, field 'eval.task_args': expected an object of task arguments")
     task = spec["task"] + (f"({', '.join(f'{k}={_short(v)}' for k, v in args.items())})" if args else "")
     solvers = "+".join(s["solver"] for s in steps) or "none"
     plan_text = "\n".join(f"{s['solver']}({', '.join(f'{k}={_text(v)}' for k, v in (s.get('params') or {}).items())})" for s in steps)
@@ -175,11 +194,14 @@ def _first_scorer(log: EvalLog) -> str:
     raise LogFormatError(f"{log.path}, field 'eval.scorers': the log names no scorer; name one with --scorer")
 
 
-def _score(sample: dict, scorer: str, where: str) -> float | None:
-    """The sample's value from ``scorer`` as a number (letter grades mapped); None when it has no score."""
+def _score(sample: dict, scorer: str, where: str) -> tuple[float | None, bool]:
+    """(the sample's value from ``scorer`` as a number, whether it is a plain number to scale); None when it has no score.
+
+    Letter grades map to Inspect's own values and booleans to 1/0; those are rewards already.
+    """
     scores = sample.get("scores")
     if not scores:
-        return None
+        return None, False
     if not isinstance(scores, dict):
         raise LogFormatError(f"{where}, field 'scores': expected an object of scores, got {type(scores).__name__}")
     if scorer not in scores:
@@ -187,11 +209,11 @@ def _score(sample: dict, scorer: str, where: str) -> float | None:
     score = scores[scorer]
     value = score.get("value") if isinstance(score, dict) else None
     if isinstance(value, str) and value.strip().upper() in LETTER_GRADES:
-        return LETTER_GRADES[value.strip().upper()]
+        return LETTER_GRADES[value.strip().upper()], False
     parsed = number(value)
     if parsed is None:
         raise LogFormatError(f"{where}, field 'scores.{scorer}.value': {value!r} is not a grade (C, I, P, N), a boolean or a number")
-    return parsed
+    return parsed, not isinstance(value, bool)
 
 
 def _input_text(value: object, where: str) -> str:

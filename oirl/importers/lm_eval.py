@@ -30,6 +30,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from oirl.errors import LogFormatError
 from oirl.importers.eval_tools import Arm, arm_names, check_tool_version, content_key, number, readable_query_ids, to_log
 from oirl.logs import iter_jsonl_objects
@@ -63,7 +65,7 @@ class Run:
 
 
 def read_lm_eval(directory: str | Path, *, metric: str | None = None, filter_name: str | None = None,
-                 query_field: str | None = None) -> tuple:
+                 query_field: str | None = None) -> tuple[pd.DataFrame, dict]:
     """(canonical log frame, summary dict) of every run found under ``directory``."""
     directory = Path(directory)
     runs = find_runs(directory)
@@ -91,7 +93,8 @@ def find_runs(directory: Path) -> list[Run]:
     """Every run under ``directory`` (recursively), each with the samples file of each of its tasks."""
     if not directory.is_dir():
         raise LogFormatError(f"{directory}: not a directory (give the --output_path folder of 'lm_eval ... --log_samples')")
-    runs, claimed = [], set()
+    runs: list[Run] = []
+    claimed: set[Path] = set()
     for results_file in sorted(directory.rglob("*.json")):
         found = _RESULTS.match(results_file.name)
         if found:
@@ -165,19 +168,24 @@ def _task_config(run: Run, task: str) -> dict:
 
 
 def _metric_and_filter(run: Run, task: str, config: dict, metric: str | None, filter_name: str | None) -> tuple[str, str]:
-    metrics = [m.get("metric") for m in config.get("metric_list") or [] if isinstance(m, dict)]
-    filters = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)] or ["none"]
+    metrics = [str(m["metric"]) for m in config.get("metric_list") or [] if isinstance(m, dict) and m.get("metric")]
+    filters = filter_names(config)
     if metric is None and not metrics:
         raise LogFormatError(f"{run.results_file}, field 'configs.{task}.metric_list': no metric listed; name one with --metric")
     if filter_name is not None and filter_name not in filters and len(filters) > 1:
         raise LogFormatError(f"{run.results_file}, field 'configs.{task}.filter_list': no filter {filter_name!r} "
                              f"(filters: {', '.join(filters)})")
-    return metric or str(metrics[0]), filter_name if filter_name in filters else filters[0]
+    return metric or metrics[0], filter_name if filter_name is not None and filter_name in filters else filters[0]
+
+
+def filter_names(config: dict) -> list[str]:
+    """A task's filters in the config's order (lm-eval writes one record per document and filter); ``none`` without any."""
+    return [str(f["name"]) for f in config.get("filter_list") or [] if isinstance(f, dict) and f.get("name")] or ["none"]
 
 
 def _task_records(run: Run, task: str, path: Path, metric: str, filter_name: str, query_field: str | None):
     """(natural id, content key, query text, reward) of each document of one task, under one filter."""
-    filters = [f.get("name") for f in _task_config(run, task).get("filter_list") or [] if isinstance(f, dict)] or ["none"]
+    filters = filter_names(_task_config(run, task))
     seen: dict[int, int] = {}
     occurrences: dict[str, int] = {}
     out = []

@@ -40,7 +40,7 @@ _TEMPLATE_VAR = re.compile(r"\{\{-?\s*([A-Za-z_]\w*)")
 
 
 def read_promptfoo(path: str | Path, *, reward: str = "pass", score_range: tuple[float, float] | None = None,
-                   query_vars: list[str] | None = None) -> tuple:
+                   query_vars: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """(canonical log frame, summary dict) of one promptfoo results file."""
     path = Path(path)
     if reward not in REWARDS:
