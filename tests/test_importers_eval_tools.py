@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from experiment_scripts import load
 
 from oirl.cli import cli
 from oirl.errors import LogFormatError
@@ -391,3 +392,23 @@ def test_a_corrupt_record_is_one_error_line_naming_file_record_and_field(case, t
     assert line.startswith(f"error: {corrupted}, ") or line.startswith(f"error: {corrupted}: "), line
     assert re.search(expected, line[len(f"error: {corrupted}"):]), line
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+# --------------------------------------------------------------------------- the generator's own files
+
+
+def test_the_committed_mock_and_questions_are_what_the_fixtures_were_made_with(tmp_path):
+    """experiments/eval_tool_fixtures (questions, mock model) cannot drift from the committed fixtures."""
+    arith = load("eval_tool_fixtures/arith")
+    questions = {q["question"]: q for q in arith.questions()}
+    raw = json.loads(unpacked(FIXTURES / "promptfoo" / "0.123.1" / "results.json.gz", tmp_path).read_text())
+    for result in raw["results"]["results"]:
+        skill = "high" if result["provider"]["label"] == "mock-high" else "low"
+        answer = arith.mock_answer(result["prompt"]["raw"], skill)
+        expected = answer if arith.style_of(result["prompt"]["raw"]) == "plain" else f"Adding up the parts. The answer is {answer}."
+        assert result["response"]["output"] == expected
+        assert questions[result["vars"]["question"]]["answer"] == result["vars"]["answer"]
+    assert len({r["vars"]["question"] for r in raw["results"]["results"]}) == len(questions) == arith.N_QUESTIONS
+    for samples in (FIXTURES / "lm_eval" / "0.4.13").rglob("samples_arith_mc_*.jsonl"):
+        docs = [json.loads(line)["doc"] for line in samples.read_text().splitlines()]
+        assert docs == list(questions.values())

@@ -5,7 +5,7 @@ configs, and one samples file per task with a record per document and filter. Al
 found under DIR merge into one log, one row per (document, arm):
 
 * arm = model x task: ``prompt_id`` joins the parts that differ between the runs
-  (``arith_cot``, or ``hf(pretrained=gpt2):arith_cot``); ``prompt`` is the task's
+  (``arith_cot``, or ``gpt2:arith_cot`` for ``--model_args pretrained=gpt2``); ``prompt`` is the task's
   template (description + ``doc_to_text``, its few-shot count and, for multiple-choice
   tasks, that choices are scored by likelihood), with the model in front when several;
 * ``query``: the document's question (the first of :data:`QUERY_FIELDS` it has, or
