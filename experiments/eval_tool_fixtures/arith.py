@@ -16,7 +16,7 @@ carry real per-query, per-arm differences:
   operand is a multiple of 5, so repeated samples of one question can disagree;
 * a wrong answer is off by one (a near miss) when the first operand is even, else off by 7.
 
-Run as a script it writes the questions as JSONL (id, question, answer) to stdout.
+Run as a script it writes the questions as JSONL (id, question, answer, choices, label) to stdout.
 """
 
 from __future__ import annotations

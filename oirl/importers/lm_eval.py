@@ -9,7 +9,7 @@ found under DIR merge into one log, one row per (document, arm):
   template (description + ``doc_to_text``, its few-shot count and, for multiple-choice
   tasks, that choices are scored by likelihood), with the model in front when several;
 * ``query``: the document's question (the first of :data:`QUERY_FIELDS` it has, or
-  ``query_field``); ``query_id``: the doc id, matched across tasks by the document's
+  ``query_field``); ``query_id``: ``doc-<doc id>``, matched across tasks by the document's
   content, so a plain and a chain-of-thought variant of one task share their queries
   (a doc id that names different documents in different tasks gets a content hash);
 * ``reward``: the task's per-sample metric (its first, or ``metric``) under its first
