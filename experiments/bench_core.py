@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import load_bundle, save_bundle
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,11 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from oirl._atomic import write_text_atomic
-    from oirl.embed import CachedEmbedder, MemoryCachedEmbedder, get_embedder
-    from oirl.importers import import_prompt_oirl
-    from oirl.importers.prompt_oirl import HELDOUT_PROMPTS, PROMPTS
-    from oirl.logs import read_logs, training_rows
-    from oirl.recommender import Candidate, Recommender
+    from oirl.data.importers import import_prompt_oirl
+    from oirl.data.importers.prompt_oirl import HELDOUT_PROMPTS, PROMPTS
+    from oirl.data.logs import read_logs, training_rows
+    from oirl.embed.cached import CachedEmbedder, MemoryCachedEmbedder
+    from oirl.embed.registry import get_embedder
+    from oirl.recommender.recommender import Candidate
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -55,14 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
         CachedEmbedder(embedder, tmp / "emb").embed(texts, progress=True)
         embed_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        rec = Recommender.train(train, model=args.model, embedder=args.embedder, cache_dir=tmp / "emb", progress=True)
+        rec = train_recommender(train, model=args.model, embedder=args.embedder, cache_dir=tmp / "emb", progress=True)
         train_seconds = time.perf_counter() - started
-        rec.save(tmp / "model")
+        save_bundle(rec, tmp / "model")
 
         # Latency as the service sees it: a loaded bundle, an in-memory query cache,
         # distinct queries (no cache hits), 16 candidates of which 10 are new prompts.
-        rec = Recommender.load(tmp / "model")
-        rec.set_query_embedder(MemoryCachedEmbedder(get_embedder(args.embedder)))
+        rec = load_bundle(tmp / "model")
+        rec = rec.with_query_embedder(MemoryCachedEmbedder(get_embedder(args.embedder)))
         candidates = [Candidate(text, alias) for alias, text in PROMPTS.items()]
         assert len(candidates) == 16 and sum(c.prompt_id in HELDOUT_PROMPTS for c in candidates) == 10
         test_queries = logs.loc[logs["split"] == "test", "query"].drop_duplicates().tolist()

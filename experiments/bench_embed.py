@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from oirl.embed import CachedEmbedder, default_cache_dir, get_embedder
+    from oirl.embed.base import default_cache_dir
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
 
     with (args.data_dir / "gsm8k" / "train.jsonl").open(encoding="utf-8") as handle:
         questions = [json.loads(line)["question"] for line in handle][: args.questions]

@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_fuzz import free_port  # noqa: E402
 
+from oirl.learn.train import train_recommender
+
 
 def start(bundle: Path, port: int, decisions: Path, explore: str) -> subprocess.Popen:
     import httpx
@@ -52,12 +54,11 @@ def start(bundle: Path, port: int, decisions: Path, explore: str) -> subprocess.
 
 def default_bundle(data_dir: Path, work: Path, cache_dir: Path) -> Path:
     """A neighbour-model bundle on 500 GSM8K training questions (real MiniLM vectors)."""
-    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
-    from oirl.recommender import Recommender
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 
     logs = build_logs(data_dir, "gsm8k", TRAINING_PROMPTS)
     train = logs[logs["query_id"].isin(logs.loc[logs["split"] == "train", "query_id"].unique()[:500])]
-    return Recommender.train(train, model="knn", cache_dir=cache_dir).save(work / "model")
+    return train_recommender(train, model="knn", cache_dir=cache_dir).save(work / "model")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     import httpx
 
     from oirl._atomic import write_text_atomic
-    from oirl.decisions import DecisionStore
-    from oirl.importers.prompt_oirl import load_questions
-    from oirl.logs import read_logs
+    from oirl.data.importers.prompt_oirl import load_questions
+    from oirl.data.logs import read_logs
+    from oirl.serve.decisions import DecisionStore
 
     questions = load_questions(args.data_dir, "gsm8k")
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ prompt (+0.25), on top of per-prompt base rates and a per-question difficulty. E
 instance of one tenth of the base questions (by hash) is a test instance: the held-out
 questions are never trained on, in any variant.
 
-Stages, all through the code the CLI runs (:mod:`oirl.distributed`) on ``local:N``:
+Stages, all through the code the CLI runs (:mod:`oirl.distributed.train`) on ``local:N``:
 build (write the Parquet partitions), read (validate, encode), embed (shuffle by text,
 embed with ``minilm-static``, pivot), CV/select, fit, save, evaluate (``oirl evaluate
 --dask`` on the test split) and recommend (``oirl recommend --out --dask`` on the test
@@ -49,6 +49,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from oirl.distributed.batch import part_writer
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import load_bundle, save_bundle
+
 N_PROMPTS = 8
 N_CLUSTERS = 6
 BOOST = 0.25
@@ -61,7 +65,7 @@ GiB = 2**30
 
 def base_questions(data_dir: Path) -> list[str]:
     """Distinct question texts of GSM8K (train and first 1,000 test), SVAMP and MAWPS."""
-    from oirl.importers.prompt_oirl import DATASETS, load_questions
+    from oirl.data.importers.prompt_oirl import DATASETS, load_questions
 
     return list(dict.fromkeys(q for ds in DATASETS for q in load_questions(data_dir, ds)))
 
@@ -89,8 +93,9 @@ def build_log(data_dir: Path, out: Path, rows: int, partitions: int, *, embedder
     ``out/test_queries/part-NNNNN.parquet``; returns what the scoring needs (the planted
     probabilities of the test instances, by query id). The base questions are embedded
     with ``embedder`` (into ``cache_dir``) to plant the pattern."""
-    from oirl.embed import CachedEmbedder, get_embedder
-    from oirl.importers.prompt_oirl import PROMPTS
+    from oirl.data.importers.prompt_oirl import PROMPTS
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
 
     questions = base_questions(data_dir)
     p = planted_probabilities(CachedEmbedder(get_embedder(embedder), cache_dir).embed(questions), boost, seed)
@@ -208,7 +213,7 @@ def driver_peak_rss() -> int:
 def copy_static_model(cache_dir: Path) -> str | None:
     """Reuse an already distilled minilm-static from the default cache (its one-off
     distillation is not part of the benchmark); vectors still start cold."""
-    from oirl.embed import default_cache_dir
+    from oirl.embed.base import default_cache_dir
 
     for folder in sorted((Path(default_cache_dir()) / "static").glob("minilm-static-*")):
         if folder.is_dir() and all((folder / f).is_file() for f in ("model.safetensors", "tokenizer.json", "config.json")):
@@ -218,7 +223,7 @@ def copy_static_model(cache_dir: Path) -> str | None:
 
 
 def train_on(client, log: Path, cache_dir: Path, embedder: str, model: str = "auto"):
-    from oirl.distributed import train_distributed
+    from oirl.distributed.train import train_distributed
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -248,8 +253,7 @@ def compare_with_memory(client, tmp: Path, log: Path, built: dict, rows: int, ca
     held-out instances (every test instance of the log): with ``--model auto`` (whose
     in-memory candidates are more: 18 knn settings, logistic, LightGBM, centred LightGBM,
     MLP) and like for like with ``--model lightgbm`` and ``--model knn``."""
-    from oirl.logs import read_logs, training_rows
-    from oirl.recommender import Recommender
+    from oirl.data.logs import read_logs, training_rows
 
     frame = pd.concat([pd.read_parquet(f) for f in sorted(log.glob("part-*.parquet"))[: max(1, -(-rows // built["partition_rows"]) + 1)]])
     train = frame[frame["split"] == "train"].head(rows)
@@ -263,7 +267,7 @@ def compare_with_memory(client, tmp: Path, log: Path, built: dict, rows: int, ca
         dask_rec, _ = train_on(client, tmp / "compare", cache_dir, embedder, model)
         dask_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        memory_rec = Recommender.train(logs, model=model, embedder=embedder, cache_dir=cache_dir, progress=True)
+        memory_rec = train_recommender(logs, model=model, embedder=embedder, cache_dir=cache_dir, progress=True)
         memory_seconds = time.perf_counter() - started
         values, block = {}, {}
         for name, rec, seconds in (("dask", dask_rec, dask_seconds), ("in_memory", memory_rec, memory_seconds)):
@@ -295,7 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from oirl._atomic import write_text_atomic
-    from oirl.distributed import dask_client, evaluate_distributed, recommend_to_parquet
+    from oirl.distributed.cluster import dask_client
+    from oirl.distributed.evaluate import evaluate_distributed
+    from oirl.recommender.batch import recommend_to_parquet
 
     partitions = args.partitions or max(4, round(args.rows / 62_500))
     result: dict = {"command": "python experiments/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rec, timings = train_on(client, tmp / "log", cache_dir, args.embedder)
                 stages.update({k: timings[k] for k in ("read", "embedder_setup", "embed", "cv_select", "fit")})
                 tick = time.perf_counter()
-                rec.save(tmp / "model")
+                save_bundle(rec, tmp / "model")
                 stages["save"] = time.perf_counter() - tick
                 # what the report needs from the bundle; then drop it, as `oirl train` exits before `oirl evaluate` runs
                 result["training"] = {k: rec.metadata["training"][k] for k in ("rows", "query_instances", "distinct_queries")}
@@ -328,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report = evaluate_distributed(client, tmp / "model", [tmp / "log"], cache_dir=cache_dir)
                 stages["evaluate"] = time.perf_counter() - tick
                 tick = time.perf_counter()
-                recommend_to_parquet(tmp / "model", tmp / "test_queries", tmp / "picks", client=client, cache_dir=cache_dir)
+                recommend_to_parquet(load_bundle(tmp / "model", cache_dir=cache_dir), tmp / "test_queries", tmp / "picks",
+                                     write_parts=part_writer(client, tmp / "model", cache_dir))
                 stages["recommend"] = time.perf_counter() - tick
             stages["end_to_end"] = sum(stages.values())
         driver_peak = driver_peak_rss()

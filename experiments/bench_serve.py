@@ -29,6 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_fuzz import start_server, stop_server  # noqa: E402
 
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import load_bundle
+
 
 async def _sequential(base: str, queries: list[str], candidates: list[str]) -> list[float]:
     host, port = base.removeprefix("http://").split(":")
@@ -138,9 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from oirl._atomic import write_text_atomic
-    from oirl.importers.prompt_oirl import PROMPTS, load_questions
-    from oirl.logs import read_logs, training_rows
-    from oirl.recommender import Recommender
+    from oirl.data.importers.prompt_oirl import PROMPTS, load_questions
+    from oirl.data.logs import read_logs, training_rows
 
     # Distinct texts, disjoint between the three measurements so none hits a cache.
     gsm8k = list(dict.fromkeys(load_questions(args.data_dir, "gsm8k")))
@@ -157,15 +159,15 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            from oirl.importers import import_prompt_oirl
+            from oirl.data.importers import import_prompt_oirl
 
             import_prompt_oirl(args.data_dir, Path(tmp) / "logs", datasets=("gsm8k",))
             train = training_rows(read_logs(Path(tmp) / "logs" / "gsm8k.parquet"), "split", "train", source="gsm8k")
             keep = train["query_id"].drop_duplicates().head(1000)
-            model_dir = Recommender.train(train[train["query_id"].isin(keep)], embedder=args.embedder,
+            model_dir = train_recommender(train[train["query_id"].isin(keep)], embedder=args.embedder,
                                           cache_dir=args.cache_dir).save(Path(tmp) / "model")
 
-        embedder = Recommender.load(model_dir).embedder  # the bundle's own (a static one travels inside it)
+        embedder = load_bundle(model_dir).embedder  # the bundle's own (a static one travels inside it)
         embedder.embed(["load the model before timing"])
         started = time.perf_counter()
         embedder.embed(raw_texts, batch_size=64)
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
             stop_server(process)
 
     result = {
-        "embedder": Recommender.load(model_dir).embedder_spec if args.model_dir else args.embedder,
+        "embedder": load_bundle(model_dir).embedder_spec if args.model_dir else args.embedder,
         "raw_embedding_queries_per_second": round(raw_speed, 1),
         "latency_one_client": {"requests": len(sequential), "candidates": len(candidates), "ms": _percentiles(sequential)},
         "throughput": {

@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import save_bundle
+
 ACCESS_LINE = re.compile(r'"(?:GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|TRACE|CONNECT|[A-Z]+) \S* HTTP/[\d.]+" (\d{3})')
 
 
@@ -72,15 +75,14 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def train_small_bundle(data_dir: Path, work: Path) -> Path:
-    from oirl.importers import import_prompt_oirl
-    from oirl.logs import read_logs, training_rows
-    from oirl.recommender import Recommender
+    from oirl.data.importers import import_prompt_oirl
+    from oirl.data.logs import read_logs, training_rows
 
     import_prompt_oirl(data_dir, work / "logs", datasets=("gsm8k",))
     train = training_rows(read_logs(work / "logs" / "gsm8k.parquet"), "split", "train", source="gsm8k")
     keep = train["query_id"].drop_duplicates().head(300)
-    rec = Recommender.train(train[train["query_id"].isin(keep)], model="lightgbm", model_params={"n_estimators": 100}, cache_dir=work / "emb")
-    return rec.save(work / "model")
+    rec = train_recommender(train[train["query_id"].isin(keep)], model="lightgbm", model_params={"n_estimators": 100}, cache_dir=work / "emb")
+    return save_bundle(rec, work / "model")
 
 
 def fuzz(model_dir: Path, work: Path, *, seconds: int, workers: int, max_examples: int | None, seed: int | None) -> dict:

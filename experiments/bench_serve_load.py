@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     import httpx
 
     from oirl._atomic import write_text_atomic
-    from oirl.importers.prompt_oirl import PROMPTS, load_questions
+    from oirl.data.importers.prompt_oirl import PROMPTS, load_questions
 
     queries = list(dict.fromkeys(load_questions(args.data_dir, "gsm8k") + load_questions(args.data_dir, "svamp")))
     random.Random(args.seed).shuffle(queries)

@@ -28,7 +28,7 @@ import json, sys, time
 import numpy as np
 data = np.load(sys.argv[1])
 X, y = data["X"], data["y"]
-from oirl.reward import LightGBMReward
+from oirl.reward.trees import LightGBMReward
 threads = None if sys.argv[2] == "auto" else int(sys.argv[2])
 started = time.perf_counter()
 model = LightGBMReward(n_jobs=threads).fit(X, y)
@@ -44,9 +44,11 @@ def busy(stop_at: float) -> None:
 def features(data_dir: Path, cache_dir: Path, n_queries: int | None):
     import numpy as np
 
-    from oirl.embed import CachedEmbedder, get_embedder
-    from oirl.features import LogMatrix, grid_features
-    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+    from oirl.data.matrix import LogMatrix
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
+    from oirl.reward.features import grid_features
 
     logs = build_logs(data_dir, "gsm8k", TRAINING_PROMPTS)
     logs = logs[logs["split"] == "train"]

@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+from oirl.learn.train import train_recommender
+
 EMBEDDERS = ("minilm", "minilm-static")
 LOGS = ("gsm8k", "svamp", "mawps", "cruxeval")
 
@@ -29,7 +31,7 @@ def split_log(data_dir: Path, name: str):
 
         logs = split_logs(data_dir)
     else:
-        from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+        from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 
         logs = build_logs(data_dir, name, TRAINING_PROMPTS)
     return logs[logs["split"] == "train"].reset_index(drop=True), logs[logs["split"] == "test"].reset_index(drop=True)
@@ -37,7 +39,7 @@ def split_log(data_dir: Path, name: str):
 
 def throughput(embedder: str, texts: list[str], cache_dir: Path) -> float:
     """Texts per second through the raw embedder (no vector cache), model already loaded."""
-    from oirl.embed import get_embedder
+    from oirl.embed.registry import get_embedder
 
     model = get_embedder(embedder)
     model.use_cache_dir(cache_dir)  # where the static model was built
@@ -61,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
 
     from oirl._atomic import write_text_atomic
-    from oirl.evaluate import score_logs
-    from oirl.recommender import Recommender
+    from oirl.evaluation.scored import score_logs
     from oirl.reproduce.report import markdown_table, paired_cluster_bootstrap
 
     rows = []
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         texts = list(pd.unique(test["query"]))[: args.throughput_texts]
         for embedder in EMBEDDERS:
             started = time.perf_counter()
-            rec = Recommender.train(train, embedder=embedder, cache_dir=args.cache_dir, source=f"{name} train")
+            rec = train_recommender(train, embedder=embedder, cache_dir=args.cache_dir, source=f"{name} train")
             seconds = time.perf_counter() - started
             scored = score_logs(rec, test)
             values[embedder] = scored.values(rec.default_policy)

@@ -8,6 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import save_bundle
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("OIRL_DATA_DIR", REPO.parent / "shared" / "data"))
 
@@ -29,7 +32,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def imported_logs(data_dir, tmp_path_factory) -> Path:
     """All six Prompt-OIRL log files, imported once per test session."""
-    from oirl.importers import import_prompt_oirl
+    from oirl.data.importers import import_prompt_oirl
 
     out = tmp_path_factory.mktemp("logs")
     import_prompt_oirl(data_dir, out)
@@ -48,7 +51,7 @@ def slice_queries(frame: pd.DataFrame, n_train: int, n_test: int, seed: int = 0)
 @pytest.fixture(scope="session")
 def gsm8k_slice(imported_logs) -> pd.DataFrame:
     """600 train and 200 test GSM8K queries with the six training prompts."""
-    from oirl.logs import read_logs
+    from oirl.data.logs import read_logs
 
     return slice_queries(read_logs(imported_logs / "gsm8k.parquet"), 600, 200)
 
@@ -56,11 +59,10 @@ def gsm8k_slice(imported_logs) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def minilm_bundle(gsm8k_slice, tmp_path_factory) -> Path:
     """A LightGBM bundle on real MiniLM vectors of 300 GSM8K train queries."""
-    from oirl.logs import training_rows
-    from oirl.recommender import Recommender
+    from oirl.data.logs import training_rows
 
     train = training_rows(gsm8k_slice, "split", "train", source="slice")
     keep = train["query_id"].drop_duplicates().head(300)
     work = tmp_path_factory.mktemp("bundle")
-    rec = Recommender.train(train[train["query_id"].isin(keep)], model="lightgbm", model_params={"n_estimators": 100}, cache_dir=work / "emb")
-    return rec.save(work / "model")
+    rec = train_recommender(train[train["query_id"].isin(keep)], model="lightgbm", model_params={"n_estimators": 100}, cache_dir=work / "emb")
+    return save_bundle(rec, work / "model")

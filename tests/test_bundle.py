@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from oirl.bundle import BUNDLE_FILE, load_bundle
-from oirl.cli import cli
+from oirl.cli.main import cli
 from oirl.errors import BundleError
-from oirl.recommender import Recommender
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import BUNDLE_FILE, load_bundle, save_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle(gsm8k_slice, tmp_path_factory):
     """A small knn bundle (hashing embedder) and the log it was trained on."""
-    from oirl.logs import training_rows, write_logs
+    from oirl.data.logs import training_rows, write_logs
 
     work = tmp_path_factory.mktemp("bundle")
     train = training_rows(gsm8k_slice, "split", "train", source="slice")
     train = train[train["query_id"].isin(train["query_id"].unique()[:60])]
     log = write_logs(train, work / "train.parquet")
-    Recommender.train(train, model="knn", embedder="hashing", cache_dir=work / "emb").save(work / "model")
+    save_bundle(train_recommender(train, model="knn", embedder="hashing", cache_dir=work / "emb"), work / "model")
     return work, log
 
 
@@ -71,10 +71,10 @@ def test_an_empty_or_missing_directory_and_an_existing_bundle_are_fine(bundle, t
 
 def test_bundle_files_and_folders_follow_the_umask(bundle, tmp_path):
     work, _ = bundle
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
     old = os.umask(0o002)
     try:
-        rec.save(tmp_path / "model")
+        save_bundle(rec, tmp_path / "model")
     finally:
         os.umask(old)
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o775
@@ -84,19 +84,19 @@ def test_bundle_files_and_folders_follow_the_umask(bundle, tmp_path):
 
 def test_replacing_a_bundle_keeps_the_old_one_if_writing_fails(bundle, tmp_path, monkeypatch):
     work, _ = bundle
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
-    rec.save(tmp_path / "model")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
+    save_bundle(rec, tmp_path / "model")
     before = (tmp_path / "model" / BUNDLE_FILE).read_bytes()
     monkeypatch.setattr(type(rec.model), "to_bytes", lambda self: (_ for _ in ()).throw(RuntimeError("disk full")))
     with pytest.raises(RuntimeError, match="disk full"):
-        rec.save(tmp_path / "model")
+        save_bundle(rec, tmp_path / "model")
     assert (tmp_path / "model" / BUNDLE_FILE).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 def test_loaded_bundles_score_like_the_trained_one_and_fingerprint_what_they_load(bundle):
     work, _ = bundle
-    first = Recommender.load(work / "model", cache_dir=work / "emb")
+    first = load_bundle(work / "model", cache_dir=work / "emb")
     queries = ["How many apples are left?", "What is 7 times 8?"]
     second = load_bundle(work / "model", cache_dir=work / "emb")
     np.testing.assert_array_equal(first.score(queries), second.score(queries))
@@ -125,7 +125,7 @@ def set_path(path, value):
 
 CORRUPTIONS = {
     "truncated json": (lambda m: (m / BUNDLE_FILE).write_text((m / BUNDLE_FILE).read_text()[:200]), "bundle.json: not valid JSON"),
-    "old format": (corrupt_json(set_path(["format"], 1)), "bundle format 1; this oirl reads format 2"),
+    "old format": (corrupt_json(set_path(["format"], 1)), "bundle format 1; this oirl reads format 3"),
     "margin of the wrong type": (corrupt_json(set_path(["policy", "conservative_margin"], "abc")), "policy.conservative_margin"),
     "unknown top-level key": (corrupt_json(set_path(["surprise"], 1)), "surprise: Extra inputs are not permitted"),
     "unknown model parameter": (corrupt_json(set_path(["model", "params", "depth"], 3)), "model.params.depth: Extra inputs are not permitted"),

@@ -3,14 +3,15 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from oirl.cli import cli
-from oirl.crossfit import MIN_EFFECT, PRIOR_Z
+from oirl.cli.main import cli
+from oirl.data.logs import read_logs, write_logs
 from oirl.errors import OirlError
-from oirl.logs import write_logs
-from oirl.recommender import Recommender
+from oirl.learn.selection import MIN_EFFECT, PRIOR_Z
+from oirl.recommender.bundle import load_bundle, save_bundle
 
 
 def run(*args, ok=True):
@@ -38,7 +39,7 @@ def test_train_writes_a_bundle_with_cv_metrics(trained):
     assert {k: meta["embedder"][k] for k in ("spec", "model_id", "dimension")} == {
         "spec": "minilm", "model_id": "sentence-transformers/all-MiniLM-L6-v2", "dimension": 384}
     assert [p["prompt_id"] for p in meta["prompts"]] == ["nan", "CoT", "APE", "Dis", "ToT", "Decomp"]
-    assert meta["model"]["kind"] == summary["model"] and (work / "model" / meta["model"]["file"]).is_file()
+    assert meta["model"]["kind"] == summary["reward_model"]["kind"] and (work / "model" / meta["model"]["file"]).is_file()
     assert meta["features"]["dimension"] == {"concat": 768, "concat-product": 1152}[meta["features"]["layout"]]
     assert meta["training"]["cv_groups"] == "text" and meta["training"]["feedback"] == "full"
     assert len(meta["training"]["fingerprint"]) == 16
@@ -48,14 +49,16 @@ def test_train_writes_a_bundle_with_cv_metrics(trained):
     assert "prior" in options and any(o.startswith("knn(") for o in options) and any(o.startswith("lightgbm ") for o in options)
     assert any(o.startswith("lightgbm-centred") for o in options) and any(o.startswith("mlp") for o in options)
     [chosen] = [row for row in table if row["chosen"]]
-    assert meta["policy"]["default"] == summary["default_policy"] == chosen["policy"]
-    best = max(row["value"] for row in table)
-    if chosen["option"] == "prior":  # no option beats the prior by more than PRIOR_Z standard errors
-        assert all(r["gain_over_prior"] <= max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) + 1e-12 for r in table
-                   if best - r["value"] <= max(r["se_vs_best"], MIN_EFFECT) + 1e-12)
-    else:
-        assert best - chosen["value"] <= max(chosen["se_vs_best"], MIN_EFFECT) + 1e-12  # the one-standard-error rule
-        assert chosen["gain_over_prior"] > PRIOR_Z * chosen["se_vs_prior"]
+    assert meta["policy"]["default"] == summary["chosen"]["policy"] == chosen["policy"]
+    assert summary["chosen"]["option"] == chosen["option"]  # the summary names what was chosen, the prior included
+    cleared = [r for r in table if r["cleared_prior"]]
+    assert all(r["gain_over_prior"] > max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) for r in cleared)
+    assert all(r["gain_over_prior"] <= max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) for r in table if r not in cleared)
+    if not cleared:
+        assert chosen["option"] == "prior" and summary["chosen"]["means"].startswith("always the best training prompt")
+    else:  # the one-standard-error rule among the options that cleared
+        best = max(r["value"] for r in cleared)
+        assert chosen in cleared and best - chosen["value"] <= max(chosen["se_vs_best"], MIN_EFFECT) + 1e-12
 
 
 def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
@@ -67,7 +70,11 @@ def test_recommend_prints_one_json_line_per_query_in_order(trained, tmp_path):
     assert [line["query"] for line in lines] == ["A shop sells 3 pens for $2.\nHow much do 12 pens cost?", "What is 7 times 8?"]
     for line in lines:
         assert len(line["ranking"]) == 2 and line["ranking"][0]["score"] >= line["ranking"][1]["score"]
-        assert set(line) == {"query", "prompt_id", "prompt", "score", "ranking"}
+        # A pick that is not the top of its ranking says why (the conservative policy kept its default).
+        top_picked = line["prompt_id"] == line["ranking"][0]["prompt_id"] or line["score"] == line["ranking"][0]["score"]
+        assert set(line) == {"query", "prompt_id", "prompt", "score", "ranking"} | (set() if top_picked else {"reason"})
+        if not top_picked:
+            assert line["reason"].startswith(f"conservative: kept the default prompt {line['prompt_id']!r}")
 
 
 def test_recommend_scores_new_candidate_prompts(trained, tmp_path):
@@ -115,9 +122,9 @@ def test_evaluating_training_rows_says_so(trained, tmp_path):
 
 def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_path):
     work, _, _ = trained
-    first = Recommender.load(work / "model", cache_dir=work / "emb")
-    first.save(tmp_path / "copy")
-    second = Recommender.load(tmp_path / "copy", cache_dir=work / "emb")
+    first = load_bundle(work / "model", cache_dir=work / "emb")
+    save_bundle(first, tmp_path / "copy")
+    second = load_bundle(tmp_path / "copy", cache_dir=work / "emb")
     queries = gsm8k_slice["query"].drop_duplicates().head(20).tolist()
     np.testing.assert_array_equal(first.score(queries), second.score(queries))
     assert first.fingerprint == second.fingerprint
@@ -143,6 +150,7 @@ def test_saved_and_loaded_bundles_score_identically(trained, gsm8k_slice, tmp_pa
         (["recommend", "{model}", "--query", "hi", "--candidates", "{clash}"], "candidate id 'CoT' names a bundle prompt with another text"),
         (["train", "{log}", "--out", "{tmp}/m", "--model", "forest"], "Invalid value for '--model': 'forest' is not one of 'auto'"),
         (["train", "{log}", "--out", "{tmp}/m", "--cv-folds", "50"], "Invalid value for '--cv-folds'"),
+        (["train", "{log}", "--out", "{tmp}/m", "--embedder", "minlm"], "unknown embedder 'minlm': choose from minilm, minilm-static, hashing"),
         (["export-decisions", "{tmp}/none.sqlite", "--out", "{tmp}/m.parquet"], "no such decision database"),
     ],
 )
@@ -178,7 +186,7 @@ def test_a_corrupt_bundle_is_a_clear_error(trained, tmp_path):
 
 def test_ranking_orders_ties_like_the_policies(trained):
     work, _, _ = trained
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
     [result] = rec.recommend(["What is 7 times 8?"], top_k=6, policy="argmax")
     scores = [r["score"] for r in result.ranking]
     assert scores == sorted(scores, reverse=True)
@@ -190,23 +198,23 @@ def test_ranking_orders_ties_like_the_policies(trained):
 
 def test_cost_aware_without_costs_fails_before_embedding_anything(trained):
     work, _, _ = trained
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
 
     class NeverCalled:
         def embed(self, texts, **_):
             raise AssertionError("embedded before the policy was checked")
 
-    rec.set_query_embedder(NeverCalled())
+    rec = rec.with_query_embedder(NeverCalled())
     with pytest.raises(OirlError, match="the cost-aware policy needs a cost for every candidate; none known for: nan, CoT"):
         rec.recommend(["What is 7 times 8?"], policy="cost-aware", cost_weight=0.1)
 
 
 def test_one_text_under_two_ids_is_refused(trained):
     """Explored, it would split the text's chance of being served across two ids."""
-    from oirl.recommender import Candidate
+    from oirl.recommender.recommender import Candidate
 
     work, _, _ = trained
-    rec = Recommender.load(work / "model", cache_dir=work / "emb")
+    rec = load_bundle(work / "model", cache_dir=work / "emb")
     with pytest.raises(OirlError, match="candidate text.* given twice"):
         rec.resolve_candidates([Candidate("Solve it.", "x1"), Candidate("Solve it.", "x2")])
 
@@ -221,8 +229,38 @@ def test_os_errors_are_one_line_exit_2(tmp_path):
 
 def test_several_evaluated_logs_must_agree_on_optional_columns(trained, tmp_path):
     work, log_file, _ = trained
-    from oirl.logs import read_logs
+    from oirl.data.logs import read_logs
 
     with_cost = write_logs(read_logs(log_file).assign(cost=1.0), tmp_path / "costed.parquet")
     result = run("evaluate", work / "model", log_file, with_cost, "--cache-dir", work / "emb", ok=False)
     assert result.exit_code == 2 and "has a 'cost' column and" in result.stderr and "Traceback" not in result.output
+
+
+def test_import_logs_never_replaces_a_file_oirl_did_not_write(trained, tmp_path):
+    _, log_file, _ = trained
+    other = tmp_path / "existing.csv"
+    other.write_text("someone else's data\n")
+    refused = run("import", "logs", log_file, "--out", other, ok=False)
+    assert refused.exit_code == 2 and "exists and was not written by oirl" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and other.read_text() == "someone else's data\n"
+    run("import", "logs", log_file, "--out", other, "--force")  # said so: replaced
+    assert other.read_text().startswith("query_id,")
+    ours = tmp_path / "ours.parquet"
+    run("import", "logs", log_file, "--out", ours)
+    run("import", "logs", log_file, "--out", ours)  # a Parquet log oirl wrote is replaced
+    foreign = tmp_path / "foreign.parquet"
+    pd.DataFrame({"x": [1]}).to_parquet(foreign)
+    assert run("import", "logs", log_file, "--out", foreign, ok=False).exit_code == 2
+
+
+def test_evaluate_says_which_rows_it_evaluated_and_keeps_foreign_files(trained, tmp_path):
+    work, log_file, _ = trained
+    no_split = write_logs(read_logs(log_file).drop(columns="split").head(60), tmp_path / "nosplit.parquet")
+    result = run("evaluate", work / "model", no_split, "--out", tmp_path / "report.json", "--cache-dir", work / "emb")
+    report = json.loads(result.stdout)
+    assert report["split"] is None and report["rows"] == "every row (no split column)"
+    assert "no column 'split'" in result.stderr
+    run("evaluate", work / "model", no_split, "--out", tmp_path / "report.json", "--cache-dir", work / "emb")  # its own report: replaced
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    refused = run("evaluate", work / "model", no_split, "--out", tmp_path / "notes.json", "--cache-dir", work / "emb", ok=False)
+    assert refused.exit_code == 2 and json.loads((tmp_path / "notes.json").read_text()) == {"mine": True}

@@ -3,20 +3,12 @@
 import numpy as np
 import pytest
 
-from oirl.crossfit import (
-    CrossFit,
-    choose_margin,
-    clustered_standard_error,
-    make_folds,
-    one_standard_error_choice,
-    policy_values,
-    prior_values,
-    row_values,
-    select_model,
-    spec,
-)
+from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
-from oirl.features import LogMatrix
+from oirl.learn.candidates import spec
+from oirl.learn.crossfit import CrossFit, make_folds, policy_values, prior_values, row_values
+from oirl.learn.selection import MIN_SUPPORT, choose_margin, choose_option, one_standard_error_choice, select_model
+from oirl.ope.bootstrap import clustered_standard_error
 
 INF = float("inf")
 
@@ -111,15 +103,47 @@ def test_choose_margin_keeps_the_default_on_noise():
 def test_row_values_direct_with_full_information_and_doubly_robust_with_partial_feedback():
     rewards = np.array([[1.0, np.nan], [np.nan, 0.0]])
     propensity = np.array([[0.5, np.nan], [np.nan, 0.25]])
-    q_hat = np.array([[0.6, 0.3], [0.2, 0.4]])
+    reference = np.array([[0.6, 0.3], [0.2, 0.4]])
     partial = matrix_from(rewards, propensity=propensity)
     picks = np.array([0, 0])
     # Row 0 picked the logged prompt: .6 + (1 - .6) / .5 = 1.4. Row 1 did not: .2.
-    np.testing.assert_allclose(row_values(picks, partial, q_hat), [1.4, 0.2])
-    # Without propensities: the direct method.
-    np.testing.assert_allclose(row_values(picks, matrix_from(rewards), q_hat), [0.6, 0.2])
+    np.testing.assert_allclose(row_values(picks, partial, reference), [1.4, 0.2])
+    # Without propensities a partial log cannot be valued: never by a model's own predictions.
+    with pytest.raises(OirlError, match="needs propensities"):
+        row_values(picks, matrix_from(rewards), reference)
     full = matrix_from(np.array([[1.0, 0.0], [0.0, 1.0]]))
-    np.testing.assert_array_equal(row_values(np.array([1, 1]), full, q_hat), [0.0, 1.0])
+    np.testing.assert_array_equal(row_values(np.array([1, 1]), full, reference), [0.0, 1.0])
+
+
+def spread(mean, standard_error, n, seed):
+    """(n,) values with exactly this mean and (unclustered) standard error of the mean."""
+    z = np.random.default_rng(seed).normal(size=n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    return mean + standard_error * np.sqrt(n) * z
+
+
+def test_an_option_that_clears_the_prior_is_not_lost_to_a_simpler_one_that_does_not():
+    """The case of the review: logistic +.085 at 6 standard errors, knn +.070 at 2.8; the
+    rule used to pick knn as the simpler option, then drop it for failing 3 SE."""
+    n = 2000
+    values = {"prior": np.zeros(n), "knn argmax": spread(0.070, 0.070 / 2.8, n, 1), "logistic argmax": spread(0.085, 0.085 / 6, n, 2)}
+    chosen, facts = choose_option(values, {"prior": 0, "knn argmax": 2, "logistic argmax": 4}, np.arange(n))
+    assert chosen == "logistic argmax"
+    assert facts["logistic argmax"]["cleared_prior"] and not facts["knn argmax"]["cleared_prior"]
+    assert facts["knn argmax"]["gain_over_prior"] / facts["knn argmax"]["se_vs_prior"] == pytest.approx(2.8, rel=0.01)
+
+
+def test_among_the_options_that_clear_the_simplest_within_one_error_wins_and_support_counts():
+    n = 2000
+    values = {"prior": np.zeros(n), "knn argmax": spread(0.080, 0.01, n, 1), "mlp argmax": spread(0.085, 0.01, n, 2)}
+    complexity = {"prior": 0, "knn argmax": 2, "mlp argmax": 10}
+    assert choose_option(values, complexity, np.arange(n))[0] == "knn argmax"
+    # On partial feedback, a gain resting on too few logged rounds is not a gain.
+    supports = {"prior": 0.0, "knn argmax": MIN_SUPPORT - 1, "mlp argmax": 5 * MIN_SUPPORT}
+    chosen, facts = choose_option(values, complexity, np.arange(n), supports)
+    assert chosen == "mlp argmax" and not facts["knn argmax"]["cleared_prior"]
+    none = {"prior": 0.0, "knn argmax": 0.0, "mlp argmax": 0.0}
+    assert choose_option(values, complexity, np.arange(n), none)[0] == "prior"
 
 
 def test_folds_never_split_a_group_and_need_enough_groups():
@@ -169,7 +193,7 @@ def test_select_model_falls_back_to_the_prior_without_signal():
 
 
 def test_logistic_regression_personalises_only_with_interaction_features():
-    from oirl.crossfit import fit_on
+    from oirl.learn.crossfit import fit_on
 
     matrix = planted()
     picks = {}
@@ -191,11 +215,41 @@ def test_a_win_on_a_handful_of_queries_is_not_worth_a_model():
 
 def test_leaving_the_prior_takes_more_than_one_standard_error():
     """A knn that wins on noise by about two standard errors in CV stays behind the prior."""
-    from oirl.crossfit import PRIOR_Z
+    from oirl.learn.selection import PRIOR_Z
 
     matrix = planted(signal=False, n_texts=300, seed=4)
     selection = select_model(matrix, CANDIDATES, n_folds=3, cv_groups="text")
     best = max(selection.table, key=lambda r: r["value"])
     assert best["option"].startswith("knn")  # on these folds an option looks better than the prior ...
     assert 2 * best["se_vs_prior"] < best["gain_over_prior"] <= PRIOR_Z * best["se_vs_prior"]  # ... by 2.2 standard errors
+    assert [r["option"] for r in selection.table if r["chosen"]] == ["prior"]
+
+
+def test_an_overconfident_model_cannot_vouch_for_itself_on_a_partial_log_without_propensities():
+    """One prompt logged per instance by a logger that depends on the query, no propensity
+    column: a 'model' that predicts .99 for prompt b everywhere used to be valued at .99 by
+    its own predictions and shipped. Valued by doubly robust estimates with the estimated
+    logging policy and a reference that is not its own, it is worth what prompt b is."""
+    from oirl.learn.logging_policy import with_propensities
+
+    full = planted(n_texts=400, repeats=1, seed=3)
+    rng = np.random.default_rng(0)
+    cluster = np.arange(400) % 2
+    logged_prompt = np.where(rng.random(400) < np.where(cluster == 0, 0.8, 0.2), 0, 1)  # the logger prefers a on cluster A
+    rewards = np.full_like(full.rewards, np.nan)
+    rewards[np.arange(400), logged_prompt] = full.rewards[np.arange(400), logged_prompt]
+    partial = LogMatrix(**{**full.__dict__, "rewards": rewards})
+    matrix, diagnostics = with_propensities(partial, 3)
+    assert diagnostics["source"] == "estimated" and matrix.propensity_source == "estimated"
+
+    def overconfident(candidate, matrix, folds):
+        priors = np.empty(matrix.rewards.shape)
+        for train, test in folds:
+            priors[test] = matrix.subset(train).prompt_means()
+        return CrossFit(candidate, np.tile([[0.98, 0.99]], (len(matrix.rewards), 1)), priors, folds)
+
+    selection = select_model(matrix, (spec("knn", 1),), fitter=overconfident)
+    argmax = next(r for r in selection.table if r["option"].endswith("argmax"))
+    truth = full.rewards[:, 1].mean()  # always prompt b: about .5
+    assert abs(argmax["value"] - truth) < 0.1 and argmax["value"] < 0.8
     assert [r["option"] for r in selection.table if r["chosen"]] == ["prior"]

@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from oirl.cli import cli
+from oirl.cli.main import cli
+from oirl.data.importers.cruxeval import arm_id, build_logs, default_cost, import_cruxeval
+from oirl.data.logs import read_logs
 from oirl.errors import OirlError
-from oirl.evaluate import cost_sweep, reward_cost_area
-from oirl.importers.cruxeval import arm_id, build_logs, default_cost, import_cruxeval
-from oirl.logs import read_logs
+from oirl.evaluation.costs import cost_sweep, reward_cost_area
+from oirl.policy.policies import PolicyContext
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import save_bundle
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_cost_sweep_trades_reward_for_cost():
     scores = np.array([[0.9, 0.6, 0.1], [0.8, 0.7, 0.2]])
     rewards = np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     cost = np.array([10.0, 1.0, 0.0])
-    curve = cost_sweep(scores, rewards, cost, np.array([0.0, 0.02, 0.05, 1.0]))
+    curve = cost_sweep(scores, rewards, PolicyContext.of(['a', 'b', 'c'], cost=cost), np.array([0.0, 0.02, 0.05, 1.0]))
     # lambda .02: the first query's score gap (.3) still beats the cost gap 9 x .02, the second's (.1) does not.
     assert curve["cost"].tolist() == [10.0, 5.5, 1.0, 0.0]
     assert curve["reward"].tolist() == [1.0, 0.5, 0.5, 0.0]
@@ -68,19 +71,18 @@ def test_cost_sweep_trades_reward_for_cost():
 
 
 def test_soft_reward_training_and_cost_aware_recommendations(crux, tmp_path):
-    from oirl.recommender import Recommender
 
     samples = sorted(crux["query_id"].unique())[:160]
     arms = ["gpt-4-0613:cot", "gpt-4-0613:direct", "codellama-7b:direct", "phi-2:direct"]
     logs = crux[crux["query_id"].isin(samples) & crux["prompt_id"].isin(arms)].reset_index(drop=True)
-    rec = Recommender.train(logs, model="lightgbm", model_params={"n_estimators": 50}, embedder="hashing", cache_dir=tmp_path)
+    rec = train_recommender(logs, model="lightgbm", model_params={"n_estimators": 50}, embedder="hashing", cache_dir=tmp_path)
     assert rec.costs["gpt-4-0613:cot"] == pytest.approx(54.0)
     scores = rec.score(logs["query"].unique()[:20].tolist())
     assert ((scores > 0) & (scores < 1)).all()
     cheap = rec.recommend(["def f(x):\n    return x\nassert f(??) == 3"], policy="cost-aware", cost_weight=1.0)[0]
     rich = rec.recommend(["def f(x):\n    return x\nassert f(??) == 3"], policy="cost-aware", cost_weight=0.0)[0]
     assert rec.costs[cheap.prompt_id] < 1 and rich.prompt_id.startswith("gpt-4")
-    rec.save(tmp_path / "model")
+    save_bundle(rec, tmp_path / "model")
     result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "model"), str(_write(logs, tmp_path)), "--split", "test",
                                       "--cost-weights", "0,0.01,1", "--plot", str(tmp_path / "curve.png"), "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -91,7 +93,7 @@ def test_soft_reward_training_and_cost_aware_recommendations(crux, tmp_path):
 
 
 def _write(logs, tmp_path):
-    from oirl.logs import write_logs
+    from oirl.data.logs import write_logs
 
     return write_logs(logs.assign(split="test"), tmp_path / "crux_slice.parquet")
 

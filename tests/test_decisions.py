@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from oirl.decisions import (
+from oirl.errors import OirlError
+from oirl.serve.decisions import (
     EXPORT_COLUMNS,
     ConflictingFeedbackError,
     Decision,
@@ -30,7 +31,6 @@ from oirl.decisions import (
     UnknownDecisionError,
     new_decision_id,
 )
-from oirl.errors import OirlError
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE_IDS = ["CoT", "nan", "p-short"]
@@ -207,7 +207,7 @@ def test_a_new_file_follows_the_umask(tmp_path, umask, mode):
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_export_writes_one_row_per_decision_with_feedback(store, tmp_path, suffix):
-    from oirl.logs import read_logs
+    from oirl.data.logs import read_logs
 
     late = make_decision(created_at="2024-05-02T00:00:00Z", propensity=0.25)
     early = make_decision(created_at="2024-05-01T00:00:00Z")  # the same query text again
@@ -362,7 +362,7 @@ def test_four_processes_share_one_file(tmp_path):
 
 CHILD = """
 import sys
-from oirl.decisions import Decision, DecisionStore
+from oirl.serve.decisions import Decision, DecisionStore
 store = DecisionStore(sys.argv[1])
 while True:
     batch = [Decision(query=f"q{i}", candidate_ids=["a", "b"], candidate_prompts=["A", "B"], prompt_id="b",

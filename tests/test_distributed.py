@@ -13,9 +13,12 @@ from click.testing import CliRunner
 
 pytest.importorskip("distributed")
 
-from oirl.cli import cli  # noqa: E402
+from oirl.cli.main import cli
+from oirl.distributed.batch import part_writer
 from oirl.errors import LogFormatError, OirlError  # noqa: E402
-from oirl.recommender import Recommender  # noqa: E402
+from oirl.evaluation.report import evaluate_recommender
+from oirl.data.questions import QuestionKey
+from oirl.recommender.bundle import load_bundle, save_bundle
 
 ROWS = 4800  # 600 instances x 8 prompts
 
@@ -28,7 +31,7 @@ def load_bench():
 
 @pytest.fixture(scope="module")
 def client():
-    from oirl.distributed import dask_client
+    from oirl.distributed.cluster import dask_client
 
     with dask_client("local:2") as c:
         assert len(c.scheduler_info()["workers"]) == 2
@@ -45,30 +48,32 @@ def synthetic(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dask_bundle(client, synthetic):
-    from oirl.distributed import train_distributed
+    from oirl.distributed.train import train_distributed
 
     work, _ = synthetic
     timings = {}
     rec = train_distributed(client, work / "log", embedder="hashing", cache_dir=work / "emb", timings=timings)
     assert set(timings) >= {"read", "embed", "cv_select", "fit"}
-    return rec, rec.save(work / "model")
+    return rec, save_bundle(rec, work / "model")
 
 
 def in_memory_matrix(work):
-    from oirl.embed import CachedEmbedder, get_embedder
-    from oirl.features import LogMatrix
-    from oirl.logs import read_logs, training_rows
+    from oirl.data.logs import read_logs, training_rows
+    from oirl.data.matrix import LogMatrix
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
 
     rows = training_rows(read_logs(work / "log"), "split", "train", source="log")
-    return rows, LogMatrix.from_logs(rows, CachedEmbedder(get_embedder("hashing"), work / "emb").embed)
+    return rows, LogMatrix.from_logs(rows, CachedEmbedder(get_embedder("hashing"), work / "emb").embed, question_key=QuestionKey())
 
 
 def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, synthetic):
-    from oirl.crossfit import AUTO_CANDIDATES, select_model
+    from oirl.learn.candidates import AUTO_CANDIDATES
+    from oirl.learn.selection import select_model
 
     rec, path = dask_bundle
     work, _ = synthetic
-    loaded = Recommender.load(path, cache_dir=work / "emb")
+    loaded = load_bundle(path, cache_dir=work / "emb")
     meta = json.loads((path / "bundle.json").read_text())
     rows, matrix = in_memory_matrix(work)
     assert meta["training"]["rows"] == len(rows) and meta["training"]["query_instances"] == len(matrix.query_ids)
@@ -81,10 +86,9 @@ def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, syn
     assert np.allclose(loaded.score(queries), rec.score(queries))
     # In memory, on the same folds (the hash of the text) and candidates: the neighbour
     # settings' CV values are the same, LightGBM's close, and the same family is chosen.
-    from oirl.distributed import text_folds
-    from oirl.logs import text_hashes64
+    from oirl.distributed.train import text_folds
 
-    folds = text_folds(matrix, (text_hashes64(matrix.texts) % np.uint64(3)).astype(int), 3)
+    folds = text_folds(matrix, (QuestionKey().hashes(matrix.texts) % np.uint64(3)).astype(int), 3)  # the hash of the question
     memory = select_model(matrix, tuple(c for c in AUTO_CANDIDATES if c.model in ("knn", "lightgbm")), folds=folds)
     dask_values = {r["option"]: r["value"] for r in meta["metrics"]["model_selection"]}
     for row in memory.table:
@@ -94,9 +98,10 @@ def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, syn
 
 
 def test_the_neighbour_model_is_the_same_fit_and_lightgbm_close(client, synthetic):
-    from oirl.crossfit import fit_on
-    from oirl.distributed import train_distributed
-    from oirl.reward import LightGBMReward, NeighbourReward
+    from oirl.distributed.train import train_distributed
+    from oirl.learn.crossfit import fit_on
+    from oirl.reward.neighbours import NeighbourReward
+    from oirl.reward.trees import LightGBMReward
 
     work, _ = synthetic
     _, matrix = in_memory_matrix(work)
@@ -114,14 +119,14 @@ def test_the_neighbour_model_is_the_same_fit_and_lightgbm_close(client, syntheti
 
 
 def test_evaluate_on_the_workers_gives_the_in_memory_report(client, dask_bundle, synthetic):
-    from oirl.distributed import evaluate_distributed
-    from oirl.logs import read_logs, split_rows
+    from oirl.data.logs import read_logs, split_rows
+    from oirl.distributed.evaluate import evaluate_distributed
 
     _, path = dask_bundle
     work, _ = synthetic
     report = evaluate_distributed(client, path, [work / "log"], cache_dir=work / "emb")
-    rec = Recommender.load(path, cache_dir=work / "emb")
-    expected = rec.evaluate(split_rows(read_logs(work / "log"), "split", "test", source="log"))
+    rec = load_bundle(path, cache_dir=work / "emb")
+    expected = evaluate_recommender(rec, split_rows(read_logs(work / "log"), "split", "test", source="log"))
     for key in ("queries", "policies", "best_single_prompt", "oracle", "random", "gap_recovered", "seen_in_training"):
         assert report[key] == pytest.approx(expected[key]), key
     assert report["reward_model"]["roc_auc"] == pytest.approx(expected["reward_model"]["roc_auc"])
@@ -129,16 +134,17 @@ def test_evaluate_on_the_workers_gives_the_in_memory_report(client, dask_bundle,
 
 
 def test_batch_recommend_writes_ordered_partitions(client, dask_bundle, synthetic, tmp_path):
-    from oirl.distributed import recommend_to_parquet
+    from oirl.recommender.batch import recommend_to_parquet
 
     _, path = dask_bundle
     work, _ = synthetic
-    summary = recommend_to_parquet(path, work / "test_queries", tmp_path / "picks", client=client, cache_dir=work / "emb")
+    summary = recommend_to_parquet(load_bundle(path, cache_dir=work / "emb"), work / "test_queries", tmp_path / "picks",
+                                   write_parts=part_writer(client, path, work / "emb"))
     inputs = sorted((work / "test_queries").glob("part-*.parquet"))
     parts = sorted((tmp_path / "picks").glob("part-*.parquet"))
     assert (tmp_path / "picks" / "_SUCCESS").is_file() and [p.name for p in parts] == [f"part-{i:05d}.parquet" for i in range(len(inputs))]
     assert summary["partitions"] == len(inputs) and not list(tmp_path.glob(".picks*"))
-    rec = Recommender.load(path, cache_dir=work / "emb")
+    rec = load_bundle(path, cache_dir=work / "emb")
     for source, part in zip(inputs, parts, strict=True):
         given, written = pd.read_parquet(source), pd.read_parquet(part)
         assert list(written.columns) == ["query", "query_id", "prompt_id", "prompt", "score"]
@@ -157,15 +163,14 @@ def test_batch_recommend_writes_ordered_partitions(client, dask_bundle, syntheti
 
 
 def test_batch_recommend_takes_the_costs_given_with_the_candidates(dask_bundle, synthetic, tmp_path):
-    from oirl.distributed import recommend_to_parquet
-    from oirl.recommender import Candidate
+    from oirl.recommender.batch import recommend_to_parquet
+    from oirl.recommender.recommender import Candidate
 
     _, path = dask_bundle
     work, _ = synthetic
-    rec = Recommender.load(path, cache_dir=work / "emb")
+    rec = load_bundle(path, cache_dir=work / "emb")
     priced = [Candidate(p.prompt, p.prompt_id, float(i)) for i, p in enumerate(rec.prompts)]  # the bundle has no costs
-    recommend_to_parquet(path, work / "test_queries", tmp_path / "picks", candidates=priced, policy="cost-aware", cost_weight=0.05,
-                         cache_dir=work / "emb")
+    recommend_to_parquet(rec, work / "test_queries", tmp_path / "picks", candidates=priced, policy="cost-aware", cost_weight=0.05)
     source = sorted((work / "test_queries").glob("part-*.parquet"))[0]
     written = pd.read_parquet(tmp_path / "picks" / "part-00000.parquet")
     expected = rec.recommend(pd.read_parquet(source)["query"].tolist(), priced, policy="cost-aware", cost_weight=0.05)
@@ -173,7 +178,7 @@ def test_batch_recommend_takes_the_costs_given_with_the_candidates(dask_bundle, 
 
 
 def test_a_bad_partition_is_named_by_file_row_and_column(client, tmp_path, synthetic):
-    from oirl.distributed import read_log_partitions
+    from oirl.distributed.read import read_log_partitions
 
     work, _ = synthetic
     good = pd.read_parquet(work / "log" / "part-00000.parquet").head(16)
@@ -223,7 +228,7 @@ def test_the_scale_benchmark_runs_at_toy_size(data_dir, tmp_path):
 
 
 def test_oirl_error_is_the_type_raised_for_a_bad_spec():
-    from oirl.distributed import parse_dask_spec
+    from oirl.distributed.cluster import parse_dask_spec
 
     assert parse_dask_spec("local") == ("local", 2) and parse_dask_spec("local:3") == ("local", 3)
     assert parse_dask_spec("tcp://10.0.0.5:8786") == ("tcp", "tcp://10.0.0.5:8786")

@@ -10,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oirl.embed import (
-    CACHE_FILE,
-    CachedEmbedder,
-    EmbeddingCache,
-    HashingEmbedder,
-    SentenceTransformerEmbedder,
-    get_embedder,
-    text_hash,
-    weights_revision,
-)
+from oirl.embed.base import HashingEmbedder, text_hash, weights_revision
+from oirl.embed.cached import CachedEmbedder
+from oirl.embed.registry import get_embedder
+from oirl.embed.sentence import SentenceTransformerEmbedder
+from oirl.embed.store import CACHE_FILE, EmbeddingCache
 
 TEXTS = ["How many apples are left?", "Let's think step by step: ", "How many apples are left?", "The answer is:"]
 
@@ -287,7 +282,7 @@ def test_real_minilm_embeds_offline_and_captures_meaning(tmp_path):
 
 
 def test_memory_cache_is_bounded_and_embeds_each_text_once():
-    from oirl.embed import MemoryCachedEmbedder
+    from oirl.embed.cached import MemoryCachedEmbedder
 
     cache = MemoryCachedEmbedder(HashingEmbedder(), max_items=2)
     first = cache.embed(TEXTS)

@@ -2,22 +2,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oirl.evaluate import classification_metrics, expected_calibration_error, reward_matrix, selection_report
+from oirl.data.matrix import pivot_logs
+from oirl.evaluation.report import selection_report
+from oirl.evaluation.scored import ScoredLogs
+from oirl.policy.policies import PolicyContext
+from oirl.reward.metrics import classification_metrics, expected_calibration_error
 
 
-def test_reward_matrix_pivots_with_nan_for_unlogged_pairs():
-    logs = pd.DataFrame({"query_id": ["a", "a", "b"], "prompt_id": ["p", "q", "q"], "reward": [1.0, 0.0, 0.5]})
-    queries, prompts, rewards = reward_matrix(logs)
-    assert queries == ["a", "b"] and prompts == ["p", "q"]
-    np.testing.assert_array_equal(rewards, [[1.0, 0.0], [np.nan, 0.5]])
+def test_the_pivot_has_nan_for_unlogged_pairs_and_averages_repeated_cells():
+    logs = pd.DataFrame({"query_id": ["a", "a", "b", "b"], "query": ["qa", "qa", "qb", "qb"], "prompt_id": ["p", "q", "q", "q"],
+                         "prompt": ["P", "Q", "Q", "Q"], "reward": [1.0, 0.0, 0.5, 1.0]})
+    pivot = pivot_logs(logs)
+    assert list(pivot.query_ids) == ["a", "b"] and pivot.prompt_ids == ["p", "q"] and pivot.prompt_texts == ["P", "Q"]
+    assert list(pivot.instance_texts) == ["qa", "qb"] and pivot.propensity is None
+    np.testing.assert_array_equal(pivot.rewards, [[1.0, 0.0], [np.nan, 0.75]])
+    only_q = pivot_logs(logs, ["q"])
+    np.testing.assert_array_equal(only_q.rewards, [[0.0], [0.75]])
 
 
 def test_selection_report_on_a_hand_made_matrix():
     rewards = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, np.nan]])
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.4], [0.3, 0.9]])
-    report = selection_report(
-        scores, rewards, ["p", "q"], prior=np.array([0.6, 0.4]), in_bundle=np.array([True, True]), margin=0.5, threshold=0.5
-    )
+    scored = ScoredLogs(["a", "b", "c", "d"], np.array(["ta", "tb", "tc", "td"]), ["p", "q"], rewards, scores,
+                        PolicyContext.of(["p", "q"], prior=[0.6, 0.4]), np.zeros(4, bool), margin=0.5, threshold=0.5)
+    report = selection_report(scored, {name: scored.policy(name) for name in ("argmax", "conservative")})
     assert report["best_single_prompt"] == {"prompt_id": "p", "success_rate": 0.5, "chosen_on": "training data"}
     assert report["oracle"] == 0.75
     assert report["random"] == pytest.approx((0.5 + 0.5 + 0 + 1) / 4)
@@ -39,6 +47,7 @@ def test_classification_metrics_with_soft_rewards():
     assert m["brier"] == pytest.approx(np.mean([0.01, 0.01, 0.09, 0.16]))
 
 
-def test_calibration_error_is_zero_when_scores_match_rewards_per_bin():
+def test_calibration_error_is_the_gap_between_mean_score_and_mean_reward_per_bin():
+    # One bin (.55): mean reward .5, mean score .55 -> .05; scores equal to the rewards -> 0.
     assert expected_calibration_error(np.array([1.0, 0.0]), np.array([0.55, 0.55])) == pytest.approx(0.05)
     assert expected_calibration_error(np.array([0.3, 0.3]), np.array([0.3, 0.3])) == pytest.approx(0.0)

@@ -26,9 +26,9 @@ def test_bench_threads_runs_at_toy_size(data_dir, tmp_path):
 def test_demo_table_summarises_real_reports(data_dir, tmp_path):
     from click.testing import CliRunner
 
-    from oirl.cli import cli
-    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
-    from oirl.logs import write_logs
+    from oirl.cli.main import cli
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+    from oirl.data.logs import write_logs
 
     logs = build_logs(data_dir, "mawps", TRAINING_PROMPTS)
     keep = list(logs.loc[logs["split"] == "train", "query_id"].unique()[:200]) + list(logs.loc[logs["split"] == "test", "query_id"].unique()[:100])

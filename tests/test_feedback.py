@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from oirl.cli import cli
+from oirl.cli.main import cli
+from oirl.data.logs import read_logs, write_logs
 from oirl.errors import OirlError
-from oirl.logs import read_logs, write_logs
-from oirl.recommender import Recommender
+from oirl.learn.train import train_recommender
+from oirl.recommender.bundle import load_bundle, save_bundle
 
 
 def run(*args, ok=True):
@@ -32,14 +33,14 @@ def one_prompt_per_instance(frame: pd.DataFrame, seed: int = 0, propensity: bool
 @pytest.fixture(scope="module")
 def mawps(data_dir, tmp_path_factory):
     """A MAWPS slice (400 train, 300 test instances) and a knn bundle trained on its train rows."""
-    from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 
     logs = build_logs(data_dir, "mawps", TRAINING_PROMPTS)
     train = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "train", "query_id"])[:400])]
     test = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "test", "query_id"])[:300])]
     work = tmp_path_factory.mktemp("feedback")
-    rec = Recommender.train(train, model="knn", embedder="hashing", cache_dir=work / "emb")
-    rec.save(work / "model")
+    rec = train_recommender(train, model="knn", embedder="hashing", cache_dir=work / "emb")
+    save_bundle(rec, work / "model")
     return work, train.reset_index(drop=True), test.reset_index(drop=True)
 
 
@@ -69,7 +70,8 @@ def test_a_partial_log_refuses_full_information_figures_and_estimates_off_policy
     assert "partial-feedback log" in report["refused"]["oracle"]
     estimates = report["ope"]["estimates"]
     assert set(estimates) >= {"argmax", "conservative", "fallback", "prompt:nan", "prompt:CoT"}
-    assert set(estimates["argmax"]) == {"dm", "ips", "snips", "dr", "switch-dr", "dr-os"}
+    assert set(estimates["argmax"]) == {"support", "dm", "ips", "snips", "dr", "switch-dr", "dr-os"}
+    assert estimates["argmax"]["support"] == 1.0  # a uniform logger (propensity 1/6) could play every prompt
     for policy in ("argmax", "conservative"):
         low, high = estimates[policy]["dr"]["ci"]
         assert low < estimates[policy]["dr"]["value"] < high
@@ -77,12 +79,55 @@ def test_a_partial_log_refuses_full_information_figures_and_estimates_off_policy
     assert report["ope"]["reward_model"] == "the bundle's model (trained on other rows)"
 
 
-def test_a_partial_log_without_propensities_gets_the_direct_method_only(mawps):
+def test_a_partial_log_without_propensities_gets_its_logging_policy_estimated(mawps):
     work, _, test = mawps
-    report, stderr = evaluate(work, one_prompt_per_instance(test, propensity=False), "nopropensity")
-    assert set(report["ope"]["estimates"]["argmax"]) == {"dm"}
-    assert "no propensity column" in report["ope"]["refused"]["ips, snips, dr, switch-dr, dr-os"]
-    assert "only the direct method" in stderr
+    full, _ = evaluate(work, test, "full")
+    report, _ = evaluate(work, one_prompt_per_instance(test, propensity=False), "nopropensity")
+    assert report["ope"]["propensities"] == "estimated"
+    argmax = report["ope"]["estimates"]["argmax"]
+    assert argmax["support"] == 1.0 and argmax["ips"]["value"] is not None
+    low, high = argmax["dr"]["ci"]
+    assert low - 0.05 < full["policies"]["argmax"] < high + 0.05
+
+
+def deterministic_logger(frame: pd.DataFrame, prompt: str, propensity: bool) -> pd.DataFrame:
+    """A deployed system that never explored: the same prompt on every query."""
+    rows = frame[frame["prompt_id"] == prompt]
+    return rows.assign(propensity=1.0) if propensity else rows
+
+
+@pytest.mark.parametrize("propensity", [True, False])
+def test_a_logger_that_never_explored_gives_no_certain_value_for_prompts_it_never_played(mawps, propensity):
+    work, _, test = mawps
+    report, stderr = evaluate(work, deterministic_logger(test, "CoT", propensity), f"deterministic-{propensity}")
+    assert report["feedback"] == "partial"  # one prompt of the bundle's six: not full information
+    assert report["candidates"]["never_logged"] == ["nan", "APE", "Dis", "ToT", "Decomp"]
+    estimates = report["ope"]["estimates"]
+    assert estimates["prompt:CoT"]["support"] == 1.0 and estimates["prompt:CoT"]["ips"]["value"] == pytest.approx(
+        test.loc[test["prompt_id"] == "CoT", "reward"].mean())
+    unplayed = estimates["prompt:nan"]
+    assert unplayed["support"] == 0.0
+    assert unplayed["ips"]["value"] is None and "support < 1" in unplayed["ips"]["refused"]
+    assert unplayed["snips"]["value"] is None
+    low, high = unplayed["dr"]["ci"]
+    assert unplayed["dr"]["extrapolated"] and unplayed["dr"]["unsupported_share"] == 1.0
+    assert high - low > 0.9  # the log says nothing about a prompt never played: the whole range of rewards
+    for block in estimates.values():
+        for name in ("dm", "dr", "switch-dr", "dr-os", "ips", "snips"):
+            if block[name]["ci"] is not None:
+                assert 0.0 <= block[name]["ci"][0] <= block[name]["ci"][1] <= 1.0  # within the reward's range
+    warnings = [line for line in stderr.splitlines() if "never played" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ")
+
+
+def test_each_decision_is_valued_over_the_candidates_it_offered(mawps):
+    work, _, test = mawps
+    partial = deterministic_logger(test, "CoT", True)
+    only_two = partial.assign(candidate_ids=json.dumps(["CoT", "nan"]))
+    report, _ = evaluate(work, only_two, "offered")
+    assert report["ope"]["candidates"].startswith("the candidates each decision offered")
+    assert set(report["ope"]["estimates"]) >= {"prompt:CoT", "prompt:nan"} and "prompt:APE" not in report["ope"]["estimates"]
+    assert report["ope"]["estimates"]["argmax"]["support"] < 1
 
 
 def test_evaluating_training_instances_cross_fits_the_reward_model(mawps):
@@ -94,21 +139,21 @@ def test_evaluating_training_instances_cross_fits_the_reward_model(mawps):
 def test_training_on_a_partial_log_uses_doubly_robust_cross_validation(mawps, tmp_path):
     work, train, _ = mawps
     partial = one_prompt_per_instance(train)
-    rec = Recommender.train(partial, model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
+    rec = train_recommender(partial, model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
     assert rec.metadata["training"]["feedback"] == "partial" and rec.metadata["training"]["importance_weights"]
     cv = rec.metadata["metrics"]["cross_validation"]["selection"]
     assert cv["oracle"] is None and 0 < cv["best_single_prompt"] < 1
     # The prior is the importance-weighted mean of each prompt's logged rewards.
     logged = partial.groupby("prompt_id")["reward"].mean()
     assert rec.prior == pytest.approx(logged.to_dict())
-    rec.save(tmp_path / "model")
-    assert Recommender.load(tmp_path / "model").metadata["training"]["importance_weights"]
+    save_bundle(rec, tmp_path / "model")
+    assert load_bundle(tmp_path / "model").metadata["training"]["importance_weights"]
     with pytest.raises(OirlError, match="importance weighting needs a propensity column"):
-        Recommender.train(partial.drop(columns="propensity"), model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
+        train_recommender(partial.drop(columns="propensity"), model="knn", embedder="hashing", cache_dir=work / "emb", importance_weights=True)
 
 
 def test_export_decisions_writes_a_partial_log_that_trains(tmp_path):
-    from oirl.decisions import Decision, DecisionStore
+    from oirl.serve.decisions import Decision, DecisionStore
 
     store_path = tmp_path / "decisions.sqlite"
     prompts = {"a": "Answer directly.", "b": "Think step by step."}

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from oirl.data.importers import PROMPTS, import_prompt_oirl
+from oirl.data.importers.download import _SOURCES, download_release, release_files
+from oirl.data.importers.prompt_oirl import read_outcomes
+from oirl.data.logs import read_logs
 from oirl.errors import OirlError
-from oirl.importers import PROMPTS, import_prompt_oirl
-from oirl.importers.download import _SOURCES, download_release, release_files
-from oirl.importers.prompt_oirl import read_outcomes
-from oirl.logs import read_logs
 
 # The README table of ../shared/data: queries per dataset and the paper's split.
 EXPECTED = {

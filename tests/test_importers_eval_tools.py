@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from experiment_scripts import load
 
 from oirl.cli import cli
+from oirl.data.importers.inspect_logs import read_inspect
+from oirl.data.importers.lm_eval import read_lm_eval
+from oirl.data.importers.promptfoo import read_promptfoo
+from oirl.data.logs import read_logs
 from oirl.errors import LogFormatError
-from oirl.importers.inspect_logs import read_inspect
-from oirl.importers.lm_eval import read_lm_eval
-from oirl.importers.promptfoo import read_promptfoo
-from oirl.logs import read_logs, write_logs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPTFOO_VERSIONS = ("0.123.1", "0.92.2")
@@ -299,12 +299,15 @@ def test_import_refuses_to_overwrite_a_file_oirl_did_not_write(tmp_path):
     notes = tmp_path / "notes.csv"
     notes.write_text("query,answer\nWhat is 1 + 1?,2\n")
     result = run("import", "promptfoo", raw, "--out", notes)
-    assert result.exit_code == 2 and result.stderr == f"error: --out {notes}: exists and is not an oirl log; refusing to overwrite it\n"
-    assert notes.read_text() == "query,answer\nWhat is 1 + 1?,2\n"
-    # A valid log in another column order is still not one oirl wrote.
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: --out {notes}: exists and was not written by oirl; refusing")
+    assert len(result.stderr.splitlines()) == 1 and notes.read_text() == "query,answer\nWhat is 1 + 1?,2\n"
+    # A Parquet file with the right columns that oirl did not write is refused too; --force replaces it.
     frame, _ = read_promptfoo(raw)
-    write_logs(frame[["query", "prompt", "reward", "query_id", "prompt_id"]], tmp_path / "mine.csv")
-    assert run("import", "promptfoo", raw, "--out", tmp_path / "mine.csv").exit_code == 2
+    mine = tmp_path / "mine.parquet"
+    frame.to_parquet(mine, index=False)
+    assert run("import", "promptfoo", raw, "--out", mine).exit_code == 2
+    assert run("import", "promptfoo", raw, "--out", mine, "--force").exit_code == 0
+    assert run("import", "promptfoo", raw, "--out", mine).exit_code == 0  # now oirl wrote it
 
 
 def _edit_json(path: Path, edit) -> None:

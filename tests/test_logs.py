@@ -3,8 +3,9 @@ import json
 import pandas as pd
 import pytest
 
+from oirl.data.logs import read_logs, training_rows, write_logs
+from oirl.data.schema import text_id
 from oirl.errors import LogFormatError
-from oirl.logs import read_logs, text_id, training_rows, write_logs
 
 GOOD = [
     {"query_id": "q1", "query": "What is 2 + 2?", "prompt_id": "nan", "prompt": "The answer is:", "reward": "1", "split": "train"},
@@ -155,7 +156,7 @@ def test_duplicates_are_never_averaged_across_splits(tmp_path):
 
 
 def test_duplicates_within_a_custom_split_column_are_averaged_after_selection(tmp_path):
-    from oirl.logs import split_rows
+    from oirl.data.logs import split_rows
 
     rows = [dict(GOOD[0], fold="a", reward="1"), dict(GOOD[0], fold="a", reward="0"), dict(GOOD[0], fold="b", reward="1")]
     rows = [{k: v for k, v in r.items() if k != "split"} for r in rows]
@@ -188,7 +189,7 @@ def test_bad_propensities_are_named(tmp_path, propensities, message):
 
 
 def test_propensities_and_coverage(tmp_path):
-    from oirl.logs import coverage
+    from oirl.data.schema import coverage
 
     rows = [dict(row, propensity=p) for row, p in zip(GOOD, ["0.5", "0.25", "1"], strict=True)]
     frame = read_logs(write_csv(tmp_path / "p.csv", rows))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from oirl.errors import OirlError
-from oirl.ope import (
+from oirl.ope.estimators import (
     DEFAULT_LAMBDA,
     DEFAULT_TAU,
     ESTIMATORS,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from oirl.cli import cli
+from oirl.cli.main import cli
 from oirl.reproduce.prompt_oirl import (
     critique,
     critique_picks,

@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from oirl.importers.prompt_oirl import PROMPTS
+from oirl.data.importers.prompt_oirl import PROMPTS
+from oirl.recommender.bundle import load_bundle
 
 QUERY = "A shop sells 3 pens for $2. How much do 12 pens cost?"
 
@@ -301,7 +302,7 @@ def test_candidate_ids_and_candidates_together_are_the_union(server):
 def test_schema_states_the_constraints_and_statuses(server):
     schema = server.get("/openapi.json").json()
     models = schema["components"]["schemas"]
-    from oirl.serve import NOT_BLANK
+    from oirl.serve.app import NOT_BLANK
 
     text = models["RecommendRequest"]["properties"]["queries"]["items"]
     assert text == {"type": "string", "minLength": 1, "maxLength": 20_000, "pattern": NOT_BLANK}
@@ -326,16 +327,15 @@ def test_schema_states_the_constraints_and_statuses(server):
 
 @pytest.fixture(scope="module")
 def bundle(minilm_bundle):
-    from oirl.recommender import Recommender
 
-    return Recommender.load(minilm_bundle)
+    return load_bundle(minilm_bundle)
 
 
 class GatedEmbedder:
     """A fast 384-d embedder whose model calls wait for ``gate`` and fail on "poison"."""
 
     def __init__(self):
-        from oirl.embed import HashingEmbedder
+        from oirl.embed.base import HashingEmbedder
 
         self.inner = HashingEmbedder(384)
         self.gate = threading.Event()
@@ -364,7 +364,7 @@ def run_app(app, scenario):
 
 def make_app(bundle, **limits):
     """An app over the gated embedder, on the threaded path (a gated call must not block the event loop)."""
-    from oirl.serve import ServiceLimits, create_app
+    from oirl.serve.app import ServiceLimits, create_app
 
     limits.setdefault("inline_call_ms", 0.0)
     embedder = GatedEmbedder()
@@ -490,7 +490,7 @@ def fake_model(seconds_per_text=0.0, calls=None):
 
 
 def test_batcher_shares_calls_caches_and_keeps_order():
-    from oirl.serve_runtime import EmbeddingBatcher
+    from oirl.serve.runtime import EmbeddingBatcher
 
     calls = []
     batcher = EmbeddingBatcher(fake_model(calls=calls), max_batch=4)
@@ -509,7 +509,7 @@ def test_batcher_shares_calls_caches_and_keeps_order():
 
 
 def test_batcher_serves_small_requests_alongside_a_large_one():
-    from oirl.serve_runtime import EmbeddingBatcher
+    from oirl.serve.runtime import EmbeddingBatcher
 
     batcher = EmbeddingBatcher(fake_model(seconds_per_text=0.002), max_batch=16)
 
@@ -530,7 +530,7 @@ def test_batcher_serves_small_requests_alongside_a_large_one():
 
 
 def test_batcher_embeds_a_few_new_texts_on_the_event_loop_when_told():
-    from oirl.serve_runtime import EmbeddingBatcher
+    from oirl.serve.runtime import EmbeddingBatcher
 
     threads = []
 
@@ -565,7 +565,7 @@ class SlowEmbedder(GatedEmbedder):
 
 @pytest.mark.parametrize("embedder_class, inline", [(GatedEmbedder, True), (SlowEmbedder, False)])
 def test_the_fast_path_is_measured_at_startup_and_answers_the_same(bundle, embedder_class, inline):
-    from oirl.serve import ServiceLimits, create_app
+    from oirl.serve.app import ServiceLimits, create_app
 
     request = {"queries": ["fast query", "another query"], "candidates": ["new prompt", PROMPTS["CoT"]], "top_k": 2}
 

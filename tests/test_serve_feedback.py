@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from test_serve import start_server, stop
 
-from oirl.cli import cli
-from oirl.logs import read_logs
+from oirl.cli.main import cli
+from oirl.data.logs import read_logs
 
 QUERIES = ["A shop sells 3 pens for $2. How much do 12 pens cost?", "Tom has 5 apples and eats 2. How many are left?"]
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oirl.embed import CachedEmbedder, get_embedder, weights_revision
+from oirl.embed.base import weights_revision
+from oirl.embed.cached import CachedEmbedder
+from oirl.embed.registry import get_embedder
+from oirl.embed.static import STATIC_FILES, StaticEmbedder, build_static_model, static_model_files
 from oirl.errors import OirlError
-from oirl.static_embedder import STATIC_FILES, StaticEmbedder, build_static_model, static_model_files
 
 SENTENCES = [
     "A farmer has 12 cows and buys 3 more.",
@@ -97,7 +99,7 @@ def test_an_incomplete_folder_is_refused(tiny_folder, tmp_path, missing):
 
 
 def test_built_once_in_the_cache_dir_by_racing_users(tmp_path, monkeypatch):
-    import oirl.static_embedder as module
+    import oirl.embed.static as module
 
     calls = []
     real = module.distill
@@ -135,7 +137,7 @@ def test_minilm_static_is_registered_and_nothing_heavy_is_imported():
     embedder = get_embedder("minilm-static")
     assert isinstance(embedder, StaticEmbedder) and (embedder.spec, embedder.model_id) == ("minilm-static", "oirl/minilm-static")
     assert embedder._directory is None  # not built until first used
-    code = "import sys, oirl.embed, oirl.static_embedder; print(sorted(m for m in ('torch', 'model2vec', 'sentence_transformers', 'sklearn') if m in sys.modules))"
+    code = "import sys, oirl.embed.cached, oirl.embed.static; print(sorted(m for m in ('torch', 'model2vec', 'sentence_transformers', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

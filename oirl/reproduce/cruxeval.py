@@ -2,7 +2,7 @@
 
 The shipped path with every default: :meth:`Recommender.train` on 80% of the samples
 (chosen by a hash of the sample id, so no function is on both sides), evaluated with
-:func:`oirl.evaluate.score_logs` on the other 20%, as ``oirl train`` and ``oirl
+:func:`oirl.evaluation.report.score_logs` on the other 20%, as ``oirl train`` and ``oirl
 evaluate`` would. Rewards are fractions (n_correct / n_generations), so every success
 rate here is an *expected* reward.
 """
@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from oirl._atomic import write_text_atomic
-from oirl.evaluate import plot_reward_cost, score_logs
-from oirl.importers.cruxeval import build_logs
-from oirl.recommender import Recommender
+from oirl.data.importers.cruxeval import build_logs
+from oirl.evaluation.costs import plot_reward_cost
+from oirl.evaluation.report import evaluate_recommender
+from oirl.evaluation.scored import score_logs
+from oirl.learn.train import train_recommender
 from oirl.reproduce.report import paired_cluster_bootstrap, write_table
 
 TEST_FRACTION = 0.2
@@ -47,9 +49,9 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, cache_dir=None, embedde
         keep = pd.unique(logs["query_id"])[:limit]
         logs = logs[logs["query_id"].isin(keep)]
     train, test = logs[logs["split"] == "train"].reset_index(drop=True), logs[logs["split"] == "test"].reset_index(drop=True)
-    rec = Recommender.train(train, embedder=embedder, cache_dir=cache_dir, progress=progress, source="cruxeval train (80%)")
+    rec = train_recommender(train, embedder=embedder, cache_dir=cache_dir, progress=progress, source="cruxeval train (80%)")
     train_seconds = time.perf_counter() - started
-    report = rec.evaluate(test, cost_weights=list(COST_WEIGHTS), source="cruxeval test (20%)")
+    report = evaluate_recommender(rec, test, cost_weights=list(COST_WEIGHTS), source="cruxeval test (20%)")
     scored = score_logs(rec, test)
     R = scored.rewards
     best = report["best_single_prompt"]
@@ -82,7 +84,7 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, cache_dir=None, embedde
     for model in models:
         pair = [scored.prompt_ids.index(f"{model}:direct"), scored.prompt_ids.index(f"{model}:cot")]
         sub = R[:, pair]
-        better = sub[:, int(np.argmax(scored.context["prior"][pair]))]
+        better = sub[:, int(np.argmax(scored.context.prior[pair]))]
         ours = scored.values("argmax", mask=np.isin(np.arange(R.shape[1]), pair)[None, :].repeat(len(R), axis=0))
         mean, low, high = paired_cluster_bootstrap(ours - better, np.asarray(scored.query_ids), n_boot=n_boot)
         style_rows.append({"model": model, "direct": sub[:, 0].mean(), "step-by-step": sub[:, 1].mean(), "better style (train)": better.mean(),

@@ -5,7 +5,7 @@ sample) hold every prompt's outcome for every query, so they give the truth. A b
 is trained on the full training rows with every default but ``cv_groups``, which follows
 the split (:data:`CV_GROUPS`); then, many times over, a
 *logging policy* (uniform, or epsilon-greedy around the best training prompt) picks one
-prompt per test query instance, and the estimators of :mod:`oirl.ope` value the
+prompt per test query instance, and the estimators of :mod:`oirl.ope.estimators` value the
 bundle's argmax and conservative policies from those rounds alone (the bundle's model
 as the reward model: it never saw a test row). Reported per estimator: bias, RMSE and
 the coverage of its 95% cluster-bootstrap interval, against the full-information truth;
@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from oirl import ope
 from oirl._atomic import write_text_atomic
-from oirl.evaluate import score_logs
-from oirl.recommender import Recommender
+from oirl.evaluation.scored import score_logs
+from oirl.learn.train import train_recommender
+from oirl.ope import estimators as ope
+from oirl.recommender.recommender import Recommender
 from oirl.reproduce.report import write_table
 
 DATASETS = ("svamp", "mawps", "cruxeval")
@@ -51,7 +52,7 @@ def dataset_split(data_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame
 
         logs = split_logs(data_dir)
     else:
-        from oirl.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+        from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 
         logs = build_logs(data_dir, name, TRAINING_PROMPTS)
     train, test = logs[logs["split"] == "train"], logs[logs["split"] == "test"]
@@ -79,9 +80,9 @@ def sample_rounds(rewards: np.ndarray, logger: np.ndarray, rng: np.random.Genera
 def estimator_study(rec: Recommender, test: pd.DataFrame, *, repetitions: int, n_boot: int, seed: int = 0) -> pd.DataFrame:
     """One row per (logger, size, repetition, policy, estimator): estimate, interval, truth."""
     scored = score_logs(rec, test)
-    rewards, scores, texts = scored.rewards, scored.scores, scored.texts
+    rewards, scores = scored.rewards, scored.scores
     n, k = rewards.shape
-    best = int(np.nanargmax(scored.context["prior"]))
+    best = int(np.nanargmax(scored.context.prior))
     picks = {policy: scored.policy_picks(policy) for policy in POLICIES}
     rng = np.random.default_rng(seed)
     rows = []
@@ -92,7 +93,7 @@ def estimator_study(rec: Recommender, test: pd.DataFrame, *, repetitions: int, n
                 keep = np.arange(n) if size is None else np.sort(rng.choice(n, size, replace=False))
                 rounds = sample_rounds(rewards[keep], logger[keep], rng)
                 dists = {p: ope.one_hot(picks[p][keep], k) for p in POLICIES}
-                estimates = ope.evaluate_policies(dists, rounds, scores[keep], clusters=texts[keep], n_boot=n_boot, seed=int(rng.integers(2**31)))
+                estimates = ope.evaluate_policies(dists, rounds, scores[keep], clusters=scored.questions[keep], n_boot=n_boot, seed=int(rng.integers(2**31)))
                 for policy in POLICIES:
                     truth = float(rewards[keep, picks[policy][keep]].mean())
                     for estimator, result in estimates[policy].items():
@@ -127,7 +128,7 @@ def learning_study(train: pd.DataFrame, test: pd.DataFrame, full: Recommender, *
         mask = np.array([prompts[chosen[q]] == p for q, p in zip(train["query_id"], train["prompt_id"], strict=True)])
         partial = train[mask].assign(propensity=1.0 / len(prompts)).reset_index(drop=True)
         started = time.perf_counter()
-        rec = Recommender.train(partial, embedder=embedder, cache_dir=cache_dir, cv_groups=cv_groups, source=f"partial log {rep}")
+        rec = train_recommender(partial, embedder=embedder, cache_dir=cache_dir, cv_groups=cv_groups, source=f"partial log {rep}")
         seconds = time.perf_counter() - started
         scored = score_logs(rec, test)
         best_partial = scored.prompt_ids.index(rec.default_prompt_id)
@@ -180,7 +181,7 @@ def reproduce_ope(data_dir: Path, out_dir: Path, *, datasets: tuple[str, ...] = 
         if limit is not None:
             train = train[train["query_id"].isin(pd.unique(train["query_id"])[:limit])]
             test = test[test["query_id"].isin(pd.unique(test["query_id"])[:limit])]
-        full = Recommender.train(train, embedder=embedder, cache_dir=cache_dir, cv_groups=CV_GROUPS[name], source=f"{name} train")
+        full = train_recommender(train, embedder=embedder, cache_dir=cache_dir, cv_groups=CV_GROUPS[name], source=f"{name} train")
         summary = summarise(estimator_study(full, test, repetitions=repetitions, n_boot=n_boot)).assign(dataset=name)
         summaries.append(summary)
         plot_rmse(summary, out_dir / f"ope_rmse_vs_size_{name}.png", f"{name}: off-policy estimates of oirl's argmax (uniform logger)")

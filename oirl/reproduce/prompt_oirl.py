@@ -1,6 +1,6 @@
 """Reproduce the Prompt-OIRL tables (LLaMA-2-7B-chat; GSM8K, SVAMP, MAWPS) on the shipped path.
 
-Every number comes from :meth:`Recommender.train` and :func:`oirl.evaluate.score_logs`,
+Every number comes from :meth:`Recommender.train` and :func:`oirl.evaluation.report.score_logs`,
 the code behind ``oirl train`` and ``oirl evaluate``, with their defaults; the only
 setting a protocol changes is ``cv_groups`` (what "new" means in cross-validation):
 
@@ -21,22 +21,25 @@ the subset's rows; for other models it reuses the model chosen for the fold.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from oirl._atomic import write_text_atomic
+from oirl.data.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
+from oirl.data.questions import QuestionKey
 from oirl.errors import OirlError
-from oirl.evaluate import ScoredLogs, classification_metrics, score_logs
-from oirl.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
-from oirl.recommender import Recommender
+from oirl.evaluation.report import evaluate_recommender
+from oirl.evaluation.scored import ScoredLogs, score_logs
+from oirl.learn.train import train_recommender
+from oirl.recommender.recommender import Recommender
 from oirl.reproduce.report import paired_cluster_bootstrap, plot_success_vs_k, write_table
+from oirl.reward.metrics import classification_metrics
 
 PROTOCOLS = ("paper", "disjoint")
 CV_GROUPS = {"paper": "instance", "disjoint": "text"}
@@ -78,8 +81,10 @@ def dataset_logs(data_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def in_test_fraction(texts: pd.Series, fraction: float = DISJOINT_TEST_FRACTION) -> pd.Series:
-    """A fixed, order-free choice of held-out questions: by a hash of the text."""
-    return texts.map(lambda t: int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little") / 2**64 < fraction)
+    """A fixed, order-free choice of held-out questions: by a hash of the question key
+    (:mod:`oirl.data.questions`), so that variants of one question fall on one side."""
+    hashes = QuestionKey(casefold=True).hashes(texts.tolist())
+    return pd.Series(hashes / 2**64 < fraction, index=texts.index)
 
 
 def protocol_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, protocol: str, *, limit: int | None = None) -> Split:
@@ -105,7 +110,9 @@ def disjoint_heldout_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, 
     """The held-out prompts ran on the paper's test rows only: for a question-disjoint
     held-out table, train on the paper's training rows minus every question among them."""
     paper = protocol_split(name, six, heldout, "paper", limit=limit)
-    train = paper.train[~paper.train["query"].isin(set(paper.test["query"]))]
+    key = QuestionKey(casefold=True)
+    test_questions = set(key.keys(paper.test["query"]))
+    train = paper.train[[q not in test_questions for q in key.keys(paper.train["query"])]]
     return Split(name, "disjoint", train.reset_index(drop=True), paper.test, paper.test16)
 
 
@@ -124,11 +131,11 @@ class SplitResult:
 def run_split(split: Split, *, cache_dir, embedder: str = "minilm", progress: bool = False) -> SplitResult:
     """``oirl train`` on the split's training rows, ``oirl evaluate`` on its test rows."""
     started = time.perf_counter()
-    rec = Recommender.train(split.train, embedder=embedder, cv_groups=split.cv_groups, cache_dir=cache_dir, progress=progress,
+    rec = train_recommender(split.train, embedder=embedder, cv_groups=split.cv_groups, cache_dir=cache_dir, progress=progress,
                             source=f"{split.dataset} ({split.protocol})")
     seconds = time.perf_counter() - started
     scored = score_logs(rec, split.test)
-    report = rec.evaluate(split.test, source=f"{split.dataset} test")
+    report = evaluate_recommender(rec, split.test, source=f"{split.dataset} test")
     return SplitResult(split, rec, scored, report, seconds)
 
 
@@ -163,11 +170,9 @@ def critique_picks(confidence: np.ndarray, columns: list[str]) -> np.ndarray:
 
 def subset_values(result: SplitResult, columns: list[int], confidence: np.ndarray | None) -> dict[str, np.ndarray]:
     """Per test instance, the reward each method earns choosing among ``columns``."""
-    s = result.scored
-    rewards = s.rewards[:, columns]
-    sub = ScoredLogs(s.query_ids, s.texts, [s.prompt_ids[c] for c in columns], rewards, s.scores[:, columns],
-                     {**s.context, **{k: s.context[k][columns] for k in ("prior", "in_bundle", "cost")}}, s.seen)
-    prior = sub.context["prior"]
+    sub = result.scored.subset(columns)
+    rewards = sub.rewards
+    prior = sub.context.prior
     rows = np.arange(len(rewards))
     out = {
         "random": rewards.mean(axis=1),
@@ -203,7 +208,7 @@ def selection_vs_k(result: SplitResult, confidence: np.ndarray | None) -> tuple[
 def heldout_row(result: SplitResult, confidence: np.ndarray | None) -> tuple[dict, dict]:
     """Selection among all 16 prompts (6 trained, 10 never seen) on the paper's test rows."""
     rec, test16 = result.rec, result.split.test16
-    report = rec.evaluate(test16, source=f"{result.split.dataset} test, 16 prompts")
+    report = evaluate_recommender(rec, test16, source=f"{result.split.dataset} test, 16 prompts")
     scored = score_logs(rec, test16)
     rewards = scored.rewards
     held = [j for j, p in enumerate(scored.prompt_ids) if p in HELDOUT_PROMPTS]
@@ -296,9 +301,9 @@ def reproduce(
             by_k = table[["oirl (default policy) mean", "best prompt (train) mean"]]
             summary[-1]["default >= best (train) - .005 at every K"] = bool((by_k.iloc[:, 0] >= by_k.iloc[:, 1] - 0.005).all())
             for policy in ("oirl (default policy)", "oirl argmax", "oirl conservative"):
-                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], result.scored.texts, n_boot=n_boot)
+                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], result.scored.questions, n_boot=n_boot)
                 intervals.append({"dataset": name, "protocol": protocol, "policy": policy, "gain over best prompt (train)": mean,
-                                  "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(result.scored.texts)))})
+                                  "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(result.scored.questions)))})
             leak_rows.append(leakage(split))
             t0 = time.perf_counter()
             if on_paper_rows:  # the same training rows: the same bundle
@@ -330,7 +335,7 @@ def reproduce(
     timings["total"] = time.perf_counter() - started
     write_text_atomic(out_dir / "timings.json", json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2) + "\n")
     write_text_atomic(out_dir / "README.md", "# Prompt-OIRL reproduction\n\nWritten by `oirl reproduce`: every figure from "
-                      "`Recommender.train` + `oirl.evaluate` (the code of `oirl train` and `oirl evaluate`).\n\n" + "\n".join(sections))
+                      "`Recommender.train` + `oirl.evaluation.report` (the code of `oirl train` and `oirl evaluate`).\n\n" + "\n".join(sections))
     return {"timings": timings, "summary": summary, "choices": choices, "heldout": heldout_rows}
 
 
@@ -355,9 +360,11 @@ def _mean_std_columns(table: pd.DataFrame) -> pd.DataFrame:
 def authors_config_timing(result: SplitResult, *, cache_dir, embedder: str, n_estimators: int = 2000) -> dict:
     """The authors' reward model (XGBoost, depth 10, eta 0.001, 2,000 rounds, concatenated
     vectors, argmax) against the bundle oirl chose, on the same training and test rows."""
-    from oirl.crossfit import fit_on, spec
-    from oirl.embed import CachedEmbedder, get_embedder
-    from oirl.features import LogMatrix
+    from oirl.data.matrix import LogMatrix
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
+    from oirl.learn.candidates import spec
+    from oirl.learn.crossfit import fit_on
 
     cached = CachedEmbedder(get_embedder(embedder), cache_dir)
     matrix = LogMatrix.from_logs(result.split.train, cached.embed)
@@ -368,7 +375,7 @@ def authors_config_timing(result: SplitResult, *, cache_dir, embedder: str, n_es
     s = result.scored
     test_vectors = cached.embed(list(s.texts))
     scores = model.predict_grid(test_vectors, result.rec.candidate_vectors([result.rec.as_candidate(PROMPTS[p]) for p in s.prompt_ids]), "concat")
-    picks = ScoredLogs(s.query_ids, s.texts, s.prompt_ids, s.rewards, scores, s.context, s.seen).picks("argmax")
+    picks = replace(s, scores=scores).picks("argmax")
     return {
         "dataset": result.split.dataset,
         "authors' XGBoost seconds (one fit)": round(seconds, 1),

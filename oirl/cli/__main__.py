@@ -1,0 +1,7 @@
+"""``python -m oirl.cli``."""
+
+import sys
+
+from oirl.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""Options and input files shared by the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from oirl.errors import OirlError
+
+FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output file even if oirl did not write it.")
+
+CACHE_OPTION = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="OIRL_EMBEDDINGS_DIR",
+    default="embeddings",
+    show_default=True,
+    help="Embedding cache directory [env: OIRL_EMBEDDINGS_DIR].",
+)
+
+
+# --------------------------------------------------------------------------- input files
+
+
+def _names(text: str | None, allowed: tuple[str, ...], default: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """Comma-separated names, each one of ``allowed`` (``default`` when not given)."""
+    if text is None:
+        return default
+    chosen = tuple(d.strip() for d in text.split(",") if d.strip())
+    unknown = [d for d in chosen if d not in allowed]
+    if unknown or not chosen:
+        raise OirlError(f"{option}: unknown name(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(allowed)})")
+    return chosen
+
+
+def read_jsonl_records(path: Path, *, required: tuple[str, ...]) -> list[dict]:
+    """JSON objects from a JSONL file, each with non-empty string ``required`` fields."""
+    from oirl.data.logs import iter_jsonl_objects
+
+    records = []
+    for number, record in iter_jsonl_objects(path):
+        for field in required:
+            value = record.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise OirlError(f"{path}, line {number}, field {field!r}: missing or empty text")
+        records.append(record)
+    if not records:
+        raise OirlError(f"{path}: no records")
+    return records
+
+
+def read_costs(path: Path) -> dict[str, float]:
+    """A JSON object mapping prompt (arm) id -> cost per call (a finite number >= 0)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OirlError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OirlError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise OirlError(f"{path}: expected a JSON object mapping prompt id -> cost")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise OirlError(f"{path}, field {key!r}: cost {value!r} is not a finite number >= 0")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def read_candidates(path: Path):
+    from oirl.recommender.recommender import Candidate
+
+    records = read_jsonl_records(path, required=("prompt",))
+    for number, record in enumerate(records, start=1):
+        cost = record.get("cost")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < float("inf")):
+            raise OirlError(f"{path}, record {number}, field 'cost': {cost!r} is not a finite number >= 0")
+    return [Candidate(r["prompt"], str(r.get("prompt_id") or ""), r.get("cost")) for r in records]
+
+
+def concat_logs(frames: list, files: tuple[Path, ...]):
+    """Several evaluated logs as one: they must agree on the optional numeric columns
+    (a cost or a propensity known for some rows only would be meaningless)."""
+    import pandas as pd
+
+    from oirl.data.schema import validate_logs
+
+    for column in ("cost", "propensity"):
+        having = [f for f, frame in zip(files, frames, strict=True) if column in frame.columns]
+        if having and len(having) != len(files):
+            lacking = next(f for f, frame in zip(files, frames, strict=True) if column not in frame.columns)
+            raise OirlError(f"{having[0]} has a {column!r} column and {lacking} has none; give every log the same optional columns")
+    merged = pd.concat(frames, ignore_index=True)
+    text = [c for c in merged.columns if c not in ("reward", "cost", "propensity")]
+    merged[text] = merged[text].fillna("")  # an extra column of one log only
+    return validate_logs(merged, source=" + ".join(map(str, files)))

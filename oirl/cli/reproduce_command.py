@@ -1,0 +1,63 @@
+"""``oirl reproduce``: the benchmark tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from oirl.cli.options import CACHE_OPTION, _names
+from oirl.embed.base import DEFAULT_EMBEDDER
+
+# --------------------------------------------------------------------------- reproduce
+
+
+@click.command()
+@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
+@click.option("--datasets", default=None, help="Comma-separated datasets [default: gsm8k,svamp,mawps; for ope: svamp,mawps,cruxeval].")
+@click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's (--cv-groups instance), question-disjoint (every default), or both.")
+@click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="Embedder, as for 'oirl train'.")
+@click.option("--authors-config/--no-authors-config", default=False, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=None, help="Bootstrap resamples per interval [default: 2000; for ope, 500 per simulated log].")
+@click.option("--limit", type=click.IntRange(10), default=None, help="Keep the first N training and N test query instances (a toy-size run).")
+@click.option("--repetitions", type=click.IntRange(1), default=100, show_default=True, help="ope: simulated logs per logging policy.")
+@click.option("--learn-repetitions", type=click.IntRange(0), default=10, show_default=True, help="ope: bundles trained on simulated partial logs, per dataset.")
+@click.option("--learn-datasets", default="mawps", show_default=True, help="ope: datasets whose partial logs train bundles (comma-separated).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
+@CACHE_OPTION
+def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: str, embedder: str, authors_config: bool, n_boot: int | None,
+              limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, out_dir: Path, cache_dir: Path) -> None:
+    """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
+    from oirl.data.importers.prompt_oirl import DATASETS
+    from oirl.reproduce.prompt_oirl import PROTOCOLS
+    from oirl.reproduce.prompt_oirl import reproduce as run
+    from oirl.reproduce.report import markdown_table
+
+    out_dir = out_dir or Path("experiments/results") / benchmark
+    if benchmark == "ope":
+        from oirl.reproduce.ope_simulation import DATASETS as OPE_DATASETS
+        from oirl.reproduce.ope_simulation import reproduce_ope
+
+        chosen = _names(datasets, OPE_DATASETS, OPE_DATASETS, "--datasets")
+        learn = _names(learn_datasets, chosen, (), "--learn-datasets")
+        result = reproduce_ope(data_dir, out_dir, datasets=chosen, repetitions=repetitions, learn_repetitions=learn_repetitions,
+                               learn_datasets=learn,
+                               n_boot=n_boot or 500, cache_dir=cache_dir, embedder=embedder, limit=limit)
+        click.echo((out_dir / "ope_estimators.md").read_text())
+        click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
+        return
+    if benchmark == "cruxeval-input":
+        from oirl.reproduce.cruxeval import reproduce_cruxeval
+
+        result = reproduce_cruxeval(data_dir, out_dir, cache_dir=cache_dir, embedder=embedder, n_boot=n_boot or 2000, limit=limit)
+        click.echo(markdown_table(result["overall"]) + "\n\n" + markdown_table(result["styles"]))
+        click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
+        return
+    chosen = _names(datasets, DATASETS, DATASETS, "--datasets")
+    protocols = PROTOCOLS if protocol == "both" else (protocol,)
+    result = run(data_dir, out_dir, datasets=chosen, protocols=protocols, cache_dir=cache_dir, embedder=embedder,
+                 authors_config=authors_config, n_boot=n_boot or 2000, limit=limit)
+    click.echo((out_dir / "summary_k6.md").read_text())
+    click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")

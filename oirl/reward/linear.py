@@ -1,0 +1,138 @@
+"""scikit-learn models kept as weights and scored by a numpy forward pass: logistic
+regression and a small MLP.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import abstractmethod
+
+import numpy as np
+
+from oirl.errors import BundleError, OirlError
+from oirl.reward.base import RewardModel, _check_training_data, _load_npz
+
+# --------------------------------------------------------------------------- scikit-learn models as weights
+
+
+class _NumpyForwardReward(RewardModel):
+    """scikit-learn models kept as weights: fit with scikit-learn, score with numpy.
+
+    Inputs are standardised (mean/scale saved with the weights). Soft rewards become
+    row pairs: (x, 1) with weight r and (x, 0) with weight 1 - r. They personalise only
+    with query-prompt interaction features (``concat-product``): a linear model on
+    ``[q, p]`` scores sigma(w.q + v.p + b), whose best prompt never depends on q.
+    """
+
+    model_file = "model.weights.npz"
+    default_layout = "concat-product"
+
+    @abstractmethod
+    def _make_estimator(self): ...
+
+    @abstractmethod
+    def _weights_from(self, estimator) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def _logit(self, Xs: np.ndarray) -> np.ndarray: ...
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = _check_training_data(X, y, sample_weight)
+        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + 1e-6
+        Xs = (X - self.mean_) / self.scale_
+        X2 = np.vstack([Xs, Xs])
+        y2 = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+        w2 = np.concatenate([weight * y, weight * (1.0 - y)])
+        keep = w2 > 0
+        if len(np.unique(y2[keep])) < 2:
+            raise OirlError("the training rewards are all 0 or all 1; a reward model needs both outcomes")
+        self.weights_ = self._weights_from(self._fit_estimator(X2[keep], y2[keep], w2[keep]))
+        return self
+
+    def _fit_estimator(self, X, y, weight):
+        return self._make_estimator().fit(X, y, sample_weight=weight)
+
+    def predict_reward(self, X):
+        self._check_fitted()
+        Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        return 1.0 / (1.0 + np.exp(-np.clip(self._logit(Xs), -50, 50)))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean_, scale=self.scale_, **self.weights_)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data, params, *, where="model file"):
+        arrays = _load_npz(data, where)
+        model = cls(**params)
+        try:
+            model.mean_, model.scale_ = arrays.pop("mean"), arrays.pop("scale")
+        except KeyError as exc:
+            raise BundleError(f"{where}: missing array {exc}") from None
+        model.weights_ = arrays
+        return model
+
+
+class LogisticReward(_NumpyForwardReward):
+    """L2-regularised logistic regression on standardised features."""
+
+    name = "logistic"
+
+    def __init__(self, *, C: float = 0.05, max_iter: int = 500):
+        self.C = C
+        self.max_iter = max_iter
+
+    def _make_estimator(self):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=self.C, max_iter=self.max_iter)
+
+    def _weights_from(self, estimator):
+        return {"coef": estimator.coef_.ravel(), "intercept": estimator.intercept_.ravel()}
+
+    def _logit(self, Xs):
+        return Xs @ self.weights_["coef"] + self.weights_["intercept"][0]
+
+
+class MLPReward(_NumpyForwardReward):
+    """A small ReLU network (scikit-learn ``MLPClassifier``) with early stopping."""
+
+    name = "mlp"
+
+    def __init__(self, *, hidden_layer_sizes: tuple[int, ...] = (64,), alpha: float = 1e-2, max_iter: int = 100, seed: int = 0):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.seed = seed
+
+    def _make_estimator(self):
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier(hidden_layer_sizes=tuple(self.hidden_layer_sizes), alpha=self.alpha, max_iter=self.max_iter,
+                             early_stopping=True, random_state=self.seed)
+
+    def _fit_estimator(self, X, y, weight):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # early stopping decides; max_iter is only a cap
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return self._make_estimator().fit(X, y, sample_weight=weight)
+
+    def _weights_from(self, estimator):
+        layers = {f"coef_{i}": w for i, w in enumerate(estimator.coefs_)}
+        layers.update({f"intercept_{i}": b for i, b in enumerate(estimator.intercepts_)})
+        return layers
+
+    def _logit(self, Xs):
+        n_layers = sum(1 for k in self.weights_ if k.startswith("coef_"))
+        h = Xs
+        for i in range(n_layers):
+            h = h @ self.weights_[f"coef_{i}"] + self.weights_[f"intercept_{i}"]
+            if i < n_layers - 1:
+                h = np.maximum(h, 0.0)
+        return h.ravel()

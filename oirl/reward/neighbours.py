@@ -1,0 +1,174 @@
+"""The neighbour model: kernel-weighted rewards of the most similar training questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+
+from oirl.errors import BundleError
+from oirl.reward.base import RewardModel, _check_training_data, _load_npz, _query_part, _ReadsQueryPart, _unique_rows
+
+# --------------------------------------------------------------------------- neighbours
+
+
+_NEIGHBOUR_CELLS = 8_000_000  # query x training-query cosines per block in NeighbourReward.neighbours
+
+
+class NeighbourReward(_ReadsQueryPart, RewardModel):
+    """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
+
+    For a query q and prompt p, the estimate pools the logged rewards of the ``k``
+    training queries most similar to q (cosine), each weighted by
+    ``exp((cos - 1) / query_tau)``, over the training prompts weighted by ``v_j``, and
+    shrinks it toward the prompt's mean training reward with ``alpha``
+    pseudo-observations:
+
+        r(q, p) = (sum_ij w_i v_j S_ij + alpha * sum_j v_j m_j) / (sum_ij w_i v_j C_ij + alpha)
+
+    where S and C are reward sums and counts per (training query text, prompt). For a
+    training prompt ``v`` is one-hot (``prompt_tau = 0``: a prompt's scores depend on
+    its own rows only) or a softmax over the training prompts' cosines with width
+    ``prompt_tau``. A prompt never seen in training borrows from the training prompts
+    by similarity: ``v = softmax((cos - 1) / new_prompt_tau)``, normalised to sum to
+    one so the borrowed estimate keeps its query dependence however far the prompt is.
+
+    It reads the features as ``[query, prompt, ...]``: call
+    :meth:`set_embedding_dimension` (the recommender does) or pass ``dimension``.
+    """
+
+    name = "knn"
+    model_file = "model.neighbours.npz"
+
+    def __init__(
+        self, *, k: int = 20, query_tau: float = 0.05, prompt_tau: float = 0.0, new_prompt_tau: float = 0.05,
+        alpha: float = 2.0, dimension: int | None = None,
+    ):
+        self.k = k
+        self.query_tau = query_tau
+        self.prompt_tau = prompt_tau
+        self.new_prompt_tau = new_prompt_tau
+        self.alpha = alpha
+        self.dimension = dimension
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = _check_training_data(X, y, sample_weight)
+        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        queries, qi = _unique_rows(_query_part(X, self.dimension, self.name))
+        prompts, pi = _unique_rows(np.asarray(X[:, self.dimension : 2 * self.dimension], dtype=np.float32))
+        sums = np.zeros((len(queries), len(prompts)))
+        counts = np.zeros((len(queries), len(prompts)))
+        np.add.at(sums, (qi, pi), weight * y)
+        np.add.at(counts, (qi, pi), weight)
+        return self.fit_counts(queries, prompts, sums, counts)
+
+    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None):
+        logged = ~np.isnan(rewards)
+        weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
+        sums = np.zeros((len(query_vectors), rewards.shape[1]))
+        counts = np.zeros_like(sums)
+        np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
+        np.add.at(counts, text_index, weight)
+        seen = counts.sum(axis=1) > 0  # texts of this fold only
+        return self.set_embedding_dimension(query_vectors.shape[1]).fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
+
+    def fit_counts(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> NeighbourReward:
+        """Fit from aggregated logs: reward sums and counts of shape (n_queries, n_prompts)."""
+        self.queries_ = np.asarray(query_vectors, dtype=np.float32)
+        self.prompts_ = np.asarray(prompt_vectors, dtype=np.float32)
+        self.sums_, self.counts_ = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+        return self
+
+    def neighbours(self, query_vectors: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar training queries of each query: (indices, cosines), best first.
+
+        Exact cosine ties (common with bag-of-words vectors) go to the training query with
+        the smaller :meth:`tie_keys`, a hash of its vector: the neighbours, and so the
+        scores, do not depend on the order of the training rows, which differs between
+        engines (scikit-learn's ``NearestNeighbors`` breaks such ties by position, so a Dask
+        and an in-memory fit of the same rows could disagree).
+        """
+        self._check_fitted()
+        k = min(k or self.k, len(self.queries_))
+        keys = self.tie_keys()
+        indices = np.empty((len(query_vectors), k), dtype=np.int64)
+        cosines = np.empty((len(query_vectors), k), dtype=np.float32)
+        # Bounded memory: a block of cosines and their argpartition (int64) hold about
+        # 14 bytes x _NEIGHBOUR_CELLS, whatever the number of training queries.
+        step = max(1, min(2048, _NEIGHBOUR_CELLS // max(1, len(self.queries_))))
+        for start in range(0, len(query_vectors), step):
+            cos = np.asarray(query_vectors[start : start + step], dtype=np.float32) @ self.queries_.T
+            idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+            kth = np.take_along_axis(cos, idx, axis=1).min(axis=1)
+            for row in np.flatnonzero((cos >= kth[:, None]).sum(axis=1) > k):  # a tie at the k-th place
+                tied = np.flatnonzero(cos[row] >= kth[row])
+                idx[row] = tied[np.lexsort((keys[tied], -cos[row, tied]))[:k]]
+            top = np.take_along_axis(cos, idx, axis=1)
+            order = np.lexsort((keys[idx], -top), axis=1)
+            indices[start : start + step] = np.take_along_axis(idx, order, axis=1)
+            cosines[start : start + step] = np.take_along_axis(top, order, axis=1)
+        return indices, cosines
+
+    def tie_keys(self) -> np.ndarray:
+        """(n_train,) uint64: a hash of each training query's vector, to break exact ties."""
+        keys = getattr(self, "_tie_keys", None)
+        if keys is None or len(keys) != len(self.queries_):
+            rows = np.ascontiguousarray(self.queries_, dtype=np.float32)
+            keys = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows], dtype=np.uint64)
+            self._tie_keys = keys
+        return keys
+
+    def prompt_weights(self, prompt_vectors: np.ndarray) -> np.ndarray:
+        """(n_prompts, n_train_prompts) weights ``v`` of the training prompts, rows summing to one."""
+        cos = np.asarray(prompt_vectors, dtype=np.float32) @ self.prompts_.T
+        exact = cos > 1 - 1e-5
+        known = exact.any(axis=1, keepdims=True)
+        tau = np.where(known, self.prompt_tau, self.new_prompt_tau)
+        logits = (cos.astype(np.float64) - 1) / np.maximum(tau, 1e-6)
+        soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+        soft /= soft.sum(axis=1, keepdims=True)
+        one_hot = exact / np.maximum(exact.sum(axis=1, keepdims=True), 1)
+        return np.where(known & (tau <= 0), one_hot, soft)
+
+    def predict_grid(self, query_vectors, prompt_vectors, layout="concat", neighbours=None):
+        """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p).
+
+        ``neighbours`` (from :meth:`neighbours`, at least ``k`` wide) saves the search
+        when several parameter settings score the same queries.
+        """
+        self._check_fitted()
+        idx, cos = neighbours if neighbours is not None else self.neighbours(query_vectors)
+        idx, cos = idx[:, : self.k], cos[:, : self.k]
+        w = np.exp((cos.astype(np.float64) - 1) / self.query_tau)
+        sums = np.einsum("nk,nkp->np", w, self.sums_[idx])
+        counts = np.einsum("nk,nkp->np", w, self.counts_[idx])
+        v = self.prompt_weights(prompt_vectors)
+        prompt_means = self.sums_.sum(axis=0) / np.maximum(self.counts_.sum(axis=0), 1e-12)
+        return (sums @ v.T + self.alpha * (v @ prompt_means)[None, :]) / (counts @ v.T + self.alpha)
+
+    def predict_reward(self, X):
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        queries, qi = _unique_rows(_query_part(X, self.dimension, self.name))
+        prompts, pi = _unique_rows(X[:, self.dimension : 2 * self.dimension])
+        return self.predict_grid(queries, prompts)[qi, pi]
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data, params, *, where="model file"):
+        arrays = _load_npz(data, where)
+        model = cls(**params)
+        try:
+            model.queries_, model.prompts_, model.sums_, model.counts_ = (arrays[k] for k in ("queries", "prompts", "sums", "counts"))
+        except KeyError as exc:
+            raise BundleError(f"{where}: missing array {exc}") from None
+        n_q, n_p = len(model.queries_), len(model.prompts_)
+        if model.sums_.shape != (n_q, n_p) or model.counts_.shape != (n_q, n_p):
+            raise BundleError(f"{where}: sums/counts of shape {model.sums_.shape}, expected {(n_q, n_p)}")
+        return model
