@@ -13,7 +13,7 @@ prompt (+0.25), on top of per-prompt base rates and a per-question difficulty. E
 instance of one tenth of the base questions (by hash) is a test instance: the held-out
 questions are never trained on, in any variant.
 
-Stages, all through the code the CLI runs (:mod:`oirl.distributed.train`) on ``local:N``:
+Stages, all through the code the CLI runs (:func:`oirl.learn.train.fit_bundle` on :class:`oirl.distributed.engine.DaskEngine`) on ``local:N``:
 build (write the Parquet partitions), read (validate, encode), embed (shuffle by text,
 embed with ``minilm-static``, pivot), CV/select, fit, save, evaluate (``oirl evaluate
 --dask`` on the test split) and recommend (``oirl recommend --out --dask`` on the test
@@ -223,12 +223,13 @@ def copy_static_model(cache_dir: Path) -> str | None:
 
 
 def train_on(client, log: Path, cache_dir: Path, embedder: str, model: str = "auto"):
-    from oirl.distributed.train import train_distributed
+    from oirl.distributed.engine import train_distributed
 
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    rec = train_distributed(client, log, model=model, embedder=embedder, cache_dir=cache_dir, progress=True, timings=timings)
-    timings["train_total"] = time.perf_counter() - started
+    rec = train_distributed(client, log, model=model, embedder=embedder, cache_dir=cache_dir, progress=True)
+    engine = rec.metadata["metrics"]["engine"]
+    timings = {**engine["prepare_seconds"], "cv_select": engine["stage_seconds"]["cross_validation"], "fit": engine["stage_seconds"]["fit"],
+               "train_total": time.perf_counter() - started}
     return rec, timings
 
 
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"built {args.rows:,} rows in {partitions} partitions in {stages['build']:.1f} s", file=sys.stderr)
             with dask_client(f"local:{args.workers}") as client:
                 rec, timings = train_on(client, tmp / "log", cache_dir, args.embedder)
-                stages.update({k: timings[k] for k in ("read", "embedder_setup", "embed", "cv_select", "fit")})
+                stages.update({k: timings[k] for k in ("read", "embed", "cv_select", "fit")})
                 tick = time.perf_counter()
                 save_bundle(rec, tmp / "model")
                 stages["save"] = time.perf_counter() - tick

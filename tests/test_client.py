@@ -14,7 +14,8 @@ import httpx
 import pandas as pd
 import pytest
 from experiment_scripts import load
-from test_serve import free_port, make_app, start_server, stop
+from test_serve import free_port, start_server, stop
+from test_serve_bounds import make_app
 
 from oirl.client import (
     AuthenticationError,
@@ -176,7 +177,7 @@ def test_feedback_once_then_duplicate_then_conflict(client):
         client.feedback(rec, 0.0)
     assert conflict.value.status == 409 and conflict.value.url.endswith("/v1/feedback") and conflict.value.attempts == 1
     unknown = str(uuid.uuid4())
-    with pytest.raises(NotFoundError, match=f"404 unknown decision_id {unknown}") as missing:
+    with pytest.raises(NotFoundError, match=f"404 unknown decision_id '{unknown}'") as missing:
         client.feedback(unknown, 1.0)
     assert missing.value.unknown_ids == (unknown,)
     with pytest.raises(ValidationError, match=r"422 invalid request: reward: Input should be less than or equal to 1") as invalid:
@@ -217,7 +218,8 @@ def test_errors_name_the_call_the_status_and_the_reason(client, kwargs, error, n
 def test_a_missing_or_wrong_key_is_a_clear_401(logged):
     base, _ = logged
     with Client(base, api_key="") as anonymous, Client(base, api_key="not-the-key") as wrong:
-        assert anonymous.health().ok  # /health needs no key
+        anonymous_health = anonymous.health()
+        assert anonymous_health.ok and anonymous_health.model_version is None  # /health needs no key, and says no more without it
         with pytest.raises(AuthenticationError, match=r"^GET .*/v1/model: 401 missing or wrong API key .*; no api_key given "
                                                        r"\(pass api_key= or set OIRL_API_KEY\)$"):
             anonymous.model()

@@ -12,8 +12,8 @@ from oirl.data.importers.cruxeval import arm_id, build_logs, default_cost, impor
 from oirl.data.logs import read_logs
 from oirl.errors import OirlError
 from oirl.evaluation.costs import cost_sweep, reward_cost_area
-from oirl.policy.policies import PolicyContext
 from oirl.learn.train import train_recommender
+from oirl.policy.policies import PolicyContext
 from oirl.recommender.bundle import save_bundle
 
 

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 pytest.importorskip("distributed")
 
 from oirl.cli.main import cli
+from oirl.data.questions import QuestionKey
 from oirl.distributed.batch import part_writer
 from oirl.errors import LogFormatError, OirlError  # noqa: E402
 from oirl.evaluation.report import evaluate_recommender
-from oirl.data.questions import QuestionKey
 from oirl.recommender.bundle import load_bundle, save_bundle
 
 ROWS = 4800  # 600 instances x 8 prompts
@@ -48,12 +48,13 @@ def synthetic(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dask_bundle(client, synthetic):
-    from oirl.distributed.train import train_distributed
+    from oirl.distributed.engine import train_distributed
 
     work, _ = synthetic
-    timings = {}
-    rec = train_distributed(client, work / "log", embedder="hashing", cache_dir=work / "emb", timings=timings)
-    assert set(timings) >= {"read", "embed", "cv_select", "fit"}
+    rec = train_distributed(client, work / "log", embedder="hashing", cache_dir=work / "emb")
+    engine = rec.metadata["metrics"]["engine"]
+    assert engine["name"] == "DaskEngine" and set(engine["stage_seconds"]) == {"prepare", "cross_validation", "fit"}
+    assert set(engine["prepare_seconds"]) == {"read", "embed"} and engine["workers"] == 2
     return rec, save_bundle(rec, work / "model")
 
 
@@ -86,7 +87,7 @@ def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, syn
     assert np.allclose(loaded.score(queries), rec.score(queries))
     # In memory, on the same folds (the hash of the text) and candidates: the neighbour
     # settings' CV values are the same, LightGBM's close, and the same family is chosen.
-    from oirl.distributed.train import text_folds
+    from oirl.distributed.fitting import text_folds
 
     folds = text_folds(matrix, (QuestionKey().hashes(matrix.texts) % np.uint64(3)).astype(int), 3)  # the hash of the question
     memory = select_model(matrix, tuple(c for c in AUTO_CANDIDATES if c.model in ("knn", "lightgbm")), folds=folds)
@@ -98,7 +99,7 @@ def test_the_dask_bundle_loads_and_matches_the_in_memory_choice(dask_bundle, syn
 
 
 def test_the_neighbour_model_is_the_same_fit_and_lightgbm_close(client, synthetic):
-    from oirl.distributed.train import train_distributed
+    from oirl.distributed.engine import train_distributed
     from oirl.learn.crossfit import fit_on
     from oirl.reward.neighbours import NeighbourReward
     from oirl.reward.trees import LightGBMReward

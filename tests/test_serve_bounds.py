@@ -259,9 +259,12 @@ def test_an_unexpected_failure_is_a_500_with_a_request_id_and_no_internals(bundl
 def test_the_model_description_names_no_server_path(minilm_bundle):
     from oirl.serve.scoring import ServedModel
 
-    rec = load_bundle(minilm_bundle)
-    rec.metadata["training"]["source"] = "/srv/data/logs/mawps.parquet + logs/svamp.parquet"
-    rec.embedder_spec = f"static:{minilm_bundle}/embedder"
+    import copy
+
+    rec = copy.copy(load_bundle(minilm_bundle))  # a twin as if trained from server paths, with a static embedder in a folder
+    object.__setattr__(rec, "metadata", {**rec.metadata, "training": {**rec.metadata["training"],
+                                                                      "source": "/srv/data/logs/mawps.parquet + logs/svamp.parquet"}})
+    object.__setattr__(rec, "embedder_spec", f"static:{minilm_bundle}/embedder")
     described = ServedModel(rec, embedder=GatedEmbedder()).describe()
     assert described["training"]["source"] == "mawps.parquet + svamp.parquet"
     assert described["embedder"] == "static:embedder" and str(minilm_bundle) not in str(described)

@@ -44,10 +44,10 @@ def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str 
     get_embedder(embedder)  # an unknown name fails here, offline, naming the valid ones
     if dask_spec:
         from oirl.distributed.cluster import dask_client, parse_dask_spec
-        from oirl.distributed.train import check_training_options, train_distributed
+        from oirl.distributed.engine import check_training_options, train_distributed
 
         parse_dask_spec(dask_spec)
-        check_training_options(model, cv_groups)
+        check_training_options(model, cv_groups)  # before a cluster starts
         if importance_weights:
             raise OirlError("--importance-weights is not available with --dask")
         with dask_client(dask_spec) as client:

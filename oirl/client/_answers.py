@@ -83,12 +83,15 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Health:
+    """The server's state; without the key (when one is set) a server says only ``status``,
+    and the other fields are None."""
+
     status: str  # "ok" or "unavailable"
     reason: str | None
-    model_version: str
-    queued_texts: int
-    requests_in_flight: int
-    texts_embedded: int
+    model_version: str | None
+    queued_texts: int | None
+    requests_in_flight: int | None
+    texts_embedded: int | None
     raw: Mapping[str, Any] = field(hash=False, repr=False, compare=False)
 
     @property

@@ -173,9 +173,12 @@ class Client:
         with its ``reason`` rather than raising."""
         answer = self._call("GET", "/health", None, idempotent=True, retries=False, accept=(200, 503))
         with _reading(answer) as raw:
-            return Health(status=raw["status"], reason=raw.get("reason"), model_version=raw["model_version"],
-                          queued_texts=int(raw.get("queued_texts", 0)), requests_in_flight=int(raw.get("requests_in_flight", 0)),
-                          texts_embedded=int(raw.get("texts_embedded", 0)), raw=raw)
+            def count(name: str) -> int | None:
+                return None if raw.get(name) is None else int(raw[name])
+
+            return Health(status=raw["status"], reason=raw.get("reason"), model_version=raw.get("model_version"),
+                          queued_texts=count("queued_texts"), requests_in_flight=count("requests_in_flight"),
+                          texts_embedded=count("texts_embedded"), raw=raw)
 
     # ------------------------------------------------------------------ one call, with retries
 

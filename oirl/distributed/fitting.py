@@ -1,71 +1,26 @@
-"""Dask: train, evaluate and recommend over partitioned logs on a cluster (``--dask``).
+"""Cross-fitting and fitting on the workers, for :class:`oirl.distributed.engine.DaskEngine`.
 
-``--dask local[:N]`` starts a :class:`distributed.LocalCluster` of N worker processes
-(default 2, one thread each) on loopback and closes it at the end; ``--dask
-tcp://HOST:PORT`` connects to a running scheduler. On a real cluster every worker
-needs oirl installed, and the log, the bundle and the output directory on paths they
-can all read (and write, for ``--out``).
-
-What runs where:
-
-* **Workers** read and validate the Parquet files, one partition per file
-  (:func:`read_log_partitions`: :func:`oirl.data.schema.validate_logs` on every partition,
-  errors naming the file), hash texts and ids, and shuffle the rows by question text,
-  so that every text, and every query instance with it, lives in exactly one
-  partition. Each partition then becomes a *block*: its distinct texts embedded once
-  (the embedding model loaded once per worker, vectors through the SQLite cache
-  :class:`oirl.embed.cached.CachedEmbedder`, safe across processes), its instances pivoted to
-  a reward matrix, and the neighbour model's reward sums and counts per (text, prompt)
-  (a Dask group-by: shuffle by text, then sum within each partition). Blocks stay in
-  worker memory. LightGBM trains on features built from the blocks where they live
-  (``lightgbm.dask``), the neighbour model's state is assembled on a worker, and
-  held-out texts are scored on the workers.
-* **The driver** holds per-instance arrays only: 64-bit hashes of ids and texts, the
-  reward matrix and the out-of-fold scores (n_instances x n_prompts, 8 MB at 125,000 x
-  8), never rows' vectors or features. It chooses the model and policy with
-  :mod:`oirl.learn.crossfit` (:func:`~oirl.learn.selection.select_model` over out-of-fold scores,
-  the conservative margin, the one-standard-error rule and the prior option exactly as
-  in memory) and writes the same bundle as :meth:`oirl.recommender.recommender.Recommender.train`.
-
-Differences from the in-memory path, kept small and stated:
-
-* candidates for ``--model auto`` are those of the in-memory grid that Dask trains: the
-  neighbour model's 18 settings (one state and one neighbour search per fold serve them
-  all) and LightGBM, not the centred LightGBM, logistic regression or MLP (``--model
-  lightgbm`` or ``knn`` forces one); cross-validation folds are
-  the hash of the question text modulo ``--cv-folds`` (``--cv-groups text`` only);
-  LightGBM trains data-parallel, so its trees differ slightly from a one-process fit;
-* the neighbour model keeps every distinct training text (its vectors, sums and
-  counts: 128 MB at 125,000 texts x 256 dimensions), and its width for new prompts
-  stays at the default (not cross-validated);
-* an instance id must name one question text; the training fingerprint hashes the
-  sorted row hashes, so it differs from the in-memory fingerprint of the same rows;
-* ``oirl evaluate --dask`` reports on full-information logs only (every prompt logged
-  for every query instance) and computes no off-policy estimates.
+LightGBM trains data-parallel on features built from the blocks where they live
+(``lightgbm.dask``); the neighbour model's state (vectors, reward sums and counts per
+question) is assembled on a worker; held-out questions are scored on the workers and
+only their scores (n_instances x n_prompts) come back to the driver.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from oirl.data.questions import QuestionKey
-from oirl.distributed.blocks import Blocks, _driver_matrix, _embedder_info, _load_embedder, build_blocks, encode_rows
-from oirl.distributed.cluster import _release_memory, _say, n_workers
-from oirl.distributed.read import _rows_of_split, read_log_partitions
-from oirl.embed.base import DEFAULT_EMBEDDER
-from oirl.embed.registry import get_embedder
+from oirl.distributed.blocks import Blocks
+from oirl.distributed.cluster import _release_memory, _say
 from oirl.errors import OirlError
 
-DASK_MODELS = ("auto", "lightgbm", "knn")
 LIGHTGBM_BIN_SAMPLE = 50_000  # rows per worker for LightGBM's bin boundaries (bin_construct_sample_cnt)
 
 
@@ -226,7 +181,7 @@ class DaskCrossFitter:
             return _fit_lightgbm(self.client, self.blocks, fold, params, self.prompt_vectors, spec.layout_for())
         if spec.model == "knn":
             return self.client.submit(_knn_state, self.blocks.futures, fold, params, self.prompt_vectors, pure=False)
-        raise OirlError(f"--model {spec.model} cannot train under --dask (choose from {', '.join(DASK_MODELS)})")
+        raise OirlError(f"--model {spec.model} cannot train under --dask (choose from auto, lightgbm, knn)")
 
     def __call__(self, spec, matrix, folds):
         from oirl.learn.crossfit import CrossFit
@@ -265,111 +220,3 @@ def text_folds(matrix, text_fold: np.ndarray, n_folds: int) -> list[tuple[np.nda
         raise OirlError(f"cross-validation by text hash left a fold empty: {len(matrix.texts)} distinct query texts are too few "
                         f"for {n_folds} folds")
     return folds
-
-
-def check_training_options(model: str, cv_groups: str) -> None:
-    """Refuse what the Dask path does not do, before a cluster starts."""
-    if model not in DASK_MODELS:
-        raise OirlError(f"--model {model} cannot train under --dask (choose from {', '.join(DASK_MODELS)})")
-    if cv_groups != "text":
-        raise OirlError("under --dask cross-validation groups by question text only (--cv-groups text)")
-
-
-def train_distributed(
-    client, path: str | Path, *, model: str = "auto", model_params: dict[str, Any] | None = None, embedder: str = DEFAULT_EMBEDDER,
-    layout: str | None = None, split_column: str | None = "split", train_split: str = "train", cv_folds: int = 3,
-    cv_groups: str = "text", cache_dir: str | Path | None = None, progress: bool = False, source: str | None = None,
-    timings: dict[str, float] | None = None, n_partitions: int | None = None,
-):
-    """Train on a partitioned log with Dask; returns a :class:`~oirl.recommender.recommender.Recommender`
-    built exactly as :meth:`Recommender.train` builds it (same bundle format).
-
-    ``timings`` (if given) receives the seconds of each stage: ``read`` (validate,
-    encode), ``embed`` (shuffle by text, embed, pivot), ``cv_select`` and ``fit``.
-    """
-    from oirl.embed.base import default_cache_dir
-    from oirl.learn.candidates import spec
-    from oirl.learn.selection import select_model
-    from oirl.learn.train import cv_metrics
-    from oirl.recommender.recommender import Candidate, Recommender
-
-    started = time.perf_counter()
-    timings = {} if timings is None else timings
-    source = source or str(path)
-    check_training_options(model, cv_groups)
-    if model == "auto":
-        if model_params:
-            raise OirlError("model parameters need a named --model, not auto")
-        from oirl.learn.candidates import AUTO_CANDIDATES
-
-        # The in-memory candidates Dask can train: the neighbour model's grid and LightGBM.
-        candidates = tuple(c if layout is None else spec(c.model, c.complexity, layout, **dict(c.params))
-                           for c in AUTO_CANDIDATES if c.model in ("knn", "lightgbm"))
-    else:
-        candidates = (spec(model, 1, layout, **(model_params or {})),)
-        candidates[0].make()  # an unknown parameter fails before any work
-    cache = str(Path(cache_dir or default_cache_dir()).resolve())
-
-    rows = _rows_of_split(read_log_partitions(path, columns=[split_column] if split_column else None), split_column, train_split)
-    _say(progress, f"reading and validating {rows.npartitions} partition(s) on {n_workers(client)} worker(s)")
-    tick = time.perf_counter()
-    question_key = QuestionKey(casefold=get_embedder(embedder).lowercases)  # the tokenizer's files tell, no model loaded
-    encoded = encode_rows(client, rows, question_key, source=source)
-    timings["read"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    client.run(_load_embedder, embedder, cache)  # the embedding model, once per worker (a static one is built once, under a lock)
-    info = client.submit(_embedder_info, embedder, cache, list(encoded.prompt_texts.values()), pure=False).result()
-    timings["embedder_setup"] = time.perf_counter() - tick
-    _say(progress, f"embedding the distinct query texts on the workers ({embedder})")
-    tick = time.perf_counter()
-    blocks = build_blocks(client, encoded, list(encoded.prompt_texts), embed_with=("embedder", embedder), cache_dir=cache, n_folds=cv_folds,
-                          n_partitions=n_partitions, source=source)
-    timings["embed"] = time.perf_counter() - tick
-    matrix = _driver_matrix(blocks, info.prompt_vectors)
-    if not matrix.full_information and matrix.propensity is None:
-        raise OirlError(f"{source}: a partial-feedback log needs a propensity column under --dask (without --dask, oirl estimates "
-                        "the logging policy from the query vectors)")
-    if blocks.duplicates:
-        warnings.warn(f"{source}: {blocks.duplicates} (query_id, prompt_id) keys occur on several rows; their rewards are averaged",
-                      stacklevel=2)
-
-    tick = time.perf_counter()
-    fitter = DaskCrossFitter(client, blocks, info.prompt_vectors, progress, candidates)
-    folds = text_folds(matrix, fitter.text_folds, cv_folds)
-    selection = select_model(matrix, candidates, n_folds=cv_folds, cv_groups="text", folds=folds, fitter=fitter)
-    timings["cv_select"] = time.perf_counter() - tick
-    _say(progress, f"chose {selection.spec.label} {selection.policy} in {timings['cv_select']:.1f} s; fitting it on every row")
-
-    tick = time.perf_counter()
-    chosen_layout = selection.spec.layout_for()
-    fitted = fitter.fit(selection.spec, None)
-    if isinstance(fitted, bytes):
-        from oirl.reward.trees import LightGBMReward
-
-        fitted = LightGBMReward.from_bytes(fitted, selection.spec.make().get_params(), where="final model")
-    else:
-        fitted = fitted.result()
-    timings["fit"] = time.perf_counter() - tick
-
-    row_hashes = np.sort(np.concatenate([b["row_hash"] for b in blocks.meta]))
-    metadata = {
-        "training": {
-            "source": source, "fingerprint": hashlib.sha256(row_hashes.astype("<u8").tobytes()).hexdigest()[:16],
-            "rows": int(matrix.logged.sum()), "query_instances": int(len(matrix.query_ids)), "distinct_queries": int(len(matrix.texts)),
-            "feedback": "full" if matrix.full_information else "partial", "cv_folds": cv_folds, "cv_groups": "text",
-            "importance_weights": False, "question_key": question_key.to_dict(), "propensities": None, "seconds": round(time.perf_counter() - started, 2),
-        },
-        "metrics": {
-            "cross_validation": cv_metrics(selection, matrix, None), "model_selection": selection.table,
-            "distributed": {"workers": n_workers(client), "partitions": len(blocks.futures), "folds": "sha256 of the question text modulo cv_folds",
-                            "candidates": [c.label for c in candidates], "stage_seconds": {k: round(v, 2) for k, v in timings.items()}},
-        },
-    }
-    return Recommender(
-        model=fitted, embedder_spec=embedder, embedder_id=info.model_id, embedder_revision=info.revision, layout=chosen_layout,
-        prompts=[Candidate(t, p) for p, t in zip(blocks.prompt_ids, blocks.prompt_texts, strict=True)],
-        prompt_vectors=info.prompt_vectors, prior=dict(zip(blocks.prompt_ids, matrix.prompt_means().tolist(), strict=True)),
-        margin=selection.margin, default_policy=selection.policy, costs=blocks.costs, metadata=metadata,
-        train_text_hashes=matrix.texts, train_instance_hashes=matrix.query_ids, question_key=question_key, cache_dir=cache_dir,
-        embedder_bundle_files=info.bundle_files,
-    )
