@@ -257,9 +257,9 @@ def test_an_unexpected_failure_is_a_500_with_a_request_id_and_no_internals(bundl
 
 
 def test_the_model_description_names_no_server_path(minilm_bundle):
-    from oirl.serve.scoring import ServedModel
-
     import copy
+
+    from oirl.serve.scoring import ServedModel
 
     rec = copy.copy(load_bundle(minilm_bundle))  # a twin as if trained from server paths, with a static embedder in a folder
     object.__setattr__(rec, "metadata", {**rec.metadata, "training": {**rec.metadata["training"],

@@ -110,7 +110,7 @@ def _knn_state(blocks: list[dict[str, Any]], fold: int | None, params: dict[str,
     sums = np.vstack([b["sums"][k] for b, k in zip(blocks, keep, strict=True)])
     counts = np.vstack([b["counts"][k] for b, k in zip(blocks, keep, strict=True)])
     seen = counts.sum(axis=1) > 0
-    model = NeighbourReward(**{**params, "dimension": None}).set_embedding_dimension(vectors.shape[1])
+    model = NeighbourReward(**params)
     return model.fit_counts(vectors[seen], prompt_vectors, sums[seen], counts[seen])
 
 
@@ -147,7 +147,7 @@ class DaskCrossFitter:
 
     def _knn_grid(self, matrix, folds) -> dict[str, Any]:
         from oirl.learn.crossfit import CrossFit
-        from oirl.reward.base import check_scores
+        from oirl.reward.base import check_predictions
 
         n, m = matrix.rewards.shape
         settings = [dict(c.params) for c in self.knn]
@@ -170,7 +170,7 @@ class DaskCrossFitter:
             _say(self.progress, f"knn ({len(settings)} settings): fold {fold + 1}/{len(folds)} in {time.perf_counter() - started:.1f} s")
         fits = {}
         for spec, s in zip(self.knn, scores, strict=True):
-            check_scores(s, spec.label)
+            check_predictions(s, spec.label)
             fits[spec.label] = CrossFit(spec, s, priors, folds)
         return fits
 
@@ -185,7 +185,7 @@ class DaskCrossFitter:
 
     def __call__(self, spec, matrix, folds):
         from oirl.learn.crossfit import CrossFit
-        from oirl.reward.base import check_scores
+        from oirl.reward.base import check_predictions
 
         if spec.model == "knn" and spec in self.knn and len(self.knn) > 1:
             if spec.label not in self._done:
@@ -208,7 +208,7 @@ class DaskCrossFitter:
             priors[test] = matrix.subset(train).prompt_means()
             del model
             _say(self.progress, f"{spec.label}: fold {fold + 1}/{len(folds)} in {time.perf_counter() - started:.1f} s")
-        check_scores(scores, spec.label)
+        check_predictions(scores, spec.label)
         return CrossFit(spec, scores, priors, folds)
 
 

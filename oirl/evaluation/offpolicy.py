@@ -107,7 +107,7 @@ def reference_scores(rec, logs: pd.DataFrame, scored: ScoredLogs) -> tuple[np.nd
 def cross_fitted_scores(rec, logs: pd.DataFrame, scored: ScoredLogs, n_folds: int = 3) -> np.ndarray:
     """Out-of-fold predictions (n_instances, n_candidates) of the bundle's model kind fit on
     ``logs``; candidates the log never holds keep the bundle's scores."""
-    params = {k: v for k, v in rec.model.get_params().items() if k != "dimension"}
+    params = rec.model.get_params()
     matrix = LogMatrix.from_logs(logs[logs["prompt_id"].isin(scored.prompt_ids)], rec.query_embedder.embed, question_key=rec.question_key)
     try:
         folds = make_folds(matrix, n_folds, "text")

@@ -28,7 +28,7 @@ from oirl.errors import OirlError
 from oirl.learn.candidates import ModelSpec
 from oirl.ope import estimators as ope
 from oirl.policy.policies import PolicyContext, make_policy
-from oirl.reward.base import RewardModel, check_scores
+from oirl.reward.base import RewardModel, check_predictions
 
 # --------------------------------------------------------------------------- folds and out-of-fold scores
 
@@ -67,13 +67,14 @@ def cross_fit(spec: ModelSpec, matrix: LogMatrix, folds: list[tuple[np.ndarray, 
         model = fit_on(spec.make(), part, layout)
         scores[test] = model.predict_grid(matrix.query_vectors[matrix.text_index[test]], matrix.prompt_vectors, layout)
         priors[test] = part.prompt_means()
-    check_scores(scores, spec.label)
+    check_predictions(scores, spec.label)
     return CrossFit(spec, scores, priors, folds)
 
 
 def fit_on(model: RewardModel, matrix: LogMatrix, layout: str) -> RewardModel:
     """Fit a reward model on the logged cells of ``matrix``."""
-    model.set_embedding_dimension(matrix.query_vectors.shape[1])
+    if layout != "concat" and model.get_params().get("dimension", 0) is None:  # its query part is not half of [q, p, q*p]
+        model.set_params(dimension=matrix.query_vectors.shape[1])
     return model.fit_matrix(matrix.query_vectors, matrix.text_index, matrix.prompt_vectors, matrix.rewards, layout,
                             sample_weight=matrix.sample_weight)
 

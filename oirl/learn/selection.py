@@ -217,7 +217,7 @@ def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tu
         for j in range(m):
             keep = [c for c in range(m) if c != j]
             sub = part.with_prompts(keep)
-            fitted = fit_on(make_reward_model("knn", **{**model.get_params(), "dimension": None}), sub, "concat")
+            fitted = fit_on(make_reward_model("knn", **model.get_params()), sub, "concat")
             truth = matrix.rewards[test, j]
             logged = ~np.isnan(truth)
             for tau in grid:

@@ -27,7 +27,7 @@ from oirl.embed.cached import CachedEmbedder
 from oirl.embed.registry import get_embedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
 from oirl.policy.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyContext, make_policy
-from oirl.reward.base import RewardModel, check_scores
+from oirl.reward.base import RewardModel, check_predictions
 from oirl.reward.features import pair_features
 
 
@@ -222,7 +222,7 @@ class Recommender:
         if self.model is None:
             return np.tile(self._prior_scores(candidate_vectors), (len(query_vectors), 1))
         scores = self.model.predict_grid(query_vectors, candidate_vectors, self.layout)
-        check_scores(scores, f"{self.model.name} model")
+        check_predictions(scores, f"{self.model.name} model")
         return scores
 
     def score_pairs(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray) -> np.ndarray:
@@ -230,7 +230,7 @@ class Recommender:
         if self.model is None:
             return self._prior_scores(prompt_vectors)
         scores = self.model.predict_reward(pair_features(query_vectors, prompt_vectors, self.layout))
-        check_scores(scores[None, :], f"{self.model.name} model")
+        check_predictions(scores[None, :], f"{self.model.name} model")
         return scores
 
     def _prior_scores(self, prompt_vectors: np.ndarray) -> np.ndarray:

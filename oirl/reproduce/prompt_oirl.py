@@ -295,7 +295,7 @@ def reproduce(
                             "Prompt-OIRL (authors)": AUTHORS_MEAN_BY_K[name][6] if protocol == "paper" else np.nan,
                             "target": TARGETS_K6[name] if protocol == "paper" else np.nan})
             choices.append({"dataset": name, "protocol": protocol, "cv groups": split.cv_groups, "model": result.rec.model.name,
-                            "params": json.dumps({k: v for k, v in result.rec.model.get_params().items() if k != "dimension"}),
+                            "params": json.dumps(result.rec.model.get_params()),
                             "layout": result.rec.layout, "default policy": result.rec.default_policy,
                             "margin": result.rec.margin, "train seconds": round(result.seconds, 1)})
             by_k = table[["oirl (default policy) mean", "best prompt (train) mean"]]

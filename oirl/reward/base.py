@@ -1,10 +1,13 @@
 """Proxy reward models: r(query, prompt) ~ P(correct), learned from pair features.
 
-Every backend is a scikit-learn estimator (``BaseEstimator``): keyword-only
-``__init__`` that only stores parameters, ``fit(X, y, sample_weight=None)`` returning
-``self``, learned state with a trailing underscore, ``predict_proba(X)`` of shape
-(n, 2); so ``clone``, ``get_params`` and grid searches work on them.
-``predict_reward(X)`` is the second column, shape (n,).
+Every backend is a scikit-learn regressor of the reward (``RegressorMixin``,
+``BaseEstimator``): keyword-only ``__init__`` that only stores parameters,
+``fit(X, y, sample_weight=None)`` returning ``self`` and never changing a parameter,
+learned state with a trailing underscore, ``predict(X)`` the predicted reward in [0, 1],
+shape (n,) (``predict_reward`` is the same), and ``score`` (R^2); so ``clone``, ``get_params``, ``cross_val_score`` and grid searches work on
+them. Models that read the features as ``[query, prompt, ...]`` learn where the query
+part ends (``dimension_``) from ``dimension`` or, left None, from the width of ``X``
+(the ``concat`` layout).
 
 Pair features start with ``[query vector, prompt vector]`` (:mod:`oirl.reward.features`).
 Rewards may be fractions in [0, 1] (soft labels): LightGBM trains with its
@@ -31,35 +34,41 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from oirl.errors import BundleError, OirlError
 from oirl.reward.features import grid_features, pair_features
 
 
-class RewardModel(BaseEstimator, ABC):
-    """Base class: ``fit`` / ``predict_reward`` plus serialisation to bytes."""
+def store_parameters(estimator: BaseEstimator, values: dict) -> None:
+    """``__init__``'s one job in scikit-learn's contract: keep each parameter as given
+    (call it with ``locals()``)."""
+    for name, value in values.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
+class RewardModel(RegressorMixin, BaseEstimator, ABC):
+    """Base class: ``fit`` / ``predict`` of the reward, plus serialisation to bytes."""
 
     name: ClassVar[str]
     model_file: ClassVar[str]
     #: Feature layout the model can personalise with (see :mod:`oirl.reward.features`).
     default_layout: ClassVar[str] = "concat"
 
-    def set_embedding_dimension(self, dimension: int) -> RewardModel:
-        """Told before ``fit`` how long the query and prompt vectors are. Models that
-        read the features as an opaque vector ignore it."""
-        return self
-
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> RewardModel: ...
 
     @abstractmethod
-    def predict_reward(self, X: np.ndarray) -> np.ndarray:
-        """Predicted P(correct) for each row of X, shape (n,)."""
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted reward, P(correct), for each row of X, shape (n,)."""
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = self.predict_reward(X)
-        return np.column_stack([1.0 - p, p])
+    def predict_reward(self, X: np.ndarray) -> np.ndarray:
+        """The same as :meth:`predict` (the name oirl's code reads best with)."""
+        return self.predict(X)
+
+
 
     def fit_matrix(
         self, query_vectors: np.ndarray, text_index: np.ndarray, prompt_vectors: np.ndarray, rewards: np.ndarray,
@@ -93,43 +102,46 @@ class RewardModel(BaseEstimator, ABC):
         """Rebuild a fitted model; raises :class:`BundleError` naming ``where``."""
 
     def _check_fitted(self) -> None:
-        if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
-            raise OirlError(f"this {type(self).__name__} is not fitted yet; call fit first")
+        check_is_fitted(self)  # scikit-learn's NotFittedError, naming the class
 
 
-def _check_training_data(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float32)
+def _fit_data(estimator: RewardModel, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``X`` (n, F) float32, ``y`` (n,) rewards in [0, 1] and ``sample_weight`` (n,) or None,
+    checked as scikit-learn checks (finite, 2-D, not empty, not sparse; ``n_features_in_``)."""
+    X, y = validate_data(estimator, X, y, dtype=np.float32, y_numeric=True)
     y = np.asarray(y, dtype=np.float64)
-    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"`X` must be 2D and `y` 1D of the same length, got {X.shape} and {y.shape}")
-    if len(y) == 0:
-        raise OirlError("no training rows")
-    if np.any((y < 0) | (y > 1)) or np.isnan(y).any():
+    if np.any((y < 0) | (y > 1)):
         raise ValueError("`y` must hold rewards in [0, 1]")
-    if sample_weight is not None and len(sample_weight) != len(y):
-        raise ValueError(f"`sample_weight` has length {len(sample_weight)}, expected {len(y)}")
-    return X, y
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if not sample_weight.sum() > 0:
+            raise ValueError("`sample_weight` sums to zero: no row would count")
+    return X, y, sample_weight
 
 
-# --------------------------------------------------------------------------- gradient-boosted trees
+def _predict_data(estimator: RewardModel, X) -> np.ndarray:
+    """``X`` as float32, checked like the data ``fit`` saw (same width, finite, 2-D)."""
+    estimator._check_fitted()
+    return validate_data(estimator, X, dtype=np.float32, reset=False)
 
 
-class _ReadsQueryPart:
-    """For models that split the features into their query part and the rest: they keep
-    the embedding dimension they are told (``dimension``, also a constructor parameter)."""
+class ReadsQueryPart:
+    """For models that split the features into their query part and the rest: the
+    embedding dimension is the ``dimension`` parameter, or half the width of ``X``."""
 
-    def set_embedding_dimension(self, dimension):
-        self.dimension = dimension
-        return self
+    def _learn_dimension(self, X: np.ndarray) -> int:
+        dimension = self.dimension if self.dimension is not None else X.shape[1] // 2
+        if not 0 < dimension < X.shape[1]:
+            raise ValueError(f"X has n_features = {X.shape[1]}: too few for a query part of {dimension} and a prompt part "
+                             "(pair features are [query vector, prompt vector, ...])")
+        self.dimension_ = int(dimension)
+        return self.dimension_
+
+    def _query_part(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X[:, : self.dimension_], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _query_part(X: np.ndarray, dimension: int | None, model: str) -> np.ndarray:
-    if dimension is None:
-        raise OirlError(f"the {model} reward model needs the embedding dimension (set_embedding_dimension)")
-    return np.asarray(X[:, :dimension], dtype=np.float32)
 
 
 def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +155,27 @@ def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vectors[first], inverse.ravel()
 
 
-def _load_npz(data: bytes, where: str) -> dict[str, np.ndarray]:
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Arrays as the bytes of an ``.npz`` file (numpy's own format, loaded without pickle)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npz_arrays(data: bytes, where: str, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays of ``.npz`` bytes, each of ``required`` present; :class:`BundleError` naming ``where`` otherwise."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+            arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # zip, npy-format and pickle-refusal errors all mean "unreadable"
         raise BundleError(f"{where}: not a readable weights file ({type(exc).__name__})") from None
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise BundleError(f"{where}: missing array {missing[0]!r}")
+    return arrays
 
 
-def check_scores(scores: np.ndarray, where: str) -> None:
+def check_predictions(scores: np.ndarray, where: str) -> None:
     """A NaN or infinite predicted reward is a broken model, never a silent pick."""
     bad = ~np.isfinite(scores)
     if bad.any():

@@ -4,13 +4,12 @@ regression and a small MLP.
 
 from __future__ import annotations
 
-import io
 from abc import abstractmethod
 
 import numpy as np
 
-from oirl.errors import BundleError, OirlError
-from oirl.reward.base import RewardModel, _check_training_data, _load_npz
+from oirl.errors import OirlError
+from oirl.reward.base import RewardModel, _fit_data, _predict_data, npz_arrays, npz_bytes, store_parameters
 
 # --------------------------------------------------------------------------- scikit-learn models as weights
 
@@ -37,10 +36,10 @@ class _NumpyForwardReward(RewardModel):
     def _logit(self, Xs: np.ndarray) -> np.ndarray: ...
 
     def fit(self, X, y, sample_weight=None):
-        X, y = _check_training_data(X, y, sample_weight)
+        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
         weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
+        self.mean_ = np.average(X, axis=0, weights=weight)  # weighted: a weight of 2 is the same row twice
+        self.scale_ = np.sqrt(np.average((X - self.mean_) ** 2, axis=0, weights=weight)) + 1e-6
         Xs = (X - self.mean_) / self.scale_
         X2 = np.vstack([Xs, Xs])
         y2 = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
@@ -48,30 +47,27 @@ class _NumpyForwardReward(RewardModel):
         keep = w2 > 0
         if len(np.unique(y2[keep])) < 2:
             raise OirlError("the training rewards are all 0 or all 1; a reward model needs both outcomes")
-        self.weights_ = self._weights_from(self._fit_estimator(X2[keep], y2[keep], w2[keep]))
+        estimator = self._fit_estimator(X2[keep], y2[keep], w2[keep])
+        self.weights_ = self._weights_from(estimator)
+        self.n_iter_ = int(np.max(estimator.n_iter_))
         return self
 
     def _fit_estimator(self, X, y, weight):
         return self._make_estimator().fit(X, y, sample_weight=weight)
 
-    def predict_reward(self, X):
-        self._check_fitted()
+    def predict(self, X):
+        X = _predict_data(self, X)
         Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
         return 1.0 / (1.0 + np.exp(-np.clip(self._logit(Xs), -50, 50)))
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean_, scale=self.scale_, **self.weights_)
-        return buffer.getvalue()
+        return npz_bytes(mean=self.mean_, scale=self.scale_, **self.weights_)
 
     @classmethod
     def from_bytes(cls, data, params, *, where="model file"):
-        arrays = _load_npz(data, where)
+        arrays = npz_arrays(data, where, ("mean", "scale"))
         model = cls(**params)
-        try:
-            model.mean_, model.scale_ = arrays.pop("mean"), arrays.pop("scale")
-        except KeyError as exc:
-            raise BundleError(f"{where}: missing array {exc}") from None
+        model.mean_, model.scale_ = arrays.pop("mean"), arrays.pop("scale")
         model.weights_ = arrays
         return model
 
@@ -82,8 +78,7 @@ class LogisticReward(_NumpyForwardReward):
     name = "logistic"
 
     def __init__(self, *, C: float = 0.05, max_iter: int = 500):
-        self.C = C
-        self.max_iter = max_iter
+        store_parameters(self, locals())
 
     def _make_estimator(self):
         from sklearn.linear_model import LogisticRegression
@@ -103,10 +98,7 @@ class MLPReward(_NumpyForwardReward):
     name = "mlp"
 
     def __init__(self, *, hidden_layer_sizes: tuple[int, ...] = (64,), alpha: float = 1e-2, max_iter: int = 100, seed: int = 0):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.alpha = alpha
-        self.max_iter = max_iter
-        self.seed = seed
+        store_parameters(self, locals())
 
     def _make_estimator(self):
         from sklearn.neural_network import MLPClassifier

@@ -4,12 +4,20 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
 import numpy as np
 
 from oirl.errors import BundleError
-from oirl.reward.base import RewardModel, _check_training_data, _load_npz, _query_part, _ReadsQueryPart, _unique_rows
+from oirl.reward.base import (
+    ReadsQueryPart,
+    RewardModel,
+    _fit_data,
+    _predict_data,
+    _unique_rows,
+    npz_arrays,
+    npz_bytes,
+    store_parameters,
+)
 
 # --------------------------------------------------------------------------- neighbours
 
@@ -17,7 +25,7 @@ from oirl.reward.base import RewardModel, _check_training_data, _load_npz, _quer
 _NEIGHBOUR_CELLS = 8_000_000  # query x training-query cosines per block in NeighbourReward.neighbours
 
 
-class NeighbourReward(_ReadsQueryPart, RewardModel):
+class NeighbourReward(ReadsQueryPart, RewardModel):
     """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
 
     For a query q and prompt p, the estimate pools the logged rewards of the ``k``
@@ -35,8 +43,9 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
     by similarity: ``v = softmax((cos - 1) / new_prompt_tau)``, normalised to sum to
     one so the borrowed estimate keeps its query dependence however far the prompt is.
 
-    It reads the features as ``[query, prompt, ...]``: call
-    :meth:`set_embedding_dimension` (the recommender does) or pass ``dimension``.
+    It reads the features as ``[query, prompt, ...]``, the query part ``dimension`` wide
+    (None: half the width of ``X``); :meth:`fit_matrix` and :meth:`fit_counts` take the
+    vectors apart and need neither.
     """
 
     name = "knn"
@@ -46,18 +55,14 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
         self, *, k: int = 20, query_tau: float = 0.05, prompt_tau: float = 0.0, new_prompt_tau: float = 0.05,
         alpha: float = 2.0, dimension: int | None = None,
     ):
-        self.k = k
-        self.query_tau = query_tau
-        self.prompt_tau = prompt_tau
-        self.new_prompt_tau = new_prompt_tau
-        self.alpha = alpha
-        self.dimension = dimension
+        store_parameters(self, locals())
 
     def fit(self, X, y, sample_weight=None):
-        X, y = _check_training_data(X, y, sample_weight)
+        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
         weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        queries, qi = _unique_rows(_query_part(X, self.dimension, self.name))
-        prompts, pi = _unique_rows(np.asarray(X[:, self.dimension : 2 * self.dimension], dtype=np.float32))
+        d = self._learn_dimension(X)
+        queries, qi = _unique_rows(self._query_part(X))
+        prompts, pi = _unique_rows(np.asarray(X[:, d : 2 * d], dtype=np.float32))
         sums = np.zeros((len(queries), len(prompts)))
         counts = np.zeros((len(queries), len(prompts)))
         np.add.at(sums, (qi, pi), weight * y)
@@ -72,12 +77,14 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
         np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
         np.add.at(counts, text_index, weight)
         seen = counts.sum(axis=1) > 0  # texts of this fold only
-        return self.set_embedding_dimension(query_vectors.shape[1]).fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
+        return self.fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
 
     def fit_counts(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> NeighbourReward:
         """Fit from aggregated logs: reward sums and counts of shape (n_queries, n_prompts)."""
         self.queries_ = np.asarray(query_vectors, dtype=np.float32)
         self.prompts_ = np.asarray(prompt_vectors, dtype=np.float32)
+        self.dimension_ = self.queries_.shape[1]
+        self.tie_keys_ = tie_keys(self.queries_)
         self.sums_, self.counts_ = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
         return self
 
@@ -85,14 +92,14 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
         """The ``k`` most similar training queries of each query: (indices, cosines), best first.
 
         Exact cosine ties (common with bag-of-words vectors) go to the training query with
-        the smaller :meth:`tie_keys`, a hash of its vector: the neighbours, and so the
+        the smaller ``tie_keys_``, a hash of its vector: the neighbours, and so the
         scores, do not depend on the order of the training rows, which differs between
         engines (scikit-learn's ``NearestNeighbors`` breaks such ties by position, so a Dask
         and an in-memory fit of the same rows could disagree).
         """
         self._check_fitted()
         k = min(k or self.k, len(self.queries_))
-        keys = self.tie_keys()
+        keys = self.tie_keys_
         indices = np.empty((len(query_vectors), k), dtype=np.int64)
         cosines = np.empty((len(query_vectors), k), dtype=np.float32)
         # Bounded memory: a block of cosines and their argpartition (int64) hold about
@@ -110,15 +117,6 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
             indices[start : start + step] = np.take_along_axis(idx, order, axis=1)
             cosines[start : start + step] = np.take_along_axis(top, order, axis=1)
         return indices, cosines
-
-    def tie_keys(self) -> np.ndarray:
-        """(n_train,) uint64: a hash of each training query's vector, to break exact ties."""
-        keys = getattr(self, "_tie_keys", None)
-        if keys is None or len(keys) != len(self.queries_):
-            rows = np.ascontiguousarray(self.queries_, dtype=np.float32)
-            keys = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows], dtype=np.uint64)
-            self._tie_keys = keys
-        return keys
 
     def prompt_weights(self, prompt_vectors: np.ndarray) -> np.ndarray:
         """(n_prompts, n_train_prompts) weights ``v`` of the training prompts, rows summing to one."""
@@ -148,27 +146,30 @@ class NeighbourReward(_ReadsQueryPart, RewardModel):
         prompt_means = self.sums_.sum(axis=0) / np.maximum(self.counts_.sum(axis=0), 1e-12)
         return (sums @ v.T + self.alpha * (v @ prompt_means)[None, :]) / (counts @ v.T + self.alpha)
 
-    def predict_reward(self, X):
-        self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
-        queries, qi = _unique_rows(_query_part(X, self.dimension, self.name))
-        prompts, pi = _unique_rows(X[:, self.dimension : 2 * self.dimension])
+    def predict(self, X):
+        X = _predict_data(self, X)
+        queries, qi = _unique_rows(self._query_part(X))
+        prompts, pi = _unique_rows(X[:, self.dimension_ : 2 * self.dimension_])
         return self.predict_grid(queries, prompts)[qi, pi]
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
-        return buffer.getvalue()
+        return npz_bytes(queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
 
     @classmethod
     def from_bytes(cls, data, params, *, where="model file"):
-        arrays = _load_npz(data, where)
+        names = ("queries", "prompts", "sums", "counts")
+        arrays = npz_arrays(data, where, names)
         model = cls(**params)
-        try:
-            model.queries_, model.prompts_, model.sums_, model.counts_ = (arrays[k] for k in ("queries", "prompts", "sums", "counts"))
-        except KeyError as exc:
-            raise BundleError(f"{where}: missing array {exc}") from None
+        model.queries_, model.prompts_, model.sums_, model.counts_ = (arrays[k] for k in names)
+        model.dimension_ = model.queries_.shape[1] if model.queries_.ndim == 2 else 0
+        model.tie_keys_ = tie_keys(model.queries_)
         n_q, n_p = len(model.queries_), len(model.prompts_)
         if model.sums_.shape != (n_q, n_p) or model.counts_.shape != (n_q, n_p):
             raise BundleError(f"{where}: sums/counts of shape {model.sums_.shape}, expected {(n_q, n_p)}")
         return model
+
+
+def tie_keys(vectors: np.ndarray) -> np.ndarray:
+    """(n,) uint64: a hash of each vector's bytes, to break exact cosine ties by content, not position."""
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") for r in rows], dtype=np.uint64)

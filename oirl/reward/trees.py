@@ -9,7 +9,7 @@ import numpy as np
 
 from oirl._threads import configure_openmp, training_threads
 from oirl.errors import BundleError
-from oirl.reward.base import RewardModel, _check_training_data, _query_part, _ReadsQueryPart, _unique_rows
+from oirl.reward.base import ReadsQueryPart, RewardModel, _fit_data, _predict_data, _unique_rows, store_parameters
 
 
 class LightGBMReward(RewardModel):
@@ -22,14 +22,7 @@ class LightGBMReward(RewardModel):
         self, *, n_estimators: int = 300, learning_rate: float = 0.03, num_leaves: int = 15, min_child_samples: int = 50,
         colsample: float = 0.3, reg_lambda: float = 1.0, seed: int = 0, n_jobs: int | None = None,
     ):
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.colsample = colsample
-        self.reg_lambda = reg_lambda
-        self.seed = seed
-        self.n_jobs = n_jobs
+        store_parameters(self, locals())
 
     def _train(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, objective: str):
         configure_openmp()
@@ -44,12 +37,12 @@ class LightGBMReward(RewardModel):
         return lgb.train(params, lgb.Dataset(X, label=y, weight=weight, free_raw_data=True), num_boost_round=self.n_estimators)
 
     def fit(self, X, y, sample_weight=None):
-        X, y = _check_training_data(X, y, sample_weight)
+        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
         self.booster_ = self._train(X, y, sample_weight, "cross_entropy")
         return self
 
-    def predict_reward(self, X):
-        self._check_fitted()
+    def predict(self, X):
+        X = _predict_data(self, X)
         return np.asarray(self.booster_.predict(np.asarray(X, dtype=np.float32)), dtype=np.float64)
 
     def to_bytes(self) -> bytes:
@@ -73,7 +66,7 @@ def _lightgbm_booster(data: bytes | str, where: str):
         raise BundleError(f"{where}: not a readable LightGBM model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-class CentredLightGBMReward(_ReadsQueryPart, LightGBMReward):
+class CentredLightGBMReward(ReadsQueryPart, LightGBMReward):
     """Two LightGBM models: how hard a query is, and which prompt wins on it.
 
     r(q, p) = d(q) + a(q, p): ``d`` regresses each query text's mean reward on the
@@ -90,13 +83,12 @@ class CentredLightGBMReward(_ReadsQueryPart, LightGBMReward):
         self, *, n_estimators: int = 300, learning_rate: float = 0.03, num_leaves: int = 15, min_child_samples: int = 50,
         colsample: float = 0.3, reg_lambda: float = 1.0, seed: int = 0, n_jobs: int | None = None, dimension: int | None = None,
     ):
-        super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-                         min_child_samples=min_child_samples, colsample=colsample, reg_lambda=reg_lambda, seed=seed, n_jobs=n_jobs)
-        self.dimension = dimension
+        store_parameters(self, locals())
 
     def fit(self, X, y, sample_weight=None):
-        X, y = _check_training_data(X, y, sample_weight)
-        queries, text_of_row = _unique_rows(_query_part(X, self.dimension, self.name))
+        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
+        self._learn_dimension(X)
+        queries, text_of_row = _unique_rows(self._query_part(X))
         weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         sums = np.bincount(text_of_row, weights=weight * y, minlength=len(queries))
         counts = np.bincount(text_of_row, weights=weight, minlength=len(queries))
@@ -105,14 +97,13 @@ class CentredLightGBMReward(_ReadsQueryPart, LightGBMReward):
         self.booster_ = self._train(X, y - query_mean[text_of_row], sample_weight, "regression")
         return self
 
-    def predict_reward(self, X):
-        self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
-        difficulty = self.difficulty_.predict(_query_part(X, self.dimension, self.name))
+    def predict(self, X):
+        X = _predict_data(self, X)
+        difficulty = self.difficulty_.predict(self._query_part(X))
         return np.clip(difficulty + self.booster_.predict(X), 0.0, 1.0)
 
     def to_bytes(self) -> bytes:
-        document = {"format": "oirl-lightgbm-centred/1", "difficulty": self.difficulty_.model_to_string(),
+        document = {"format": "oirl-lightgbm-centred/2", "dimension": self.dimension_, "difficulty": self.difficulty_.model_to_string(),
                     "advantage": self.booster_.model_to_string()}
         return json.dumps(document).encode("utf-8")
 
@@ -120,11 +111,12 @@ class CentredLightGBMReward(_ReadsQueryPart, LightGBMReward):
     def from_bytes(cls, data, params, *, where="model file"):
         try:
             document = json.loads(data.decode("utf-8"))
-            difficulty, advantage = document["difficulty"], document["advantage"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            difficulty, advantage, dimension = document["difficulty"], document["advantage"], int(document["dimension"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: not a readable centred LightGBM model ({type(exc).__name__})") from None
         model = cls(**params)
         model.difficulty_, model.booster_ = _lightgbm_booster(difficulty, where), _lightgbm_booster(advantage, where)
+        model.dimension_ = dimension
         return model
 
 
@@ -138,20 +130,13 @@ class XGBoostReward(RewardModel):
         self, *, n_estimators: int = 300, learning_rate: float = 0.03, max_depth: int = 4, min_child_weight: float = 10.0,
         colsample: float = 0.3, reg_lambda: float = 1.0, seed: int = 0, n_jobs: int | None = None,
     ):
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.max_depth = max_depth
-        self.min_child_weight = min_child_weight
-        self.colsample = colsample
-        self.reg_lambda = reg_lambda
-        self.seed = seed
-        self.n_jobs = n_jobs
+        store_parameters(self, locals())
 
     def fit(self, X, y, sample_weight=None):
         configure_openmp()
         import xgboost as xgb
 
-        X, y = _check_training_data(X, y, sample_weight)
+        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
         params = {
             "objective": "binary:logistic", "eta": self.learning_rate, "max_depth": self.max_depth,
             "min_child_weight": self.min_child_weight, "colsample_bytree": self.colsample, "lambda": self.reg_lambda,
@@ -160,8 +145,8 @@ class XGBoostReward(RewardModel):
         self.booster_ = xgb.train(params, xgb.DMatrix(X, label=y, weight=sample_weight), self.n_estimators)
         return self
 
-    def predict_reward(self, X):
-        self._check_fitted()
+    def predict(self, X):
+        X = _predict_data(self, X)
         return np.asarray(self.booster_.inplace_predict(np.asarray(X, dtype=np.float32)), dtype=np.float64)
 
     def to_bytes(self) -> bytes:
