@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from oirl._atomic import write_text_atomic
     from oirl.evaluation.scored import score_logs
-    from oirl.reproduce.report import markdown_table, paired_cluster_bootstrap
+    from oirl.ope.bootstrap import cluster_bootstrap_mean
+    from oirl.reproduce.report import markdown_table
 
     rows = []
     for name in args.logs.split(","):
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[f"{embedder}: texts/s"] = round(throughput(embedder, texts, args.cache_dir), 1)
             row["best training prompt"] = float(best.mean())
         difference = values["minilm-static"] - values["minilm"]
-        mean, low, high = paired_cluster_bootstrap(difference, score_logs(rec, test).texts, n_boot=args.n_boot)
+        mean, low, high = cluster_bootstrap_mean(difference, score_logs(rec, test).questions, n_boot=args.n_boot)
         row.update({"static - minilm": mean, "95% low": low, "95% high": high,
                     "speed-up": round(row["minilm-static: texts/s"] / row["minilm: texts/s"], 1)})
         rows.append(row)

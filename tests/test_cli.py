@@ -51,9 +51,9 @@ def test_train_writes_a_bundle_with_cv_metrics(trained):
     [chosen] = [row for row in table if row["chosen"]]
     assert meta["policy"]["default"] == summary["chosen"]["policy"] == chosen["policy"]
     assert summary["chosen"]["option"] == chosen["option"]  # the summary names what was chosen, the prior included
-    cleared = [r for r in table if r["cleared_prior"]]
-    assert all(r["gain_over_prior"] > max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) for r in cleared)
-    assert all(r["gain_over_prior"] <= max(PRIOR_Z * r["se_vs_prior"], MIN_EFFECT) for r in table if r not in cleared)
+    cleared = [r for r in table if r["cleared_baseline"]]
+    assert all(r["gain_over_baseline"] > max(PRIOR_Z * r["se_vs_baseline"], MIN_EFFECT) for r in cleared)
+    assert all(r["gain_over_baseline"] <= max(PRIOR_Z * r["se_vs_baseline"], MIN_EFFECT) for r in table if r not in cleared)
     if not cleared:
         assert chosen["option"] == "prior" and summary["chosen"]["means"].startswith("always the best training prompt")
     else:  # the one-standard-error rule among the options that cleared

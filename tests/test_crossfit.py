@@ -129,8 +129,8 @@ def test_an_option_that_clears_the_prior_is_not_lost_to_a_simpler_one_that_does_
     values = {"prior": np.zeros(n), "knn argmax": spread(0.070, 0.070 / 2.8, n, 1), "logistic argmax": spread(0.085, 0.085 / 6, n, 2)}
     chosen, facts = choose_option(values, {"prior": 0, "knn argmax": 2, "logistic argmax": 4}, np.arange(n))
     assert chosen == "logistic argmax"
-    assert facts["logistic argmax"]["cleared_prior"] and not facts["knn argmax"]["cleared_prior"]
-    assert facts["knn argmax"]["gain_over_prior"] / facts["knn argmax"]["se_vs_prior"] == pytest.approx(2.8, rel=0.01)
+    assert facts["logistic argmax"]["cleared_baseline"] and not facts["knn argmax"]["cleared_baseline"]
+    assert facts["knn argmax"]["gain_over_baseline"] / facts["knn argmax"]["se_vs_baseline"] == pytest.approx(2.8, rel=0.01)
 
 
 def test_among_the_options_that_clear_the_simplest_within_one_error_wins_and_support_counts():
@@ -141,7 +141,7 @@ def test_among_the_options_that_clear_the_simplest_within_one_error_wins_and_sup
     # On partial feedback, a gain resting on too few logged rounds is not a gain.
     supports = {"prior": 0.0, "knn argmax": MIN_SUPPORT - 1, "mlp argmax": 5 * MIN_SUPPORT}
     chosen, facts = choose_option(values, complexity, np.arange(n), supports)
-    assert chosen == "mlp argmax" and not facts["knn argmax"]["cleared_prior"]
+    assert chosen == "mlp argmax" and not facts["knn argmax"]["cleared_baseline"]
     none = {"prior": 0.0, "knn argmax": 0.0, "mlp argmax": 0.0}
     assert choose_option(values, complexity, np.arange(n), none)[0] == "prior"
 
@@ -221,7 +221,7 @@ def test_leaving_the_prior_takes_more_than_one_standard_error():
     selection = select_model(matrix, CANDIDATES, n_folds=3, cv_groups="text")
     best = max(selection.table, key=lambda r: r["value"])
     assert best["option"].startswith("knn")  # on these folds an option looks better than the prior ...
-    assert 2 * best["se_vs_prior"] < best["gain_over_prior"] <= PRIOR_Z * best["se_vs_prior"]  # ... by 2.2 standard errors
+    assert 2 * best["se_vs_baseline"] < best["gain_over_baseline"] <= PRIOR_Z * best["se_vs_baseline"]  # ... by 2.2 standard errors
     assert [r["option"] for r in selection.table if r["chosen"]] == ["prior"]
 
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from oirl.cli.main import cli
+from oirl.ope.bootstrap import cluster_bootstrap_mean
 from oirl.reproduce.prompt_oirl import (
     critique,
     critique_picks,
@@ -18,7 +19,6 @@ from oirl.reproduce.prompt_oirl import (
     protocol_split,
     reproduce,
 )
-from oirl.reproduce.report import paired_cluster_bootstrap
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,11 @@ def test_self_critique_baseline_matches_the_reference_figure(data_dir, mawps):
     assert rewards[np.arange(len(rewards)), critique_picks(conf, list(pivot.columns))].mean() == pytest.approx(0.555, abs=5e-4)
 
 
-def test_paired_cluster_bootstrap_resamples_questions():
+def test_cluster_bootstrap_mean_resamples_questions():
     rng = np.random.default_rng(0)
     clusters = np.repeat(np.arange(200), 5)
     differences = np.repeat(rng.normal(0.1, 1.0, 200), 5)  # rows of one cluster are identical
-    mean, low, high = paired_cluster_bootstrap(differences, clusters, n_boot=500)
+    mean, low, high = cluster_bootstrap_mean(differences, clusters, n_boot=500)
     assert low < mean < high
     # Resampling 200 clusters, not 1,000 rows: the interval is as wide as for 200 draws.
     assert (high - low) == pytest.approx(2 * 1.96 * differences[::5].std() / np.sqrt(200), rel=0.25)

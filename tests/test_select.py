@@ -152,3 +152,16 @@ def test_bad_exploration_settings_are_named(text, message):
         parse_exploration(text)
     assert parse_exploration("softmax:0.05") == ("softmax", 0.05)
     assert isinstance(explorer("epsilon", 0.1, Argmax(context())), EpsilonGreedy)
+
+
+def test_squarecb_explores_in_inverse_proportion_to_the_predicted_gap():
+    scores = np.array([[0.5, 0.4, 0.1], [0.3, 0.3, 0.3]])
+    probabilities = explorer("squarecb", 10.0, Argmax(context())).probabilities(scores)
+    # Row 0: pick 0; candidate 1 gets 1 / (3 + 10 x .1) = .25, candidate 2 1 / (3 + 10 x .4) = 1/7; the pick the rest.
+    np.testing.assert_allclose(probabilities[0], [1 - 0.25 - 1 / 7, 0.25, 1 / 7])
+    np.testing.assert_allclose(probabilities[1], [1 / 3] * 3)  # equal scores (a cold bundle): uniform
+    greedy = explorer("squarecb", 1e6, Argmax(context())).probabilities(scores)[0]
+    assert greedy[0] > 0.999  # the larger gamma, the greedier
+    mask = np.array([[True, False, True], [True, True, True]])
+    assert explorer("squarecb", 10.0, Argmax(context())).probabilities(scores, mask)[0, 1] == 0.0
+    assert parse_exploration("squarecb:50") == ("squarecb", 50.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from oirl.cli.names import AUTO_MODEL, CV_GROUPS, REWARD_MODEL_NAMES
-from oirl.cli.options import CACHE_OPTION, FORCE_OPTION, concat_logs, read_candidates, read_costs, read_jsonl_records
+from oirl.cli.options import CACHE_OPTION, FORCE_OPTION, read_candidates, read_costs, read_jsonl_records
 from oirl.embed.base import DEFAULT_EMBEDDER
 from oirl.errors import OirlError
 from oirl.policy.policies import POLICIES
@@ -20,7 +20,7 @@ from oirl.reward.features import FEATURE_LAYOUTS
 
 
 @click.command()
-@click.argument("log_file", type=click.Path(path_type=Path))
+@click.argument("log_files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model bundle directory to write (new, empty, or an existing bundle to replace).")
 @click.option("--model", type=click.Choice([AUTO_MODEL, *REWARD_MODEL_NAMES]), default=AUTO_MODEL, show_default=True, help="Reward model: 'auto' chooses by cross-validated selection value; a name forces that backend.")
 @click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="'minilm' (offline all-MiniLM-L6-v2), 'minilm-static' (a static model distilled from it on first use, ~300x faster), 'hashing', 'static:FOLDER', or any sentence-transformers name or local path.")
@@ -30,33 +30,47 @@ from oirl.reward.features import FEATURE_LAYOUTS
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=3, show_default=True, help="Cross-validation folds for model, margin and policy choice.")
 @click.option("--cv-groups", type=click.Choice(CV_GROUPS), default="text", show_default=True, help="What a held-out fold means: 'text' = unseen questions (new traffic), 'instance' = new samples of known questions (the paper's protocol).")
 @click.option("--importance-weights/--no-importance-weights", default=False, show_default=True, help="Partial-feedback logs: weight each logged row by 1 / propensity when fitting the reward model.")
+@click.option("--incumbent", "incumbent_dir", type=click.Path(file_okay=False, path_type=Path), help="The deployed bundle: its default policy is valued like the other options and stays unless one beats it by the selection rule (then --out is left as it was; it may be the incumbent's own directory).")
 @click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="Train on a Dask cluster: 'local' (2 worker processes), 'local:N', or an existing scheduler. Models: auto (knn or lightgbm), lightgbm, knn.")
 @CACHE_OPTION
-def train(log_file: Path, out_dir: Path, model: str, embedder: str, layout: str | None, split_column: str, train_split: str,
-          cv_folds: int, cv_groups: str, importance_weights: bool, dask_spec: str | None, cache_dir: Path) -> None:
-    """Train a reward model on LOG_FILE (a file, or a directory or glob of Parquet files) and save it as a bundle in --out."""
+def train(log_files: tuple[Path, ...], out_dir: Path, model: str, embedder: str, layout: str | None, split_column: str, train_split: str,
+          cv_folds: int, cv_groups: str, importance_weights: bool, incumbent_dir: Path | None, dask_spec: str | None, cache_dir: Path) -> None:
+    """Train a reward model on LOG... (files, or directories or globs of Parquet files; several logs are combined, e.g. a
+    harness's full log and a deployment's exported decisions) and save it as a bundle in --out."""
+    from oirl.data.combine import combine_logs
     from oirl.data.logs import read_logs, training_rows
     from oirl.embed.registry import get_embedder
+    from oirl.learn.selection import IncumbentKept
     from oirl.learn.train import train_recommender
-    from oirl.recommender.bundle import check_output_directory, save_bundle
+    from oirl.recommender.bundle import check_output_directory, load_bundle, save_bundle
 
     check_output_directory(out_dir)  # refuse before hours of work, not after
     get_embedder(embedder)  # an unknown name fails here, offline, naming the valid ones
-    if dask_spec:
-        from oirl.distributed.cluster import dask_client, parse_dask_spec
-        from oirl.distributed.engine import check_training_options, train_distributed
+    source = " + ".join(map(str, log_files))
+    incumbent = load_bundle(incumbent_dir, cache_dir=cache_dir) if incumbent_dir else None
+    try:
+        if dask_spec:
+            from oirl.distributed.cluster import dask_client, parse_dask_spec
+            from oirl.distributed.engine import check_training_options, train_distributed
 
-        parse_dask_spec(dask_spec)
-        check_training_options(model, cv_groups)  # before a cluster starts
-        if importance_weights:
-            raise OirlError("--importance-weights is not available with --dask")
-        with dask_client(dask_spec) as client:
-            rec = train_distributed(client, log_file, model=model, embedder=embedder, layout=layout, split_column=split_column,
-                                    train_split=train_split, cv_folds=cv_folds, cv_groups=cv_groups, cache_dir=cache_dir, progress=True)
-    else:
-        rows = training_rows(read_logs(log_file), split_column, train_split, source=str(log_file))
-        rec = train_recommender(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
-                                cache_dir=cache_dir, progress=True, source=str(log_file), importance_weights=importance_weights)
+            parse_dask_spec(dask_spec)
+            check_training_options(model, cv_groups)  # before a cluster starts
+            if importance_weights or incumbent or len(log_files) > 1:
+                raise OirlError("--dask trains on one log, without --importance-weights or --incumbent")
+            with dask_client(dask_spec) as client:
+                rec = train_distributed(client, log_files[0], model=model, embedder=embedder, layout=layout, split_column=split_column,
+                                        train_split=train_split, cv_folds=cv_folds, cv_groups=cv_groups, cache_dir=cache_dir, progress=True)
+        else:
+            rows = combine_logs([training_rows(read_logs(f), split_column, train_split, source=str(f)) for f in log_files],
+                                [str(f) for f in log_files])
+            rec = train_recommender(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
+                                    cache_dir=cache_dir, progress=True, source=source, importance_weights=importance_weights,
+                                    incumbent=incumbent)
+    except IncumbentKept as kept:  # the deployment stays as it is: nothing to write
+        click.echo(model_selection_table(kept.rows, cv_groups), err=True)
+        click.echo(json.dumps({"kept": "incumbent", "incumbent": str(incumbent_dir), "bundle": str(out_dir), "written": False,
+                               "reason": str(kept)}))
+        return
     save_bundle(rec, out_dir)
     metrics = rec.metadata["metrics"]
     click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
@@ -67,17 +81,18 @@ def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> 
     """The model-selection table as Markdown: the chosen option, the prior and the best others."""
     chosen = [r for r in rows if r["chosen"]]
     others = sorted((r for r in rows if not r["chosen"]), key=lambda r: -r["value"])
-    prior = [r for r in others if r["option"] == "prior"]
-    shown = chosen + prior + [r for r in others if r["option"] != "prior"][: max(0, limit - 2)]
+    fixed = [r for r in others if r["option"] in ("prior", "incumbent")]
+    shown = chosen + fixed + [r for r in others if r["option"] not in ("prior", "incumbent")][: max(0, limit - 1 - len(fixed))]
     partial = any(r.get("departure_support") is not None for r in rows)
-    lines = [f"model selection ({len(rows)} options, cross-validated by {cv_groups}): an option clears the prior with a gain over "
+    baseline = "the deployed bundle (incumbent)" if any(r["option"] == "incumbent" for r in rows) else "the prior"
+    lines = [f"model selection ({len(rows)} options, cross-validated by {cv_groups}): an option clears {baseline} with a gain over "
              "3 standard errors; the simplest within one standard error of the best that cleared is chosen",
-             "| option | CV value | gain over prior | SE | " + ("support | " if partial else "") + "cleared | chosen |",
+             "| option | CV value | gain over baseline | SE | " + ("support | " if partial else "") + "cleared | chosen |",
              "|---|---|---|---|" + ("---|" if partial else "") + "---|---|"]
     for r in shown:
         support = f"{r['departure_support']:.0f} | " if partial and r.get("departure_support") is not None else ("| " if partial else "")
-        lines.append(f"| {r['option']} | {r['value']:.4f} | {r['gain_over_prior']:+.4f} | {r['se_vs_prior']:.4f} | {support}"
-                     f"{'yes' if r.get('cleared_prior') else ''} | {'yes' if r['chosen'] else ''} |")
+        lines.append(f"| {r['option']} | {r['value']:.4f} | {r['gain_over_baseline']:+.4f} | {r['se_vs_baseline']:.4f} | {support}"
+                     f"{'yes' if r.get('cleared_baseline') else ''} | {'yes' if r['chosen'] else ''} |")
     return "\n".join(lines)
 
 
@@ -169,16 +184,19 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
 @click.option("--cost-weights", default="0,0.001,0.003,0.01,0.03,0.1,0.3,1,3", show_default=True, help="Lambdas to sweep for the cost-aware policy (when every prompt has a cost).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG).")
 @click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="Score the logs on a Dask cluster ('local', 'local:N' or an existing scheduler); full-information logs only, no off-policy estimates.")
+@click.option("--against", "against_dir", type=click.Path(file_okay=False, path_type=Path), help="A deployed bundle: also report the off-policy difference of MODEL_DIR's default policy minus its own, with a 95%% interval over questions.")
 @FORCE_OPTION
 @CACHE_OPTION
 def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_column: str, candidates_file: Path | None, out_file: Path | None,
-             costs_file: Path | None, cost_weights: str, plot_file: Path | None, dask_spec: str | None, force: bool, cache_dir: Path) -> None:
+             costs_file: Path | None, cost_weights: str, plot_file: Path | None, dask_spec: str | None, against_dir: Path | None, force: bool,
+             cache_dir: Path) -> None:
     """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics;
     with costs, the cost-aware policy's reward-cost curve over --cost-weights."""
     import pandas as pd
 
     from oirl._atomic import write_text_atomic
     from oirl._outputs import check_replaceable, is_oirl_json, is_oirl_png, json_mark
+    from oirl.data.combine import combine_logs
     from oirl.data.logs import read_logs, split_rows
     from oirl.evaluation.report import evaluate_recommender
     from oirl.recommender.bundle import load_bundle
@@ -201,6 +219,8 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
         raise OirlError(f"--cost-weights: expected comma-separated numbers, got {cost_weights!r}") from None
     costs = read_costs(costs_file) if costs_file else None
     unsplit = []
+    if dask_spec and against_dir:
+        raise OirlError("--against needs the off-policy estimates, which --dask does not compute")
     if dask_spec:
         with dask_client(dask_spec) as client:
             result = evaluate_distributed(client, model_dir, list(log_files), split=split, split_column=split_column, candidates=candidates,
@@ -213,8 +233,12 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
                 unsplit.append(str(path))
                 warnings.warn(f"{path}: no column {split_column!r}; evaluating every row (training rows included, if any)", stacklevel=1)
             frames.append(split_rows(frame, split_column, split, source=str(path)))
-        logs = concat_logs(frames, log_files) if len(frames) > 1 else frames[0]
+        logs = combine_logs(frames, [str(p) for p in log_files])
         result = evaluate_recommender(rec, logs, candidates, costs=costs, cost_weights=weights, source=source)
+        if against_dir:
+            from oirl.evaluation.compare import compare_bundles
+
+            result["against"] = {"bundle": str(against_dir), **compare_bundles(rec, load_bundle(against_dir, cache_dir=cache_dir), logs)}
     # The rows actually evaluated: a log without the split column is evaluated whole.
     selected = f"{split_column} == {split!r}" if not unsplit else ("every row (no split column)" if len(unsplit) == len(log_files)
                                                                   else f"{split_column} == {split!r}; every row of {', '.join(unsplit)}")

@@ -77,21 +77,3 @@ def read_candidates(path: Path):
         if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < float("inf")):
             raise OirlError(f"{path}, record {number}, field 'cost': {cost!r} is not a finite number >= 0")
     return [Candidate(r["prompt"], str(r.get("prompt_id") or ""), r.get("cost")) for r in records]
-
-
-def concat_logs(frames: list, files: tuple[Path, ...]):
-    """Several evaluated logs as one: they must agree on the optional numeric columns
-    (a cost or a propensity known for some rows only would be meaningless)."""
-    import pandas as pd
-
-    from oirl.data.schema import validate_logs
-
-    for column in ("cost", "propensity"):
-        having = [f for f, frame in zip(files, frames, strict=True) if column in frame.columns]
-        if having and len(having) != len(files):
-            lacking = next(f for f, frame in zip(files, frames, strict=True) if column not in frame.columns)
-            raise OirlError(f"{having[0]} has a {column!r} column and {lacking} has none; give every log the same optional columns")
-    merged = pd.concat(frames, ignore_index=True)
-    text = [c for c in merged.columns if c not in ("reward", "cost", "propensity")]
-    merged[text] = merged[text].fillna("")  # an extra column of one log only
-    return validate_logs(merged, source=" + ".join(map(str, files)))

@@ -294,9 +294,9 @@ def _explore_body(explore: Explore) -> dict[str, Any]:
     if isinstance(explore, str) and ":" not in explore:
         raise ValueError(f"explore: {explore!r} is not METHOD:VALUE, e.g. 'epsilon:0.1' or 'softmax:0.05'")
     method, value = explore.split(":", 1) if isinstance(explore, str) else explore
-    parameter = {"epsilon": "epsilon", "softmax": "temperature"}.get(method)
+    parameter = {"epsilon": "epsilon", "softmax": "temperature", "squarecb": "gamma"}.get(method)
     if parameter is None:
-        raise ValueError(f"explore: unknown method {method!r} (epsilon or softmax)")
+        raise ValueError(f"explore: unknown method {method!r} (epsilon, softmax or squarecb)")
     try:
         return {"method": method, parameter: float(value)}
     except (TypeError, ValueError):

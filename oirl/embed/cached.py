@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 from oirl.embed.base import Embedder, default_cache_dir, text_hash
 from oirl.embed.store import EmbeddingCache
@@ -102,12 +103,10 @@ class MemoryCachedEmbedder:
     per request). Thread-safe; ``n_embedded`` counts texts sent to the model."""
 
     def __init__(self, embedder: Embedder, max_items: int = 10_000):
-        from collections import OrderedDict
-
         self.embedder = embedder
         self.max_items = max_items
         self.n_embedded = 0
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors: LRUCache = LRUCache(maxsize=max_items)
         self._lock = threading.Lock()
 
     @property
@@ -117,9 +116,7 @@ class MemoryCachedEmbedder:
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         texts = list(texts)
         with self._lock:
-            known = {t: self._vectors[t] for t in texts if t in self._vectors}
-            for t in known:
-                self._vectors.move_to_end(t)
+            known = {t: self._vectors[t] for t in texts if t in self._vectors}  # a lookup refreshes the entry
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
             vectors = self.embedder.embed(missing, progress=progress)
@@ -127,9 +124,7 @@ class MemoryCachedEmbedder:
             with self._lock:
                 self.n_embedded += len(missing)
                 for t, v in zip(missing, vectors, strict=True):
-                    self._vectors[t] = v
-                while len(self._vectors) > self.max_items:
-                    self._vectors.popitem(last=False)
+                    self._vectors[t] = v  # the least recently used leaves when full
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([known[t] for t in texts]).astype(np.float32, copy=False)

@@ -55,6 +55,7 @@ class ScoredLogs:
     offered: np.ndarray | None = None
     supported: np.ndarray | None = None
     candidate_set: str = "the logged prompts"
+    prompt_texts: list[str] | None = None  # (n_candidates,) each column's prompt text
 
     def __post_init__(self) -> None:
         if self.questions is None:
@@ -98,6 +99,7 @@ class ScoredLogs:
             return None if array is None else array[:, columns]
 
         return replace(self, prompt_ids=[self.prompt_ids[c] for c in columns], rewards=self.rewards[:, columns],
+                       prompt_texts=None if self.prompt_texts is None else [self.prompt_texts[c] for c in columns],
                        scores=self.scores[:, columns], context=self.context.subset(columns), propensity=cut(self.propensity),
                        offered=cut(self.offered), supported=cut(self.supported))
 
@@ -130,7 +132,8 @@ def score_logs(rec, logs: pd.DataFrame, candidates: list[Candidate] | None = Non
     policy = rec.policy("argmax", chosen, costs={**logged_costs, **(costs or {})})
     scored = ScoredLogs(query_ids, instance_texts, [c.prompt_id for c in chosen], pivot.rewards, scores, policy.context,
                         rec.seen_in_training(texts)[inverse], margin=rec.margin, threshold=rec.threshold,
-                        questions=rec.question_key.keys(instance_texts), offered=offered, candidate_set=description)
+                        questions=rec.question_key.keys(instance_texts), offered=offered, candidate_set=description,
+                        prompt_texts=[c.prompt for c in chosen])
     return _with_logging_policy(scored, pivot.propensity, lambda: rec.query_embedder.embed(list(texts))[inverse])
 
 
@@ -145,14 +148,15 @@ def _candidate_set(rec, logs: pd.DataFrame, candidates: list[Candidate] | None) 
     texts = {c.prompt_id: c for c in (*logged, *rec.prompts)}
     ids = list(dict.fromkeys([p.prompt_id for p in rec.prompts] + [p for ids in offered for p in ids] + [c.prompt_id for c in logged]))
     known = [texts[p] for p in ids if p in texts]  # an offered id whose text neither the bundle nor the log holds cannot be scored
-    union = list({c.prompt: c for c in reversed(known)}.values())[::-1]
-    return rec.resolve_candidates(union), offered, "the candidates each decision offered (candidate_ids)"
+    return bundle_and_logged(rec, known), offered, "the candidates each decision offered (candidate_ids)"
 
 
 def bundle_and_logged(rec, logged: list[Candidate]) -> list[Candidate]:
     """The bundle's prompts, then the logged prompts the bundle does not hold (one per text)."""
-    union = list({c.prompt: c for c in reversed([*rec.prompts, *logged])}.values())[::-1]
-    return rec.resolve_candidates(union)
+    union: dict[str, Candidate] = {}
+    for c in (*rec.prompts, *logged):
+        union.setdefault(c.prompt, c)
+    return rec.resolve_candidates(list(union.values()))
 
 
 def _parse_ids(cell: str) -> list[str]:

@@ -29,7 +29,17 @@ import numpy as np
 from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
 from oirl.learn.candidates import CV_GROUPS, ModelSpec
-from oirl.learn.crossfit import CrossFit, cross_fit, fit_on, make_folds, policy_picks, policy_values, prior_values
+from oirl.learn.crossfit import (
+    CrossFit,
+    cross_fit,
+    fit_on,
+    make_folds,
+    policy_picks,
+    policy_values,
+    prior_values,
+    reference_rewards,
+    row_values,
+)
 from oirl.ope.bootstrap import clustered_standard_error
 from oirl.reward.base import RewardModel
 from oirl.reward.registry import make_reward_model
@@ -104,12 +114,14 @@ class Selection:
 
 def select_model(
     matrix: LogMatrix, candidates: tuple[ModelSpec, ...], *, n_folds: int = 3, cv_groups: str = "text", progress: bool = False,
-    folds: list[tuple[np.ndarray, np.ndarray]] | None = None, fitter=cross_fit,
+    folds: list[tuple[np.ndarray, np.ndarray]] | None = None, fitter=cross_fit, incumbent_picks: np.ndarray | None = None,
 ) -> Selection:
     """Cross-fit each candidate and choose a (model, policy) by its selection value.
 
-    One rule: an option may replace the prior (always the best training prompt) only
-    if its gain over the prior clears :data:`PRIOR_Z` clustered standard errors (and
+    The *baseline* is what stays unless the data says otherwise: the deployed bundle's
+    default policy when ``incumbent_picks`` (n,) gives its picks (``--incumbent``), else
+    the prior (always the best training prompt). One rule: an option may replace the
+    baseline only if its gain over it clears :data:`PRIOR_Z` clustered standard errors (and
     :data:`MIN_EFFECT`) and, on partial feedback, the logged rounds behind its
     departures from the prior weigh at least :data:`MIN_SUPPORT` (effective sample
     size); among the options that clear, the simplest within one standard error of the
@@ -140,10 +152,18 @@ def select_model(
     picks["prior"] = policy_picks(first, "conservative", float("inf"))
     complexity["prior"] = 0
     rows.insert(0, {"option": "prior", "model": None, "params": {}, "layout": None, "policy": "conservative", "margin": None})
-    supports = {key: departure_support(picks[key], picks["prior"], matrix) for key in values}
-    chosen, facts = choose_option(values, complexity, matrix.questions, supports)
+    baseline = "prior"
+    if incumbent_picks is not None:
+        baseline = "incumbent"
+        values["incumbent"] = fixed_values(incumbent_picks, first, matrix)
+        picks["incumbent"], complexity["incumbent"] = incumbent_picks, -1
+        rows.insert(0, {"option": "incumbent", "model": None, "params": {}, "layout": None, "policy": "the deployed bundle's", "margin": None})
+    supports = {key: departure_support(picks[key], picks[baseline], matrix) for key in values if key != baseline}
+    chosen, facts = choose_option(values, complexity, matrix.questions, supports, baseline=baseline)
     for row in rows:
         row.update(facts[row["option"]])
+    if chosen == "incumbent":
+        raise IncumbentKept(rows)
     if chosen == "prior":
         # No per-query signal worth its noise: always the best training prompt. The bundle
         # still carries the best model, so rankings and --policy argmax stay informative.
@@ -156,26 +176,27 @@ def select_model(
 
 def choose_option(
     values: dict[str, np.ndarray], complexity: dict[str, float], clusters: np.ndarray, supports: dict[str, float | None] | None = None,
+    *, baseline: str = "prior",
 ) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The selection rule over per-instance values (n,) of named options, ``"prior"`` among them.
+    """The selection rule over per-instance values (n,) of named options, ``baseline`` among them.
 
-    An option clears the prior when its mean gain over the prior exceeds
-    :data:`PRIOR_Z` clustered standard errors and :data:`MIN_EFFECT`, and its support
-    (if given, see :func:`departure_support`) is at least :data:`MIN_SUPPORT`. Among the
-    options that clear, the simplest (``complexity``) within one standard error of the best
-    of them is chosen; the prior when none clears. Returns the choice and, per option,
-    its value, gain over the prior, standard errors and whether it cleared."""
+    An option clears the baseline when its mean gain over it exceeds :data:`PRIOR_Z`
+    clustered standard errors and :data:`MIN_EFFECT`, and its support (if given, see
+    :func:`departure_support`) is at least :data:`MIN_SUPPORT`. Among the options that
+    clear, the simplest (``complexity``) within one standard error of the best of them is
+    chosen; the baseline when none clears. Returns the choice and, per option, its value,
+    gain over the baseline, standard errors and whether it cleared."""
     supports = supports or {}
     facts: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
-        difference = value - values["prior"]
+        difference = value - values[baseline]
         gain, error = float(difference.mean()), clustered_standard_error(difference, clusters)
         support = supports.get(name)
-        cleared = name != "prior" and gain > max(PRIOR_Z * error, MIN_EFFECT) and (support is None or support >= MIN_SUPPORT)
-        facts[name] = {"value": float(value.mean()), "gain_over_prior": gain, "se_vs_prior": error, "departure_support": support,
-                       "cleared_prior": bool(cleared), "se_vs_best": None}
-    cleared = [name for name in values if facts[name]["cleared_prior"]]
-    chosen = "prior"
+        cleared = name != baseline and gain > max(PRIOR_Z * error, MIN_EFFECT) and (support is None or support >= MIN_SUPPORT)
+        facts[name] = {"value": float(value.mean()), "gain_over_baseline": gain, "se_vs_baseline": error, "departure_support": support,
+                       "cleared_baseline": bool(cleared), "se_vs_best": None}
+    cleared = [name for name in values if facts[name]["cleared_baseline"]]
+    chosen = baseline
     if cleared:
         chosen, errors = one_standard_error_choice({k: values[k] for k in cleared}, complexity, clusters)
         for name, error in errors.items():
@@ -183,6 +204,24 @@ def choose_option(
     for name in facts:
         facts[name]["chosen"] = name == chosen
     return chosen, facts
+
+
+class IncumbentKept(Exception):
+    """The deployed bundle's policy stays: no option cleared it (not an error; ``rows`` is
+    the model-selection table that says so)."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        super().__init__("no option beat the deployed bundle's policy by the selection rule; it stays")
+        self.rows = rows
+
+
+def fixed_values(picks: np.ndarray, fit: CrossFit, matrix: LogMatrix) -> np.ndarray:
+    """(n,) the CV value of fixed picks (a deployed policy's), valued in each fold like the
+    other options (the fold's prompt means as the doubly robust reference)."""
+    values = np.empty(len(picks))
+    for _, test in fit.folds:
+        values[test] = row_values(picks[test], matrix.subset(test), reference_rewards(fit.priors[test]))
+    return values
 
 
 def departure_support(picks: np.ndarray, prior_picks: np.ndarray, matrix: LogMatrix) -> float | None:

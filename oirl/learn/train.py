@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from oirl.data.matrix import LogMatrix
+from oirl.errors import OirlError
 from oirl.learn.engine import Engine, InMemoryEngine, TrainOptions
 from oirl.learn.logging_policy import describe
 from oirl.learn.selection import select_model
@@ -36,7 +37,7 @@ from oirl.recommender.recommender import Candidate, Recommender
 from oirl.reward.metrics import classification_metrics
 
 
-def fit_bundle(logs: Any, engine: Engine, options: TrainOptions) -> Recommender:
+def fit_bundle(logs: Any, engine: Engine, options: TrainOptions, *, incumbent: Recommender | None = None) -> Recommender:
     """Train a recommender: the one training algorithm, whatever the ``engine``.
 
     ``logs`` is what the engine reads (a canonical frame for :class:`InMemoryEngine`, a
@@ -46,6 +47,10 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions) -> Recommender:
     partial feedback the propensities (logged, else the estimated logging policy); the
     reward model and policy chosen by cross-validation (:func:`select_model`); the chosen
     model fitted on every row; the bundle assembled.
+
+    With an ``incumbent`` (the deployed bundle) its default policy is an option valued
+    like the others and the baseline that a new choice must clear; when none does,
+    :class:`~oirl.learn.selection.IncumbentKept` is raised (the deployment stays as it is).
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -61,7 +66,7 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions) -> Recommender:
     tick = time.perf_counter()
     folds = engine.folds(replace(prepared, matrix=matrix), options)
     selection = select_model(matrix, candidates, cv_groups=options.cv_groups, folds=folds, fitter=engine.cross_fit,
-                             progress=options.progress)
+                             progress=options.progress, incumbent_picks=None if incumbent is None else incumbent_picks(incumbent, matrix))
     timings["cross_validation"] = time.perf_counter() - tick
     tick = time.perf_counter()
     fitted = engine.fit(selection.spec, matrix)
@@ -89,10 +94,25 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions) -> Recommender:
     )
 
 
-def train_recommender(logs: pd.DataFrame, **options: Any) -> Recommender:
+def train_recommender(logs: pd.DataFrame, *, incumbent: Recommender | None = None, **options: Any) -> Recommender:
     """Train in this process on a canonical frame of training rows; ``options`` are
     :class:`TrainOptions`' fields (``model``, ``embedder``, ``cv_groups``, ...)."""
-    return fit_bundle(logs, InMemoryEngine(), TrainOptions(**options))
+    return fit_bundle(logs, InMemoryEngine(), TrainOptions(**options), incumbent=incumbent)
+
+
+def incumbent_picks(incumbent: Recommender, matrix: LogMatrix) -> np.ndarray:
+    """(n,) the column the deployed bundle's default policy picks for each instance of
+    ``matrix``, among the logged prompts it holds (the ones it could have served)."""
+    if matrix.query_vectors.shape[1] == 0:
+        raise OirlError("--incumbent needs the query texts in this process (it is not available with --dask)")
+    held = {p.prompt: p.prompt_id for p in incumbent.prompts}
+    order = {p.prompt: i for i, p in enumerate(incumbent.prompts)}  # its own order: exact ties go to its first prompt
+    columns = sorted((j for j, text in enumerate(matrix.prompt_texts) if text in held), key=lambda j: order[matrix.prompt_texts[j]])
+    if not columns:
+        raise OirlError("--incumbent: none of its prompts occurs in the training logs, so its policy cannot be valued on them")
+    candidates = [Candidate(matrix.prompt_texts[j], held[matrix.prompt_texts[j]]) for j in columns]
+    scores = incumbent.score(list(matrix.texts), candidates)[matrix.text_index]
+    return np.asarray(columns)[incumbent.policy(None, candidates).choose(scores)]
 
 
 def cv_metrics(selection, matrix: LogMatrix, new_prompt_widths: dict | None) -> dict[str, Any]:

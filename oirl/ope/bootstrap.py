@@ -8,7 +8,7 @@ import numpy as np
 _CHUNK = 256  # bootstrap draws per matrix product: bounds memory at 256 x n_clusters
 
 
-def _cluster_bootstrap(
+def ratio_intervals(
     numerators: np.ndarray, denominators: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, level: float
 ) -> np.ndarray:
     """Percentile interval (n_series, 2) of sum(num) / sum(den) per column of ``numerators``
@@ -47,3 +47,12 @@ def clustered_standard_error(differences: np.ndarray, clusters: np.ndarray) -> f
         return 0.0
     residual_sums = np.bincount(index, weights=differences - differences.mean(), minlength=n_clusters)
     return float(np.sqrt(n_clusters / (n_clusters - 1) * np.sum(residual_sums**2)) / n)
+
+
+def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float, float]:
+    """The mean of per-row ``values`` (n,) with a percentile interval that resamples whole
+    ``clusters`` (n,): (mean, low, high). Rows of one question are not independent."""
+    values = np.asarray(values, dtype=np.float64)
+    (low, high), = ratio_intervals(values[:, None], np.ones((len(values), 1)), np.asarray(clusters), n_boot, seed, level)
+    return float(values.mean()), float(low), float(high)

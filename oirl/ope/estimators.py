@@ -36,7 +36,7 @@ from typing import NamedTuple, TypedDict
 import numpy as np
 
 from oirl.errors import OirlError
-from oirl.ope.bootstrap import _cluster_bootstrap
+from oirl.ope.bootstrap import ratio_intervals
 
 DEFAULT_TAU = 100.0
 DEFAULT_LAMBDA = DEFAULT_TAU**2
@@ -281,7 +281,7 @@ def _evaluate(
     denominators = np.stack([den for _, den in terms], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         values = numerators.sum(axis=0) / denominators.sum(axis=0)
-    intervals = _cluster_bootstrap(numerators, denominators, clusters, n_boot, seed, level)
+    intervals = ratio_intervals(numerators, denominators, clusters, n_boot, seed, level)
     report: dict[str, dict[str, Estimate]] = {policy: {} for policy in dists}
     for (policy, name), value, (low, high) in zip(keys, values, intervals, strict=True):
         report[policy][name] = {"value": float(value), "ci": [float(low), float(high)]}

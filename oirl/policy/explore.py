@@ -11,6 +11,11 @@ rankings), ``probabilities`` the distribution it draws from, and :func:`draw` sa
   1 - E + E / K, every other available candidate E / K.
 * :class:`Softmax` (``softmax:T``): probability proportional to exp(score / T), whatever
   the base policy would pick.
+* :class:`InverseGap` (``squarecb:G``, SquareCB's inverse gap weighting, Foster and
+  Rakhlin 2020): every other candidate gets 1 / (K + G x its predicted gap to the base
+  policy's pick), the pick the rest. A candidate the model thinks close gets explored
+  often, one it thinks far behind rarely; equal scores (a cold bundle) explore
+  uniformly, and the larger G the more greedy.
 """
 
 from __future__ import annotations
@@ -23,11 +28,28 @@ import numpy as np
 from oirl.errors import OirlError
 from oirl.policy.policies import Argmax, Policy, PolicyContext, check_scores
 
-EXPLORATION_METHODS = ("epsilon", "softmax")
+EXPLORATION_METHODS = ("epsilon", "softmax", "squarecb")
+
+
+class Explorer(Policy):
+    """An exploring policy around ``base``: its mode (``choose``) and its explanations are
+    the base policy's; :meth:`probabilities` spreads the mass."""
+
+    base: Policy
+
+    @property
+    def context(self) -> PolicyContext:  # type: ignore[override]
+        return self.base.context
+
+    def _choose(self, scores, mask):
+        return self.base.choose(scores, mask)
+
+    def explain(self, scores, pick):
+        return self.base.explain(scores, pick)
 
 
 @dataclass(frozen=True, eq=False)
-class EpsilonGreedy(Policy):
+class EpsilonGreedy(Explorer):
     """Explore around ``base``'s pick: 1 - epsilon + epsilon / K for it, epsilon / K for
     each other available candidate (K of them in the row)."""
 
@@ -39,13 +61,6 @@ class EpsilonGreedy(Policy):
         if not 0.0 <= self.epsilon <= 1.0:
             raise OirlError(f"epsilon must be in [0, 1], got {self.epsilon}")
 
-    @property
-    def context(self) -> PolicyContext:  # type: ignore[override]
-        return self.base.context
-
-    def _choose(self, scores, mask):
-        return self.base.choose(scores, mask)
-
     def probabilities(self, scores, mask=None):
         scores, mask = check_scores(scores, mask)
         picks = self.base.choose(scores, mask)
@@ -54,12 +69,9 @@ class EpsilonGreedy(Policy):
         out[np.arange(len(picks)), picks] += 1.0 - self.epsilon
         return out
 
-    def explain(self, scores, pick):
-        return self.base.explain(scores, pick)
-
 
 @dataclass(frozen=True, eq=False)
-class Softmax(Policy):
+class Softmax(Explorer):
     """Draw a candidate with probability proportional to exp(score / temperature)."""
 
     base: Policy
@@ -70,13 +82,6 @@ class Softmax(Policy):
         if not (self.temperature > 0 and np.isfinite(self.temperature)):
             raise OirlError(f"the softmax temperature must be a finite number > 0, got {self.temperature}")
 
-    @property
-    def context(self) -> PolicyContext:  # type: ignore[override]
-        return self.base.context
-
-    def _choose(self, scores, mask):
-        return self.base.choose(scores, mask)
-
     def probabilities(self, scores, mask=None):
         scores, mask = check_scores(scores, mask)
         shifted = np.where(mask, scores, -np.inf)
@@ -86,12 +91,39 @@ class Softmax(Policy):
         return weights / weights.sum(axis=1, keepdims=True)
 
 
+@dataclass(frozen=True, eq=False)
+class InverseGap(Explorer):
+    """SquareCB's inverse gap weighting around ``base``'s pick ``b``: each other available
+    candidate ``a`` gets 1 / (K + gamma (s_b - s_a)), ``b`` the rest (K candidates in the row)."""
+
+    base: Policy
+    gamma: float
+    name: ClassVar[str] = "squarecb"
+
+    def __post_init__(self) -> None:
+        if not (self.gamma >= 0 and np.isfinite(self.gamma)):
+            raise OirlError(f"the squarecb gamma must be a finite number >= 0, got {self.gamma}")
+
+    def probabilities(self, scores, mask=None):
+        scores, mask = check_scores(scores, mask)
+        picks = self.base.choose(scores, mask)
+        rows = np.arange(len(picks))
+        available = mask.sum(axis=1, keepdims=True)
+        gap = np.maximum(scores[rows, picks][:, None] - scores, 0.0)  # the base pick may not be the top score (conservative)
+        out = np.where(mask, 1.0 / (available + self.gamma * gap), 0.0)
+        out[rows, picks] = 0.0
+        out[rows, picks] = 1.0 - out.sum(axis=1)
+        return out
+
+
 def explorer(method: str, parameter: float, base: Policy) -> Policy:
     """The named exploration around ``base`` (see :data:`EXPLORATION_METHODS`)."""
     if method == "epsilon":
         return EpsilonGreedy(base, parameter)
     if method == "softmax":
         return Softmax(base, parameter)
+    if method == "squarecb":
+        return InverseGap(base, parameter)
     raise OirlError(f"unknown exploration method {method!r} (choose from {', '.join(EXPLORATION_METHODS)})")
 
 
@@ -105,11 +137,11 @@ def draw(probabilities: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
 
 
 def parse_exploration(text: str) -> tuple[str, float]:
-    """``epsilon:0.1`` or ``softmax:0.05`` -> (method, parameter); checked."""
+    """``epsilon:0.1``, ``softmax:0.05`` or ``squarecb:50`` -> (method, parameter); checked."""
     method, _, value = text.partition(":")
     try:
         parameter = float(value)
     except ValueError:
-        raise OirlError(f"bad exploration {text!r}: expected epsilon:EPSILON or softmax:TEMPERATURE") from None
+        raise OirlError(f"bad exploration {text!r}: expected epsilon:EPSILON, softmax:TEMPERATURE or squarecb:GAMMA") from None
     explorer(method, parameter, Argmax(PolicyContext.of(["x"])))  # validates
     return method, parameter

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
 import os
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, model_validator
@@ -36,10 +37,9 @@ from oirl._json import json_safe
 from oirl.data.questions import QuestionKey
 from oirl.errors import BundleError, one_line
 from oirl.policy.policies import POLICIES
+from oirl.recommender.recommender import Candidate, Recommender
 from oirl.reward.features import FEATURE_LAYOUTS, feature_dimension
-
-if TYPE_CHECKING:
-    from oirl.recommender.recommender import Recommender
+from oirl.reward.registry import REWARD_MODELS
 
 BUNDLE_FORMAT = 3
 BUNDLE_FILE = "bundle.json"
@@ -77,6 +77,18 @@ class ModelSection(_Strict):
     kind: Text
     file: FileName
     params: dict[str, Any]
+
+    def check(self) -> None:
+        """The kind is a reward model oirl knows, stored under its file name, with its parameters."""
+        if self.kind not in REWARD_MODELS:
+            raise ValueError(f"model.kind {self.kind!r} is not one of {', '.join(REWARD_MODELS)}")
+        model_cls = REWARD_MODELS[self.kind]
+        if self.file != model_cls.model_file:
+            raise ValueError(f"model.file {self.file!r}: a {self.kind} model is stored as {model_cls.model_file!r}")
+        try:
+            params_schema(model_cls).model_validate(self.params)
+        except ValidationError as exc:
+            raise ValueError(f"model.params.{_validation_message(exc)}") from None
 
 
 class PromptEntry(_Strict):
@@ -137,17 +149,15 @@ class BundleSchema(_Strict):
     oirl_version: str
     embedder: EmbedderSection
     features: FeatureSection
-    model: ModelSection
+    model: ModelSection | None  # None: made by ``oirl init``, before any training
     prompts: Annotated[list[PromptEntry], Field(min_length=1)]
     policy: PolicySection
-    training: TrainingSection
+    training: TrainingSection | None
     metrics: dict[str, Any]
     files: dict[FileName, Sha256]
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleSchema:
-        from oirl.reward.registry import REWARD_MODELS
-
         ids = [p.prompt_id for p in self.prompts]
         if len(set(ids)) != len(ids):
             raise ValueError("prompts: duplicate prompt_id")
@@ -156,16 +166,12 @@ class BundleSchema(_Strict):
         if self.features.dimension != feature_dimension(self.features.layout, self.embedder.dimension):
             raise ValueError(f"features.dimension {self.features.dimension} does not fit layout {self.features.layout} "
                              f"of {self.embedder.dimension}-dimensional vectors")
-        if self.model.kind not in REWARD_MODELS:
-            raise ValueError(f"model.kind {self.model.kind!r} is not one of {', '.join(REWARD_MODELS)}")
-        model_cls = REWARD_MODELS[self.model.kind]
-        if self.model.file != model_cls.model_file:
-            raise ValueError(f"model.file {self.model.file!r}: a {self.model.kind} model is stored as {model_cls.model_file!r}")
-        try:
-            params_schema(model_cls).model_validate(self.model.params)
-        except ValidationError as exc:
-            raise ValueError(f"model.params.{_validation_message(exc)}") from None
-        for name in (self.model.file, PROMPT_VECTORS_FILE, TEXT_HASHES_FILE, INSTANCE_HASHES_FILE, *self.embedder.files):
+        if (self.model is None) != (self.training is None):
+            raise ValueError("model and training: both or neither (a bundle made by 'oirl init' has neither)")
+        if self.model is not None:
+            self.model.check()
+        for name in (*([self.model.file] if self.model else []), PROMPT_VECTORS_FILE, TEXT_HASHES_FILE, INSTANCE_HASHES_FILE,
+                     *self.embedder.files):
             if name not in self.files:
                 raise ValueError(f"files: no hash recorded for {name!r}")
         return self
@@ -219,7 +225,7 @@ def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:
     """Write ``rec`` as a bundle, replacing an existing bundle atomically."""
     directory = check_output_directory(directory)
     payload = {
-        rec.model.model_file: rec.model.to_bytes(),
+        **({rec.model.model_file: rec.model.to_bytes()} if rec.model is not None else {}),
         PROMPT_VECTORS_FILE: _npy_bytes(rec.prompt_vectors.astype(np.float32)),
         TEXT_HASHES_FILE: _npy_bytes(rec.train_text_hashes.astype("<u8")),
         INSTANCE_HASHES_FILE: _npy_bytes(rec.train_instance_hashes.astype("<u8")),
@@ -232,12 +238,12 @@ def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:
         "embedder": {"spec": rec.embedder_spec, "model_id": rec.embedder_id, "revision": rec.embedder_revision, "dimension": dimension,
                      "files": {name: sha256(data) for name, data in payload.items() if name.startswith(f"{EMBEDDER_DIR}/")}},
         "features": {"layout": rec.layout, "dimension": feature_dimension(rec.layout, dimension)},
-        "model": {"kind": rec.model.name, "file": rec.model.model_file, "params": rec.model.get_params()},
+        "model": None if rec.model is None else {"kind": rec.model.name, "file": rec.model.model_file, "params": rec.model.get_params()},
         "prompts": [{"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": rec.prior[p.prompt_id],
                      "cost": rec.costs.get(p.prompt_id)} for p in rec.prompts],
         "policy": {"default": rec.default_policy, "default_prompt_id": rec.default_prompt_id,
                    "conservative_margin": None if np.isinf(rec.margin) else rec.margin, "fallback_threshold": rec.threshold},
-        "training": rec.metadata["training"],
+        "training": rec.metadata.get("training"),
         "metrics": rec.metadata.get("metrics", {}),
         "files": {name: sha256(data) for name, data in payload.items()},
     }
@@ -255,8 +261,6 @@ def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -307,15 +311,14 @@ def read_schema(directory: Path) -> tuple[BundleSchema, bytes]:
 
 def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None, check_embedder: bool = True) -> Recommender:
     """Load and verify a bundle (see the module docstring)."""
-    from oirl.recommender.recommender import Candidate, Recommender
-    from oirl.reward.registry import REWARD_MODELS
-
     directory = Path(directory)
     schema, raw = read_schema(directory)
-    model_cls = REWARD_MODELS[schema.model.kind]
-    model_bytes = read_bundle_file(directory, schema.model.file, schema.files[schema.model.file])
-    model = model_cls.from_bytes(model_bytes, params_schema(model_cls).model_validate(schema.model.params).model_dump(),
-                                 where=str(directory / schema.model.file))
+    model = None
+    if schema.model is not None:
+        model_cls = REWARD_MODELS[schema.model.kind]
+        model_bytes = read_bundle_file(directory, schema.model.file, schema.files[schema.model.file])
+        model = model_cls.from_bytes(model_bytes, params_schema(model_cls).model_validate(schema.model.params).model_dump(),
+                                     where=str(directory / schema.model.file))
     prompt_vectors = _load_npy(directory, PROMPT_VECTORS_FILE, schema.files[PROMPT_VECTORS_FILE], np.floating,
                                (len(schema.prompts), schema.embedder.dimension))
     text_hashes = _load_npy(directory, TEXT_HASHES_FILE, schema.files[TEXT_HASHES_FILE], np.unsignedinteger, None)
@@ -329,9 +332,9 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
         margin=float("inf") if schema.policy.conservative_margin is None else schema.policy.conservative_margin,
         default_policy=schema.policy.default, threshold=schema.policy.fallback_threshold,
         costs={p.prompt_id: p.cost for p in schema.prompts if p.cost is not None},
-        metadata={"training": schema.training.model_dump(), "metrics": schema.metrics},
+        metadata={"training": None if schema.training is None else schema.training.model_dump(), "metrics": schema.metrics},
         train_text_hashes=text_hashes, train_instance_hashes=instance_hashes,
-        question_key=QuestionKey.from_dict(schema.training.question_key.model_dump()), cache_dir=cache_dir, embedder_bundle_files=embedder_files,
+        question_key=QuestionKey(casefold=schema.training.question_key.casefold if schema.training else True), cache_dir=cache_dir, embedder_bundle_files=embedder_files,
         embedder_directory=directory / EMBEDDER_DIR if embedder_files else None, fingerprint=sha256(raw)[:16],
     )
     if check_embedder:
@@ -340,8 +343,6 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
 
 
 def _load_npy(directory: Path, name: str, digest: str, kind: type, shape: tuple[int, ...] | None) -> np.ndarray:
-    import io
-
     data = read_bundle_file(directory, name, digest)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)

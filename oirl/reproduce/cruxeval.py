@@ -23,7 +23,8 @@ from oirl.evaluation.costs import plot_reward_cost
 from oirl.evaluation.report import evaluate_recommender
 from oirl.evaluation.scored import score_logs
 from oirl.learn.train import train_recommender
-from oirl.reproduce.report import paired_cluster_bootstrap, write_table
+from oirl.ope.bootstrap import cluster_bootstrap_mean
+from oirl.reproduce.report import write_table
 
 TEST_FRACTION = 0.2
 COST_WEIGHTS = (0.0, 0.0003, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0)
@@ -73,7 +74,7 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, cache_dir=None, embedde
                             f"Chosen by cross-validation on the 80% training samples: {chosen}, default policy {rec.default_policy}.")]
     intervals = []
     for policy in (f"oirl default policy ({rec.default_policy})", "oirl argmax", "oirl conservative"):
-        mean, low, high = paired_cluster_bootstrap(per_row[policy] - per_row[f"best single arm (train: {best['prompt_id']})"],
+        mean, low, high = cluster_bootstrap_mean(per_row[policy] - per_row[f"best single arm (train: {best['prompt_id']})"],
                                                    np.asarray(scored.query_ids), n_boot=n_boot)
         intervals.append({"policy": policy, "gain over best single arm": mean, "95% low": low, "95% high": high})
     sections.append(write_table(pd.DataFrame(intervals), out_dir, "cruxeval_bootstrap", "Gain over the best single arm (bootstrap over samples, 95%)"))
@@ -86,7 +87,7 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, cache_dir=None, embedde
         sub = R[:, pair]
         better = sub[:, int(np.argmax(scored.context.prior[pair]))]
         ours = scored.values("argmax", mask=np.isin(np.arange(R.shape[1]), pair)[None, :].repeat(len(R), axis=0))
-        mean, low, high = paired_cluster_bootstrap(ours - better, np.asarray(scored.query_ids), n_boot=n_boot)
+        mean, low, high = cluster_bootstrap_mean(ours - better, np.asarray(scored.query_ids), n_boot=n_boot)
         style_rows.append({"model": model, "direct": sub[:, 0].mean(), "step-by-step": sub[:, 1].mean(), "better style (train)": better.mean(),
                            "oirl per query": ours.mean(), "oracle of two": sub.max(axis=1).mean(), "gain": mean, "95% low": low, "95% high": high})
     styles = pd.DataFrame(style_rows)

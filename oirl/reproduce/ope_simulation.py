@@ -31,6 +31,7 @@ from oirl._atomic import write_text_atomic
 from oirl.evaluation.scored import score_logs
 from oirl.learn.train import train_recommender
 from oirl.ope import estimators as ope
+from oirl.policy.explore import draw
 from oirl.recommender.recommender import Recommender
 from oirl.reproduce.report import write_table
 
@@ -70,11 +71,10 @@ def logging_policy(kind: str, n: int, k: int, best: int) -> np.ndarray:
 
 
 def sample_rounds(rewards: np.ndarray, logger: np.ndarray, rng: np.random.Generator) -> ope.Rounds:
-    """One logged prompt per instance, drawn from ``logger`` (n, k)."""
-    cumulative = logger.cumsum(axis=1)
-    action = (rng.random((len(rewards), 1)) > cumulative).sum(axis=1).clip(0, rewards.shape[1] - 1)
+    """One logged prompt per instance, drawn from ``logger`` (n, k) as a deployed service draws."""
+    action, pscore = draw(logger, rng)
     rows = np.arange(len(rewards))
-    return ope.Rounds(rows, action, rewards[rows, action], logger[rows, action])
+    return ope.Rounds(rows, action, rewards[rows, action], pscore)
 
 
 def estimator_study(rec: Recommender, test: pd.DataFrame, *, repetitions: int, n_boot: int, seed: int = 0) -> pd.DataFrame:

@@ -37,8 +37,9 @@ from oirl.errors import OirlError
 from oirl.evaluation.report import evaluate_recommender
 from oirl.evaluation.scored import ScoredLogs, score_logs
 from oirl.learn.train import train_recommender
+from oirl.ope.bootstrap import cluster_bootstrap_mean
 from oirl.recommender.recommender import Recommender
-from oirl.reproduce.report import paired_cluster_bootstrap, plot_success_vs_k, write_table
+from oirl.reproduce.report import plot_success_vs_k, write_table
 from oirl.reward.metrics import classification_metrics
 
 PROTOCOLS = ("paper", "disjoint")
@@ -301,7 +302,7 @@ def reproduce(
             by_k = table[["oirl (default policy) mean", "best prompt (train) mean"]]
             summary[-1]["default >= best (train) - .005 at every K"] = bool((by_k.iloc[:, 0] >= by_k.iloc[:, 1] - 0.005).all())
             for policy in ("oirl (default policy)", "oirl argmax", "oirl conservative"):
-                mean, low, high = paired_cluster_bootstrap(k6[policy] - k6["best prompt (train)"], result.scored.questions, n_boot=n_boot)
+                mean, low, high = cluster_bootstrap_mean(k6[policy] - k6["best prompt (train)"], result.scored.questions, n_boot=n_boot)
                 intervals.append({"dataset": name, "protocol": protocol, "policy": policy, "gain over best prompt (train)": mean,
                                   "95% low": low, "95% high": high, "questions resampled": int(len(np.unique(result.scored.questions)))})
             leak_rows.append(leakage(split))

@@ -34,26 +34,6 @@ def write_table(frame: pd.DataFrame, out_dir: Path, name: str, title: str, note:
     return text
 
 
-def paired_cluster_bootstrap(
-    differences: np.ndarray, clusters: np.ndarray, *, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of per-row ``differences`` with a 95% interval that resamples whole clusters.
-
-    Rows repeat questions (several samples of one text), so resampling rows would
-    understate the variance; here the distinct question texts are resampled.
-    Returns (mean, low, high).
-    """
-    _, cluster_index = np.unique(clusters, return_inverse=True)
-    n_clusters = cluster_index.max() + 1
-    sums = np.bincount(cluster_index, weights=differences, minlength=n_clusters)
-    counts = np.bincount(cluster_index, minlength=n_clusters).astype(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
-    means = (draws @ sums) / (draws @ counts)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(differences.mean()), float(low), float(high)
-
-
 def plot_success_vs_k(table: pd.DataFrame, methods: list[str], path: Path, title: str, reference: dict[int, float] | None = None) -> None:
     """Success rate vs K with ± std bands; one line per method. ``table`` has columns
     ``K``, ``{method} mean`` and ``{method} std``."""

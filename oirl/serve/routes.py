@@ -38,6 +38,7 @@ from oirl.serve.schemas import (
     RecommendResult,
     ScoreRequest,
     ScoreResponse,
+    exploration_of,
 )
 
 router = APIRouter()
@@ -73,8 +74,7 @@ async def recommend(body: RecommendRequest, request: Request, served: Served, st
                              "`top_k` or send fewer queries per request", "too_much_prompt_text")
     policy = model.check_policy(body.policy, candidates)  # cost-aware without costs: refused before embedding
     exploration = body.explore or request.app.state.default_explore
-    explore = None if exploration is None else \
-        (exploration.method, exploration.epsilon if exploration.method == "epsilon" else exploration.temperature)
+    explore = exploration_of(exploration)
     vectors = await served.batcher.embed(body.queries + candidates.new_texts)
     ranked = await scoring.run(served, n * candidates.size, model.rank, body.queries, vectors[:n], vectors[n:], candidates,
                                policy=policy, top_k=body.top_k, cost_weight=body.cost_weight, explore=explore,

@@ -83,15 +83,32 @@ class Softmax(BaseModel):
     temperature: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 
 
-Explore = Annotated[EpsilonGreedy | Softmax, Field(discriminator="method")]
+class SquareCB(BaseModel):
+    """SquareCB's inverse gap weighting: every other candidate 1 / (K + gamma x its predicted gap to the policy's pick),
+    the pick the rest (equal scores: uniform; the larger gamma, the greedier)."""
+
+    model_config = _REQUEST
+    method: Literal["squarecb"]
+    gamma: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
 
 
-def exploration_setting(explore: tuple[str, float] | None) -> EpsilonGreedy | Softmax | None:
-    """A server's ``--explore`` (``("epsilon", 0.1)``, ``("softmax", 0.05)``) as the request field would say it."""
+Explore = Annotated[EpsilonGreedy | Softmax | SquareCB, Field(discriminator="method")]
+#: Each method's parameter field.
+EXPLORE_PARAMETER = {"epsilon": "epsilon", "softmax": "temperature", "squarecb": "gamma"}
+
+
+def exploration_setting(explore: tuple[str, float] | None) -> EpsilonGreedy | Softmax | SquareCB | None:
+    """A server's ``--explore`` (``("epsilon", 0.1)``, ``("softmax", 0.05)``, ``("squarecb", 50)``) as the request field would say it."""
     if explore is None:
         return None
     method, parameter = explore
-    return EpsilonGreedy(method="epsilon", epsilon=parameter) if method == "epsilon" else Softmax(method="softmax", temperature=parameter)
+    model = {"epsilon": EpsilonGreedy, "softmax": Softmax, "squarecb": SquareCB}[method]
+    return model(method=method, **{EXPLORE_PARAMETER[method]: parameter})
+
+
+def exploration_of(setting: EpsilonGreedy | Softmax | SquareCB | None) -> tuple[str, float] | None:
+    """A request's exploration as (method, parameter)."""
+    return None if setting is None else (setting.method, getattr(setting, EXPLORE_PARAMETER[setting.method]))
 
 
 class RecommendRequest(BaseModel):

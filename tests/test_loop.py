@@ -1,0 +1,117 @@
+"""The feedback loop's training side: a cold start, several logs in one training, the
+incumbent as the baseline a retrained bundle must beat, and the off-policy comparison of two
+bundles. Real MAWPS rows; the hashing embedder keeps it fast."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from oirl.cli.main import cli
+from oirl.data.logs import read_logs, write_logs
+from oirl.policy.explore import explorer
+from oirl.recommender.bundle import load_bundle
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def mawps(data_dir, tmp_path_factory):
+    """500 train and 300 test MAWPS instances, the six prompts, and their prompt file."""
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+
+    logs = build_logs(data_dir, "mawps", TRAINING_PROMPTS)
+    train = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "train", "query_id"])[:500])].reset_index(drop=True)
+    test = logs[logs["query_id"].isin(pd.unique(logs.loc[logs["split"] == "test", "query_id"])[:300])].reset_index(drop=True)
+    work = tmp_path_factory.mktemp("loop")
+    prompts = work / "prompts.jsonl"
+    table = train.drop_duplicates("prompt_id")
+    prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": t}) + "\n" for p, t in zip(table["prompt_id"], table["prompt"], strict=True)))
+    return work, train, test, prompts
+
+
+def served_log(frame: pd.DataFrame, picks: dict[str, str], propensity: float) -> pd.DataFrame:
+    """What a deployment logged: the prompt it served per instance, with its propensity."""
+    rows = frame[frame["prompt_id"] == frame["query_id"].map(picks)]
+    return rows.drop(columns="split").assign(propensity=propensity)
+
+
+def test_a_cold_bundle_serves_its_default_and_explores_uniformly(mawps):
+    work, _, test, prompts = mawps
+    result = run("init", "--prompts", prompts, "--out", work / "cold", "--default", "CoT", "--embedder", "hashing", "--cache-dir", work / "emb")
+    assert json.loads(result.stdout)["default_prompt_id"] == "CoT"
+    cold = load_bundle(work / "cold", cache_dir=work / "emb")
+    assert cold.model is None and cold.metadata["training"] is None
+    queries = test["query"].drop_duplicates().head(5).tolist()
+    assert {r.prompt_id for r in cold.recommend(queries)} == {"CoT"}
+    scores = cold.score(queries)
+    assert (scores == 0.5).all()
+    uniform = explorer("softmax", 0.1, cold.policy()).probabilities(scores)
+    np.testing.assert_allclose(uniform, 1 / 6)
+    report = json.loads(run("evaluate", work / "cold", write_logs(test, work / "test.parquet"), "--cache-dir", work / "emb").stdout)
+    assert report["policies"]["argmax"] == pytest.approx(test.loc[test["prompt_id"] == "CoT", "reward"].mean())
+    refused = run("init", "--prompts", prompts, "--out", work / "x", "--default", "nope", "--embedder", "hashing", ok=False)
+    assert refused.exit_code == 2 and "--default 'nope' is not one of the prompts" in refused.stderr
+
+
+def test_several_logs_train_together_with_the_harness_log_weighed_as_uniform(mawps):
+    work, train, _, _ = mawps
+    rng = np.random.default_rng(0)
+    prompts = list(pd.unique(train["prompt_id"]))
+    half = pd.unique(train["query_id"])
+    harness = write_logs(train[train["query_id"].isin(half[:250])], work / "harness.parquet")
+    picks = {q: prompts[rng.integers(6)] for q in half[250:]}
+    decisions = write_logs(served_log(train, picks, 1 / 6), work / "decisions.parquet")
+    result = run("train", harness, decisions, "--out", work / "both", "--model", "knn", "--embedder", "hashing", "--cache-dir", work / "emb")
+    training = json.loads(result.stdout)["training"]
+    assert training["query_instances"] == 500 and training["rows"] == 250 * 6 + 250 and training["feedback"] == "partial"
+    assert training["propensities"]["source"] == "logged" and training["propensities"]["min"] == pytest.approx(1 / 6)
+    nopropensity = write_logs(served_log(train, picks, 1 / 6).drop(columns="propensity"), work / "nop.parquet")
+    refused = run("train", nopropensity, decisions, "--out", work / "x", "--embedder", "hashing", ok=False)
+    assert refused.exit_code == 2 and "cannot be combined with logs that have one" in refused.stderr
+
+
+def test_the_incumbent_stays_unless_an_option_beats_it(mawps):
+    """A deployment that served the best prompt: its own traffic cannot show a better policy,
+    so retraining on it keeps the incumbent and leaves --out as it was."""
+    work, train, _, prompts = mawps
+    run("init", "--prompts", prompts, "--out", work / "deployed", "--default", "nan", "--embedder", "hashing", "--cache-dir", work / "emb")
+    before = (work / "deployed" / "bundle.json").read_bytes()
+    greedy = {q: "nan" for q in pd.unique(train["query_id"])}  # served without exploring: only 'nan' is ever logged
+    log = write_logs(served_log(train, greedy, 1.0), work / "greedy.parquet")
+    result = run("train", log, "--out", work / "deployed", "--incumbent", work / "deployed", "--embedder", "hashing",
+                 "--cache-dir", work / "emb")
+    summary = json.loads(result.stdout)
+    assert summary == {"kept": "incumbent", "incumbent": str(work / "deployed"), "bundle": str(work / "deployed"), "written": False,
+                       "reason": "no option beat the deployed bundle's policy by the selection rule; it stays"}
+    assert (work / "deployed" / "bundle.json").read_bytes() == before and "| incumbent |" in result.stderr
+
+
+def test_a_policy_that_beats_the_incumbent_replaces_it_and_the_comparison_says_by_how_much(mawps):
+    """Uniform exploration around a poor default ('Decomp'): the best prompt clears it."""
+    work, train, test, prompts = mawps
+    run("init", "--prompts", prompts, "--out", work / "poor", "--default", "Decomp", "--embedder", "hashing", "--cache-dir", work / "emb")
+    rng = np.random.default_rng(1)
+    names = list(pd.unique(train["prompt_id"]))
+    uniform = {q: names[rng.integers(6)] for q in pd.unique(train["query_id"])}
+    log = write_logs(pd.concat([served_log(train, uniform, 1 / 6)] * 1), work / "uniform.parquet")
+    result = run("train", log, "--out", work / "next", "--incumbent", work / "poor", "--embedder", "hashing", "--cache-dir", work / "emb")
+    summary = json.loads(result.stdout)
+    assert summary["chosen"]["option"] != "incumbent" and (work / "next" / "bundle.json").is_file()
+    table = load_bundle(work / "next", cache_dir=work / "emb").metadata["metrics"]["model_selection"]
+    assert {r["option"] for r in table} >= {"incumbent", "prior"} and next(r for r in table if r["chosen"])["cleared_baseline"]
+    report = json.loads(run("evaluate", work / "next", write_logs(test, work / "test2.parquet"), "--against", work / "poor",
+                            "--cache-dir", work / "emb").stdout)
+    against = report["against"]
+    truth = report["policies"][report["default_policy"]] - test.loc[test["prompt_id"] == "Decomp", "reward"].mean()
+    assert against["difference"]["value"] == pytest.approx(truth, abs=1e-9)  # full information: the logged rewards themselves
+    low, high = against["difference"]["ci"]
+    assert low < against["difference"]["value"] < high and low > 0  # the new bundle is better, and the interval says so
+    assert against["support"] == 1.0 and against["current"]["default_policy"] == "argmax"
