@@ -29,7 +29,10 @@ cheaper; for two arms, the dearer one when it is the better), and ``x`` is the
 query ``C``: 0 costs what the cheap arm costs, 1 what the best arm costs. The cost-aware
 policy over all arms traces the curve; APGR integrates it over x in [0, 1] and CPT may
 pass 1 (the policy reaches that share of the gap only by spending more than the best arm).
-For two arms the normalised cost is the share of expensive calls, and both agree.
+For two arms the normalised cost is the share of expensive calls, and both agree. With
+many arms a fixed mix of cheap good arms already recovers much of the gap without
+looking at any query: ``query_blind_apgr`` (:func:`blind_apgr`, 0.5 for two arms, as
+RouteLLM's random router) is that baseline.
 """
 
 from __future__ import annotations
@@ -98,6 +101,24 @@ def curve_metrics(curve: RouterCurve) -> dict[str, Any]:
             **{f"cpt{round(p * 100)}": first_reaching(curve.x, curve.pgr, p) for p in FRACTIONS}}
 
 
+def blind_apgr(rewards: np.ndarray, cost: np.ndarray, cheap: int, expensive: int) -> float:
+    """APGR of the best router that ignores the query: a fixed mix of arms, whose (cost,
+    reward) is any point of the arms' upper concave hull. 0.5 for two arms (the straight
+    line of RouteLLM's random router); with more, cheap good arms lift it, and a router
+    is worth what it adds above it. ``rewards`` (n, k), ``cost`` (k,)."""
+    mean = rewards.mean(axis=0)
+    x = (cost - cost[cheap]) / (cost[expensive] - cost[cheap])
+    y = (mean - mean[cheap]) / (mean[expensive] - mean[cheap])
+    hull: list[int] = []
+    for j in np.lexsort((-y, x)):  # by cost, the better first among equals: the upper hull, left to right
+        if hull and x[j] == x[hull[-1]]:
+            continue
+        while len(hull) >= 2 and (x[hull[-1]] - x[hull[-2]]) * (y[j] - y[hull[-2]]) >= (y[hull[-1]] - y[hull[-2]]) * (x[j] - x[hull[-2]]):
+            hull.pop()  # the last point lies on or below the chord: no mix needs it
+        hull.append(int(j))
+    return area_under(x[hull], y[hull])
+
+
 def reference_arms(rewards: np.ndarray, cost: np.ndarray) -> tuple[int, int]:
     """The cheap arm (the cheapest; ties: the better mean reward) and the expensive one
     (the best mean reward; ties: the cheaper), as columns of ``rewards`` (n, k)."""
@@ -146,7 +167,7 @@ def whole_set(scores: np.ndarray, rewards: np.ndarray, context: PolicyContext, c
     keep = np.unique(np.linspace(0, len(curve.x) - 1, min(CURVE_POINTS, len(curve.x))).round().astype(int))
     points = [{"cost_weight": curve.cost_weight[i], "cost": curve.cost[i], "reward": curve.reward[i], "normalised_cost": curve.x[i],
                "pgr": curve.pgr[i]} for i in keep]
-    out |= curve_metrics(curve) | {"curve": points}
+    out |= curve_metrics(curve) | {"query_blind_apgr": blind_apgr(rewards, context.cost, cheap, best), "curve": points}
     if cost_weight is not None:  # the bundle's own cost weight, e.g. from `oirl calibrate`
         picks = CostAware(context, cost_weight).choose(scores)
         reward, cost = rewards[np.arange(len(picks)), picks].mean(), context.cost[picks].mean()
