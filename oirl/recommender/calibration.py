@@ -18,12 +18,15 @@ predicted reward among those within it. The result is the bundle with the cost-a
 policy as its default at that weight, and a record (:class:`CalibrationSection`) of
 the target and what it gave on the sample. On new queries the share (or mean cost)
 varies around the sample's as any sample does: about sqrt(p (1 - p) / n) for a share p
-over n calls.
+over n calls. The sample should be new queries, as live traffic is: a bundle scores the
+questions it was trained on from memory, and a weight fit on those does not carry over
+(calibrating warns when the sample holds any).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -54,6 +57,7 @@ class CalibrationSection(BaseModel):
     source: str  # the calibration queries' file name
     mean_cost: _NonNegative
     shares: dict[_Text, _Share]  # the share of calls of each prompt on the calibration queries
+    seen_in_training: Annotated[int, Field(ge=0)] = 0  # calibration queries that were training questions (warned about)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,11 @@ def calibrate(rec: Recommender, queries: list[str], target: ShareCap | Budget, *
     cost = check_target(rec, target)
     if not queries:
         raise OirlError(f"{source}: no calibration queries")
+    seen = int(rec.seen_in_training(queries).sum())
+    if seen:  # a bundle scores its training questions from memory: a weight fit on them does not carry over to new traffic
+        warnings.warn(f"{source}: {seen} of {len(queries)} calibration queries are questions the bundle was trained on; their scores "
+                      "are not those of new queries, so the share (or cost) on live traffic may differ: calibrate on new queries",
+                      stacklevel=2)
     scores = rec.score(queries)
     context = rec.policy("cost-aware", cost_weight=0.0).context
     ids = list(context.ids)
@@ -126,6 +135,7 @@ def calibrate(rec: Recommender, queries: list[str], target: ShareCap | Budget, *
         "prompt_id": target.prompt_id if isinstance(target, ShareCap) else None,
         "limit": limit, "measured": choice.measured, "queries": len(queries), "source": source,
         "mean_cost": float(cost[choice.picks].mean()), "shares": {p: float(c / len(queries)) for p, c in zip(ids, counts, strict=True)},
+        "seen_in_training": seen,
     }
     CalibrationSection.model_validate(record)
     return rec.with_cost_policy(choice.cost_weight, record)
