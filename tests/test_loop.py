@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from oirl.cli.main import cli
-from oirl.data.logs import read_logs, write_logs
+from oirl.data.logs import write_logs
 from oirl.policy.explore import explorer
 from oirl.recommender.bundle import load_bundle
 

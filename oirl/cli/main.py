@@ -52,13 +52,14 @@ def cli() -> None:
 
 def _register() -> None:
     """Attach the commands; each lives in the module of its concept."""
+    from oirl.cli.budget_commands import calibrate
     from oirl.cli.data_commands import import_
     from oirl.cli.loop_commands import init
     from oirl.cli.model_commands import evaluate, recommend, train
     from oirl.cli.reproduce_command import reproduce
     from oirl.cli.serve_commands import export_decisions, serve
 
-    for command in (import_, init, train, recommend, evaluate, reproduce, serve, export_decisions):
+    for command in (import_, init, train, recommend, evaluate, calibrate, reproduce, serve, export_decisions):
         cli.add_command(command)
 
 

@@ -126,11 +126,11 @@ def training_summary(rec, out_dir: Path) -> dict:
 @click.option("--candidates", "candidates_file", type=click.Path(path_type=Path), help="JSONL file with 'prompt' and optional 'prompt_id' per line (default: the bundle's prompts).")
 @click.option("--top-k", type=click.IntRange(1), help="Keep only the K best of the ranking.")
 @click.option("--policy", type=click.Choice(list(POLICIES)), default=None, help="Selection policy [default: the bundle's, chosen by cross-validation at training].")
-@click.option("--cost-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="Lambda of the cost-aware policy: reward minus lambda x cost.")
+@click.option("--cost-weight", type=click.FloatRange(0), default=None, help="Lambda of the cost-aware policy: reward minus lambda x cost [default: the bundle's, set by 'oirl calibrate', else 0].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Write the picks as Parquet partitions part-00000.parquet, ... (query, query_id if given, prompt_id, prompt, score) to this new directory instead of printing JSON lines.")
 @click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="With --out: score and write the partitions on a Dask cluster ('local', 'local:N' or an existing scheduler).")
 @CACHE_OPTION
-def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str | None, cost_weight: float,
+def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None, candidates_file: Path | None, top_k: int | None, policy: str | None, cost_weight: float | None,
               out_dir: Path | None, dask_spec: str | None, cache_dir: Path) -> None:
     """Print the recommended prompt for each query, one JSON line per query, in input order (or write Parquet partitions with --out)."""
     from oirl.recommender.bundle import load_bundle
@@ -252,7 +252,11 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
         from oirl.evaluation.costs import plot_reward_cost
 
         sweep = result["cost_sweep"]
-        plot_reward_cost({"oirl cost-aware": pd.DataFrame(sweep["curve"])}, pd.DataFrame(sweep["single_prompts"]), plot_file,
+        curves = {"oirl cost-aware (--cost-weights)": pd.DataFrame(sweep["curve"])}
+        routed = ((result.get("routing") or {}).get("all_arms") or {})
+        if routed.get("curve"):  # the exact curve over every cost weight, as the router metrics see it
+            curves[f"oirl cost-aware, every weight (APGR {routed['apgr']:.3f})"] = pd.DataFrame(routed["curve"])
+        plot_reward_cost(curves, pd.DataFrame(sweep["single_prompts"]), plot_file,
                          f"reward vs cost ({', '.join(p.name for p in log_files)})")
     text = json.dumps(report, indent=2)
     if out_file:

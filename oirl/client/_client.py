@@ -93,30 +93,33 @@ class Client:
 
     @overload  # a str is a Sequence[str] too: this overload comes first
     def recommend(self, queries: str, candidates: Candidates | None = ..., candidate_ids: Sequence[str] | None = ...,  # type: ignore[overload-overlap]
-                  top_k: int = ..., policy: str | None = ..., cost_weight: float = ...,
+                  top_k: int = ..., policy: str | None = ..., cost_weight: float | None = ...,
                   explore: Explore | None = ...) -> Recommendation: ...
 
     @overload
     def recommend(self, queries: Sequence[str], candidates: Candidates | None = ..., candidate_ids: Sequence[str] | None = ...,
-                  top_k: int = ..., policy: str | None = ..., cost_weight: float = ...,
+                  top_k: int = ..., policy: str | None = ..., cost_weight: float | None = ...,
                   explore: Explore | None = ...) -> list[Recommendation]: ...
 
     def recommend(self, queries: str | Sequence[str], candidates: Candidates | None = None, candidate_ids: Sequence[str] | None = None,
-                  top_k: int = 3, policy: str | None = None, cost_weight: float = 0.0,
+                  top_k: int = 3, policy: str | None = None, cost_weight: float | None = None,
                   explore: Explore | None = None) -> Recommendation | list[Recommendation]:
         """The prompt to use for each query: one :class:`Recommendation` for a string, a list
         (in order) for a list of strings.
 
         ``candidates``: texts, :class:`Candidate` or ``{"prompt", "prompt_id"?, "cost"?}``;
         ``candidate_ids``: bundle prompt ids (both: the union; neither: the bundle's prompts).
-        ``policy``: argmax, conservative, fallback, cost-aware (None: the bundle's default).
+        ``policy``: argmax, conservative, fallback, cost-aware (None: the bundle's default);
+        ``cost_weight``: its lambda (None: the bundle's, set by ``oirl calibrate``, else 0).
         ``explore``: ``"epsilon:0.1"``, ``("softmax", 0.05)``, a dict as the API takes it, or
         False to turn a server default off (None: the server's default). Not retried once
         the request may have reached the server (see the module docstring).
         """
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries)
-        body: dict[str, Any] = {"queries": texts, "top_k": top_k, "cost_weight": _number(cost_weight)}
+        body: dict[str, Any] = {"queries": texts, "top_k": top_k}
+        if cost_weight is not None:
+            body["cost_weight"] = _number(cost_weight)
         if candidates is not None:
             body["candidates"] = [_candidate_body(c) for c in candidates]
         if candidate_ids is not None:

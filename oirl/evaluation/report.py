@@ -20,6 +20,7 @@ import pandas as pd
 
 from oirl.evaluation.costs import cost_sweep_report
 from oirl.evaluation.offpolicy import ope_report
+from oirl.evaluation.routing import routing_report
 from oirl.evaluation.scored import ScoredLogs, score_logs
 from oirl.policy.policies import POLICIES, Policy, policy_value
 from oirl.reward.metrics import classification_metrics
@@ -62,7 +63,10 @@ def evaluate_recommender(
 
     Candidates default to the prompts in ``logs``; passed candidates restrict them.
     With costs known for every prompt, ``cost_weights`` sweeps the cost-aware policy
-    (``cost_sweep`` in the report, with single prompts as points). The report says how
+    (``cost_sweep`` in the report, with single prompts as points), and a full-information
+    log gets RouteLLM's router metrics (``routing``: PGR, APGR, CPT(50%), CPT(80%) for
+    every pair of arms and the whole set, :mod:`oirl.evaluation.routing`); the
+    cost-aware policy runs at the bundle's cost weight (``oirl calibrate``), else 0. The report says how
     many evaluated queries occurred among the training queries (and warns when any
     did: their scores are not those of new queries). Every report carries off-policy
     estimates (``ope``, :func:`ope_report`); on a partial-feedback log they replace the
@@ -76,7 +80,7 @@ def evaluate_recommender(
     cost = None if np.isnan(scored.context.cost).any() else scored.context.cost  # a partial cost table cannot rank every candidate
     if scored.full_information:
         names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
-        report = selection_report(scored, {name: scored.policy(name) for name in names})
+        report = selection_report(scored, {name: scored.policy(name, cost_weight=rec.cost_weight or 0.0) for name in names})
     else:
         report = partial_feedback_report(scored)
     report["feedback"] = "full" if scored.full_information else "partial"
@@ -90,6 +94,8 @@ def evaluate_recommender(
     report["model_selection"] = rec.metadata.get("metrics", {}).get("model_selection")
     if cost is not None and cost_weights and scored.full_information:
         report["cost_sweep"] = cost_sweep_report(scored.scores, scored.rewards, scored.context, cost_weights)
+    if cost is not None and scored.full_information:  # RouteLLM's router metrics (oirl.evaluation.routing)
+        report["routing"] = routing_report(scored.scores, scored.rewards, scored.context, cost_weight=rec.cost_weight)
     return json_safe(report)
 
 

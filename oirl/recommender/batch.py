@@ -75,7 +75,7 @@ def read_query_partition(source: Any) -> pd.DataFrame:
     return frame
 
 
-def recommend_frame(rec, frame: pd.DataFrame, *, candidates=None, policy: str | None = None, cost_weight: float = 0.0) -> pd.DataFrame:
+def recommend_frame(rec, frame: pd.DataFrame, *, candidates=None, policy: str | None = None, cost_weight: float | None = None) -> pd.DataFrame:
     """The policy's pick for every query of ``frame``, in order: ``query``, ``query_id`` (if
     given), ``prompt_id``, ``prompt``, ``score``."""
     picks = rec.recommend(frame["query"].tolist(), candidates, policy=policy, top_k=1, cost_weight=cost_weight)
@@ -130,7 +130,7 @@ def local_part_writer(rec) -> PartWriter:
 
 def recommend_to_parquet(
     rec, queries: str | Path, out_dir: str | Path, *, candidates=None, policy: str | None = None,
-    cost_weight: float = 0.0, write_parts: PartWriter | None = None,
+    cost_weight: float | None = None, write_parts: PartWriter | None = None,
 ) -> dict[str, Any]:
     """Write the pick for every query as Parquet partitions ``part-00000.parquet``, ... in
     ``out_dir``: one per input partition, rows in input order, then ``_SUCCESS``. The

@@ -37,6 +37,7 @@ from oirl._json import json_safe
 from oirl.data.questions import QuestionKey
 from oirl.errors import BundleError, one_line
 from oirl.policy.policies import POLICIES
+from oirl.recommender.calibration import CalibrationSection
 from oirl.recommender.recommender import Candidate, Recommender
 from oirl.reward.features import FEATURE_LAYOUTS, feature_dimension
 from oirl.reward.registry import REWARD_MODELS
@@ -103,6 +104,8 @@ class PolicySection(_Strict):
     default_prompt_id: Text
     conservative_margin: NonNegative | None  # None: infinite (always the default prompt)
     fallback_threshold: UnitFloat
+    cost_weight: NonNegative | None = None  # the cost-aware policy's lambda when none is asked for (None: 0)
+    calibration: CalibrationSection | None = None  # how `oirl calibrate` chose the cost weight
 
 
 class QuestionKeySection(_Strict):
@@ -247,6 +250,8 @@ def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:
         "metrics": rec.metadata.get("metrics", {}),
         "files": {name: sha256(data) for name, data in payload.items()},
     }
+    if rec.cost_weight is not None:  # set by `oirl calibrate`
+        document["policy"] |= {"cost_weight": rec.cost_weight, "calibration": rec.calibration}
     document = json_safe(document)
     try:
         BundleSchema.model_validate(document)
@@ -336,6 +341,7 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
         train_text_hashes=text_hashes, train_instance_hashes=instance_hashes,
         question_key=QuestionKey(casefold=schema.training.question_key.casefold if schema.training else True), cache_dir=cache_dir, embedder_bundle_files=embedder_files,
         embedder_directory=directory / EMBEDDER_DIR if embedder_files else None, fingerprint=sha256(raw)[:16],
+        cost_weight=schema.policy.cost_weight, calibration=schema.policy.calibration and schema.policy.calibration.model_dump(),
     )
     if check_embedder:
         rec.check_embedder(where=str(directory / BUNDLE_FILE))

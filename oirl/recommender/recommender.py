@@ -78,6 +78,7 @@ class Recommender:
         metadata: dict[str, Any] | None = None, train_text_hashes: np.ndarray | None = None,
         train_instance_hashes: np.ndarray | None = None, cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
         embedder_directory: str | Path | None = None, question_key: QuestionKey | None = None, fingerprint: str | None = None,
+        cost_weight: float | None = None, calibration: dict[str, Any] | None = None,
     ):
         set_ = super().__setattr__
         set_("model", model)
@@ -92,6 +93,8 @@ class Recommender:
         set_("default_policy", default_policy)
         set_("threshold", threshold)
         set_("costs", dict(costs or {}))  # prompt id -> cost of one call, for the cost-aware policy
+        set_("cost_weight", cost_weight)  # the cost-aware policy's lambda when none is asked for (None: 0)
+        set_("calibration", calibration)  # how `oirl calibrate` chose it (oirl.recommender.calibration)
         set_("metadata", metadata or {})
         set_("question_key", question_key or QuestionKey())  # how training texts were hashed (same question, same hash)
         set_("train_text_hashes", _sorted_hashes(train_text_hashes))
@@ -107,6 +110,16 @@ class Recommender:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"a Recommender is immutable once built (tried to set {name!r}); build another one instead")
+
+    def with_cost_policy(self, cost_weight: float, calibration: dict[str, Any] | None = None) -> Recommender:
+        """The same recommender with the cost-aware policy as its default, at ``cost_weight``
+        (and the record of how that weight was chosen); unsaved, so without a fingerprint."""
+        twin = copy.copy(self)
+        for name, value in (("default_policy", "cost-aware"), ("cost_weight", float(cost_weight)), ("calibration", calibration),
+                            ("fingerprint", None)):
+            object.__setattr__(twin, name, value)
+        twin.policy("cost-aware")  # every bundle prompt needs a cost: refuse the bundle now, not at the first request
+        return twin
 
     def with_query_embedder(self, embedder) -> Recommender:
         """The same recommender, embedding queries with ``embedder`` (anything with
@@ -248,12 +261,13 @@ class Recommender:
         return self.score_vectors(self.query_embedder.embed(list(queries)), self.candidate_vectors(candidates))
 
     def policy(self, name: str | None = None, candidates: list[Candidate] | None = None, *, costs: dict[str, float] | None = None,
-               cost_weight: float = 0.0) -> Policy:
+               cost_weight: float | None = None) -> Policy:
         """The named policy (None: the bundle's default) for a candidate set (default: the
         bundle's prompts), with what it needs to know: each candidate's training prior,
         bundle membership and cost (``costs``, by prompt id, add to or override the
-        bundle's), the cross-validated margin and the fallback threshold. Built before any
-        embedding, so that e.g. cost-aware without costs fails at once."""
+        bundle's), the cross-validated margin, the fallback threshold and the cost weight
+        (None: the bundle's, else 0). Built before any embedding, so that e.g. cost-aware
+        without costs fails at once."""
         candidates = self.prompts if candidates is None else candidates
         in_bundle = np.array([self.is_bundle_prompt(c) for c in candidates], dtype=bool)
         known = {**self.costs, **(costs or {})}
@@ -261,7 +275,8 @@ class Recommender:
             ids=tuple(c.prompt_id for c in candidates),
             prior=np.array([self.prior[c.prompt_id] if b else np.nan for c, b in zip(candidates, in_bundle, strict=True)]),
             in_bundle=in_bundle, cost=np.array([known.get(c.prompt_id, np.nan) for c in candidates], dtype=np.float64))
-        return make_policy(name or self.default_policy, context, margin=self.margin, threshold=self.threshold, cost_weight=cost_weight)
+        weight = cost_weight if cost_weight is not None else (self.cost_weight or 0.0)
+        return make_policy(name or self.default_policy, context, margin=self.margin, threshold=self.threshold, cost_weight=weight)
 
     def rank(self, queries: list[str], scores: np.ndarray, candidates: list[Candidate], policy: Policy, *, top_k: int | None = None,
              picks: np.ndarray | None = None, reasons: list[str | None] | None = None) -> list[Recommendation]:
@@ -285,7 +300,7 @@ class Recommender:
 
     def recommend(
         self, queries: list[str], candidates: list[Candidate] | None = None, *, candidate_ids: list[str] | None = None,
-        policy: str | None = None, top_k: int | None = None, cost_weight: float = 0.0,
+        policy: str | None = None, top_k: int | None = None, cost_weight: float | None = None,
     ) -> list[Recommendation]:
         """Best-of-N per query: the policy's pick plus the top-k ranking by score (candidates'
         own costs, if given, override the bundle's)."""

@@ -49,6 +49,7 @@ from oirl.serve.reload import ModelSlot, Reloader, load_serving
 from oirl.serve.routes import health_router, router
 from oirl.serve.schemas import exploration_setting
 from oirl.serve.scoring import ServedModel
+from oirl.serve.usage import ServedCounts
 
 __all__ = ["ServiceLimits", "app_from_env", "create_app"]
 log = logging.getLogger("oirl.serve")
@@ -109,6 +110,7 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
     app.state.api_key, app.state.limits, app.state.gate, app.state.store = api_key, limits, gate, store
     app.state.default_explore = exploration_setting(explore)
     app.state.scoring = Scoring(pools, limits)
+    app.state.usage = ServedCounts()
     install_handlers(app, limits.retry_after_seconds)
 
     guard = [Security(require_key)] if api_key else []

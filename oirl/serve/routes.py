@@ -89,6 +89,7 @@ async def recommend(body: RecommendRequest, request: Request, served: Served, st
                      score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
                      decision_id=ids[i])
             for i, (q, r) in enumerate(zip(body.queries, ranked, strict=True))])
+    request.app.state.usage.add(r.prompt_id for r in ranked)  # served (and recorded, if recording): the live shares
     flags = candidates.in_bundle
     results = [RecommendResult(index=i, prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, in_bundle=flags[r.prompt_id],
                                ranking=[RankedPrompt(**item, in_bundle=flags[item["prompt_id"]]) for item in r.ranking],
@@ -133,15 +134,18 @@ async def prompts(served: Served) -> PromptsResponse:
 
 @router.get("/v1/model", responses=responses(413, 503))
 async def model(request: Request, served: Served, store: Store, limits: Limits) -> dict:
-    """The bundle served now, how the service is set up, and every limit (no filesystem path)."""
+    """The bundle served now, how the service is set up, every limit (no filesystem path), and
+    what it has served since it started (``live``: calls and shares per prompt, :mod:`oirl.serve.usage`)."""
     default_explore = request.app.state.default_explore
+    described = served.model.describe()
     return {
-        **served.model.describe(),
+        **described,
         "feedback": {"decisions": Path(store.path).name if store is not None else None,
                      "explore": None if default_explore is None else default_explore.model_dump()},
         "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
                    "id_chars": MAX_ID_CHARS, **asdict(limits)},
         "fast_path": dict(served.fast_path),
+        "live": request.app.state.usage.report(served.model.prompt_costs(), described["policy"]["calibration"]),
     }
 
 

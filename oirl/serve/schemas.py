@@ -125,8 +125,9 @@ class RecommendRequest(BaseModel):
     top_k: TopK = Field(3, description="Length of each ranking.")
     policy: Policy | None = Field(None, description="Selection policy; default: the bundle's, chosen by cross-validation. "
                                                     "`cost-aware` needs a cost for every candidate (the bundle's or given).")
-    cost_weight: NonNegative = Field(0.0, description="Lambda of the cost-aware policy (reward minus lambda x cost); "
-                                                      "other policies ignore it.")
+    cost_weight: NonNegative | None = Field(None, description="Lambda of the cost-aware policy (reward minus lambda x cost); "
+                                                              "default: the bundle's (set by `oirl calibrate`), else 0. "
+                                                              "Other policies ignore it.")
     explore: Explore | None = Field(None, description="Serve a random candidate instead of always the policy's pick, and "
                                                       "report the probability it was drawn with (`propensity`); default: the "
                                                       "server's `--explore`, if any. `{\"method\": \"epsilon\", \"epsilon\": 0}` "

@@ -118,7 +118,7 @@ class ServedModel:
             raise MissingCost(str(exc)) from None
 
     def rank(self, queries: list[str], query_vectors: np.ndarray, new_vectors: np.ndarray, candidates: CandidateSet, *,
-             policy: str, top_k: int, cost_weight: float, explore: tuple[str, float] | None,
+             policy: str, top_k: int, cost_weight: float | None, explore: tuple[str, float] | None,
              rng: np.random.Generator) -> list[Ranked]:
         """Score ``queries`` (vectors (n, d)) against the candidates (``new_vectors``: (len(new_texts), d)),
         apply ``policy`` or draw from the exploration around it, and rank the top ``top_k``."""
@@ -168,9 +168,14 @@ class ServedModel:
             "model": None if rec.model is None else {"kind": rec.model.name, "params": rec.model.get_params()},
             "features": rec.layout,
             "policy": {"default": rec.default_policy, "conservative_margin": None if np.isinf(rec.margin) else rec.margin,
-                       "fallback_threshold": rec.threshold, "default_prompt_id": rec.default_prompt_id},
+                       "fallback_threshold": rec.threshold, "default_prompt_id": rec.default_prompt_id,
+                       "cost_weight": rec.cost_weight, "calibration": rec.calibration},  # the target and the share it gave, from `oirl calibrate`
             **metadata,
         }
+
+    def prompt_costs(self) -> dict[str, float]:
+        """The bundle prompts' costs of one call, by prompt id (those known)."""
+        return dict(self._rec.costs)
 
     def cost_rule(self) -> dict[str, Any]:
         """JSON Schema ``if``/``then`` for a recommend request: what the cost-aware policy
