@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from oirl import __version__
 from oirl.errors import OirlError
 
 MARK = "oirl"
@@ -31,6 +32,24 @@ def check_replaceable(path: str | Path, ours: Callable[[Path], bool], *, force: 
         raise OirlError(f"{option} {path}: exists and was not written by oirl; refusing to replace it "
                         "(give a new path, or --force to replace it)")
     return path
+
+
+def check_output_directory(directory: str | Path, ours: Callable[[Path], bool], what: str, *,
+                           error: type[OirlError] = OirlError) -> Path:
+    """Where an output directory may be written: a new or empty one, or one oirl wrote
+    (``ours``, e.g. a bundle), which is then replaced whole. Refuses (``error``) a
+    non-empty directory of something else, which would lose its contents, and the current
+    directory or one of its parents, which cannot be swapped out from under the process."""
+    directory = Path(directory)
+    resolved = directory.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise error(f"--out {directory}: cannot replace the current directory or a parent of it; give a new directory such as models/name")
+    if directory.exists():
+        if not directory.is_dir():
+            raise error(f"--out {directory}: exists and is not a directory")
+        if any(directory.iterdir()) and not ours(directory):
+            raise error(f"--out {directory}: exists, is not empty and is not {what}; refusing to overwrite it")
+    return directory
 
 
 def is_oirl_parquet(path: Path) -> bool:
@@ -55,7 +74,6 @@ def is_oirl_json(path: Path, kind: str) -> bool:
 
 def json_mark(kind: str) -> dict[str, str]:
     """The key oirl puts into the JSON files it writes."""
-    from oirl import __version__
 
     return {MARK: {"kind": kind, "version": __version__}}
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -30,7 +33,6 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     SIGHUP (or POST /v1/admin/reload) swaps in the bundle now at MODEL_DIR: requests under
     way finish on the old one, a missing or corrupt one is refused and the old one keeps serving.
     """
-    import os
 
     from oirl.policy.explore import parse_exploration
     from oirl.serve.scoring import ServedModel
@@ -75,8 +77,6 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
 
 def _listen(host: str, port: int):
     """A socket bound to (host, port) as uvicorn binds one; a port in use is a one-line error."""
-    import errno
-    import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oirl.data.matrix import LogMatrix
 from oirl.data.questions import QuestionKey
 from oirl.data.schema import text_hashes64
 from oirl.distributed.cluster import _release_memory, n_workers
@@ -230,7 +231,6 @@ def build_blocks(client, encoded: EncodedRows, prompt_ids: list[str], *, embed_w
 
 def _driver_matrix(blocks: Blocks, prompt_vectors: np.ndarray):
     """The driver's :class:`~oirl.data.matrix.LogMatrix`: ids and texts as 64-bit hashes, no query vectors."""
-    from oirl.data.matrix import LogMatrix
 
     offsets = blocks.offsets()
     rewards = np.vstack([b["rewards"] for b in blocks.meta])

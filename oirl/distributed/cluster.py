@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
+import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from oirl._threads import configure_openmp
 from oirl.errors import OirlError, one_line
 
 DEFAULT_LOCAL_WORKERS = 2
@@ -60,14 +64,12 @@ def dask_client(spec: str | None, *, memory_limit: int | str | None = None) -> I
         return
     kind, value = parse_dask_spec(spec)
     _require_dask()
-    from oirl._threads import configure_openmp
 
     configure_openmp()  # local workers inherit the environment: passive OpenMP waits
     import dask
     from distributed import Client, LocalCluster
 
     if kind == "local":
-        import logging
 
         # The in-process scheduler logs every shuffle it starts as a warning.
         shuffle_log = logging.getLogger("distributed.shuffle")
@@ -97,7 +99,6 @@ def dask_client(spec: str | None, *, memory_limit: int | str | None = None) -> I
 def _quiet_lightgbm() -> None:
     """In a worker's task thread: LightGBM's native log level is per thread and its network
     set-up logs before reading ``verbosity``, so lower the level once with a tiny dataset."""
-    from oirl._threads import configure_openmp
 
     configure_openmp()
     import lightgbm
@@ -116,8 +117,6 @@ def _say(progress: bool, message: str) -> None:
 
 def _release_memory() -> None:
     """Give freed memory back to the system (Python's, pyarrow's pool, glibc's heap)."""
-    import ctypes
-    import gc
 
     import pyarrow
 

@@ -9,20 +9,25 @@ from typing import Any
 
 import numpy as np
 
+from oirl._json import json_safe
 from oirl.distributed.blocks import build_blocks, encode_rows, worker_recommender
 from oirl.distributed.cluster import n_workers
 from oirl.distributed.read import _rows_of_split, read_log_partitions
+from oirl.embed.base import default_cache_dir
 from oirl.errors import OirlError
+from oirl.evaluation.costs import cost_sweep_report
+from oirl.evaluation.report import selection_report, warn_if_seen
 from oirl.evaluation.scored import ScoredLogs, bundle_and_logged
 from oirl.policy.policies import POLICIES
 from oirl.recommender.bundle import load_bundle
+from oirl.recommender.recommender import Candidate, _member
+from oirl.reward.metrics import classification_metrics
 
 # --------------------------------------------------------------------------- evaluation
 
 
 def _eval_scores(block: dict[str, Any], model_dir: str, cache_dir: str, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores (n_i, m) of the block's instances and whether each one's text was trained on (n_i,)."""
-    from oirl.recommender.recommender import _member
 
     rec = worker_recommender(model_dir, cache_dir)
     text_scores = rec.score_vectors(block["vectors"], candidate_vectors)
@@ -45,13 +50,6 @@ def evaluate_distributed(
     n_prompts) and computes the report with :mod:`oirl.evaluation.report`, as in memory.
     """
     import dask.dataframe as dd
-
-    from oirl._json import json_safe
-    from oirl.embed.base import default_cache_dir
-    from oirl.evaluation.costs import cost_sweep_report
-    from oirl.evaluation.report import selection_report, warn_if_seen
-    from oirl.recommender.recommender import Candidate
-    from oirl.reward.metrics import classification_metrics
 
     rec = load_bundle(model_dir, cache_dir=cache_dir)
     cache = str(Path(cache_dir or default_cache_dir()).resolve())

@@ -9,7 +9,9 @@ only their scores (n_instances x n_prompts) come back to the driver.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import operator
 import time
 import warnings
 from typing import Any
@@ -20,6 +22,11 @@ import pandas as pd
 from oirl.distributed.blocks import Blocks
 from oirl.distributed.cluster import _release_memory, _say
 from oirl.errors import OirlError
+from oirl.learn.crossfit import CrossFit
+from oirl.reward.base import check_predictions
+from oirl.reward.features import pair_features
+from oirl.reward.neighbours import NeighbourReward
+from oirl.reward.trees import LightGBMReward
 
 LIGHTGBM_BIN_SAMPLE = 50_000  # rows per worker for LightGBM's bin boundaries (bin_construct_sample_cnt)
 
@@ -30,7 +37,6 @@ LIGHTGBM_BIN_SAMPLE = 50_000  # rows per worker for LightGBM's bin boundaries (b
 def _block_features(block: dict[str, Any], fold: int | None, prompt_vectors: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """Pair features (n_cells, F) float32 and rewards (n_cells,) of the block's logged cells
     whose text is not in ``fold`` (every cell for ``None``), row-major as ``fit_matrix``."""
-    from oirl.reward.features import pair_features
 
     keep = np.ones(len(block["instances"]), dtype=bool) if fold is None else block["fold"][block["inst_text"]] != fold
     rewards = block["rewards"][keep]
@@ -62,7 +68,6 @@ def _fit_lightgbm(client, blocks: Blocks, fold: int | None, params: dict[str, An
     Each worker builds one part from the blocks it holds. LightGBM's bin boundaries come
     from at most :data:`LIGHTGBM_BIN_SAMPLE` rows per worker (its sample costs 12 bytes a
     value: 1.2 GB at its default of 200,000 rows and 512 features)."""
-    import operator
 
     import dask.dataframe as dd
     from distributed import wait
@@ -103,7 +108,6 @@ def _fit_lightgbm(client, blocks: Blocks, fold: int | None, params: dict[str, An
 def _knn_state(blocks: list[dict[str, Any]], fold: int | None, params: dict[str, Any], prompt_vectors: np.ndarray):
     """The neighbour model fitted on the texts outside ``fold`` (all for ``None``): their
     vectors and per-prompt reward sums and counts."""
-    from oirl.reward.neighbours import NeighbourReward
 
     keep = [np.ones(len(b["texts"]), dtype=bool) if fold is None else b["fold"] != fold for b in blocks]
     vectors = np.vstack([b["vectors"][k] for b, k in zip(blocks, keep, strict=True)])
@@ -118,7 +122,6 @@ def _score_block(block: dict[str, Any], fold: int, model, prompt_vectors: np.nda
     """Scores (n_texts_in_fold, m) of the block's texts in ``fold``; ``model`` is a fitted
     reward model or LightGBM text (bytes)."""
     if isinstance(model, bytes):
-        from oirl.reward.trees import LightGBMReward
 
         model = LightGBMReward.from_bytes(model, {}, where="fold model")
     return model.predict_grid(block["vectors"][block["fold"] == fold], prompt_vectors, layout)
@@ -127,7 +130,6 @@ def _score_block(block: dict[str, Any], fold: int, model, prompt_vectors: np.nda
 def _score_block_knn_grid(block: dict[str, Any], fold: int, state, settings: list[dict[str, Any]], prompt_vectors: np.ndarray) -> list[np.ndarray]:
     """Scores of the block's texts in ``fold`` under every neighbour-model setting: one
     state and one neighbour search (the widest k) serve them all."""
-    import copy
 
     vectors = block["vectors"][block["fold"] == fold]
     neighbours = state.neighbours(vectors, max(s["k"] for s in settings))
@@ -146,8 +148,6 @@ class DaskCrossFitter:
         self._done: dict[str, Any] = {}
 
     def _knn_grid(self, matrix, folds) -> dict[str, Any]:
-        from oirl.learn.crossfit import CrossFit
-        from oirl.reward.base import check_predictions
 
         n, m = matrix.rewards.shape
         settings = [dict(c.params) for c in self.knn]
@@ -184,8 +184,6 @@ class DaskCrossFitter:
         raise OirlError(f"--model {spec.model} cannot train under --dask (choose from auto, lightgbm, knn)")
 
     def __call__(self, spec, matrix, folds):
-        from oirl.learn.crossfit import CrossFit
-        from oirl.reward.base import check_predictions
 
         if spec.model == "knn" and spec in self.knn and len(self.knn) > 1:
             if spec.label not in self._done:

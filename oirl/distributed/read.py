@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from oirl.data.logs import partition_files
+from oirl.data.logs import _read_parquet, partition_files
 from oirl.data.schema import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, validate_logs
 from oirl.distributed.cluster import _require_dask
 from oirl.errors import LogFormatError, one_line
@@ -49,7 +49,6 @@ def read_log_partitions(path: str | Path, *, columns: list[str] | None = None):
 
 
 def _read_partition(file: str, columns: list[str]) -> pd.DataFrame:
-    from oirl.data.logs import _read_parquet
 
     frame, _ = _read_parquet(Path(file), columns)
     missing = [c for c in columns if c not in frame.columns]

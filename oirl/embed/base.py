@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import threading
@@ -128,7 +129,6 @@ def tokenizer_lowercases(folder: Path | None) -> bool:
     """Whether the Hugging Face tokenizer saved in ``folder`` lowercases its input: its
     ``tokenizer.json`` normaliser lowercases, or ``tokenizer_config.json`` says
     ``do_lower_case``. False when neither file says so (the safe side: case then matters)."""
-    import json
 
     if folder is None:
         return False

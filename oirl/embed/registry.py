@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from oirl.embed.base import DEFAULT_EMBEDDER, Embedder, HashingEmbedder
 from oirl.embed.sentence import SentenceTransformerEmbedder
+from oirl.embed.static import StaticEmbedder
 from oirl.errors import OirlError
 
 
 def _minilm_static() -> Embedder:
-    from oirl.embed.static import StaticEmbedder
 
     return StaticEmbedder.minilm()
 
@@ -36,7 +36,6 @@ def get_embedder(spec: str = DEFAULT_EMBEDDER) -> Embedder:
         except ValueError:
             raise OirlError(f"bad embedder {spec!r}: expected hashing:DIMENSION") from None
     if spec.startswith("static:"):
-        from oirl.embed.static import StaticEmbedder
 
         return StaticEmbedder.from_directory(spec.split(":", 1)[1])
     model = SentenceTransformerEmbedder(spec)

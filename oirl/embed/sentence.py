@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import warnings
@@ -108,7 +109,6 @@ class SentenceTransformerEmbedder(Embedder):
     def _configured_dimension(self) -> int | None:
         """The output dimension from the model folder's pooling config, when no later module
         (a Dense layer) changes it; None when it cannot be told without loading."""
-        import json
 
         folder = self.weights_dir()
         try:

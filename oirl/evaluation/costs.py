@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oirl._plots import save_figure
 from oirl.policy.policies import CostAware, PolicyContext
 
 
@@ -47,8 +48,6 @@ def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from oirl._plots import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, curve in curves.items():

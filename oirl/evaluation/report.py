@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oirl._json import json_safe
 from oirl.evaluation.costs import cost_sweep_report
 from oirl.evaluation.offpolicy import ope_report
 from oirl.evaluation.routing import routing_report
@@ -72,7 +73,6 @@ def evaluate_recommender(
     estimates (``ope``, :func:`ope_report`); on a partial-feedback log they replace the
     full-information figures, which are ``null`` with a ``refused`` note.
     """
-    from oirl._json import json_safe
 
     scored = score_logs(rec, logs, candidates, costs=costs)
     warn_if_seen(source, scored.seen)

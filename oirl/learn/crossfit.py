@@ -1,20 +1,13 @@
-"""Cross-fitting and model selection: which reward model and policy a bundle ships with.
+"""Cross-fitting: out-of-fold scores, so that no query instance is scored by a model that saw it.
 
-Everything here runs on training rows only. Folds group query instances by question
-*text* (``cv_groups="text"``: every held-out question is new, the regime of a new
-user's traffic) or by *instance* (``"instance"``: held-out rows are new samples of
-questions that may also occur in training, the paper's protocol on SVAMP and MAWPS).
-
-For each candidate reward model, :func:`cross_fit` gives out-of-fold scores of every
-held-out instance with every prompt, and the per-prompt prior (mean training reward)
-of each fold computed on that fold's training rows only. A policy's cross-validated
-*selection value* is the expected reward of its picks on the held-out rows (the logged
-reward of the pick with full information, the doubly robust estimate with partial
-feedback). :func:`select_model` chooses among "the prior alone" (always the best
-training prompt), each candidate's argmax and each candidate's conservative policy by
-the one-standard-error rule toward the simpler choice, the standard error clustered by
-question text (repeated samples of one question are not independent); the prior is left
-only for a gain of more than :data:`PRIOR_Z` standard errors (and :data:`MIN_EFFECT`).
+Folds group query instances by question (``cv_groups="text"``: every held-out question is
+new, the regime of a new user's traffic) or by *instance* (``"instance"``: held-out rows
+are new samples of questions that may occur in training). For a reward-model candidate,
+:func:`cross_fit` gives the out-of-fold scores of every held-out instance with every
+prompt, and each fold's prior (the prompts' mean training reward) from that fold's
+training rows only. :func:`row_values` values a policy's picks on the held-out rows: the
+logged reward with full information, the doubly robust estimate with partial feedback.
+:mod:`oirl.learn.selection` chooses among the candidates with these values.
 """
 
 from __future__ import annotations

@@ -16,13 +16,15 @@ the estimate:
 * ``switch-dr`` dm_i + w_i (r_i - q_hat(x_i, a_i)) 1{w_i <= tau}     (Wang et al. 2017)
 * ``dr-os``     dm_i + lam w_i / (w_i^2 + lam) (r_i - q_hat(x_i, a_i))   (Su et al. 2020)
 
-Defaults ``tau = 100``, ``lam = tau^2``: Switch-DR is DR unless a logged action had
-propensity below 1 / tau (deterministic policy), so a near-uniform logger over up to 100
-prompts (an evaluation harness) leaves it DR, while a round the logger almost never plays
-cannot swing the estimate: a kept round's correction has variance <= E[w^2 1{w <= tau}]
-<= tau. The shrunk weight peaks at w = sqrt(lam) = tau (value tau / 2), so DR-OS bends
-weights where Switch-DR cuts them and leaves small ones almost whole (factor
-1 / (1 + (w / tau)^2): 0.996 at w = 6). ``lam = inf`` is DR; ``lam = 0`` is DM.
+Switch-DR's ``tau`` is tuned per policy by SLOPE (Su, Srinath and Krishnamurthy 2020, as
+Open Bandit Pipeline's ``SwitchDoublyRobustTuning(tuning_method="slope")``): over
+:data:`TAU_GRID`, from the smallest threshold (nearly DM: low variance, biased) up to
+``inf`` (DR: unbiased, high variance), keep raising ``tau`` while the estimate stays
+within two standard errors (summed) of every estimate before it; the first that departs
+stops the climb. The chosen ``tau`` is reported with the estimate. A fixed ``tau`` may be
+passed instead. DR-OS keeps ``lam = 100^2``: its shrunk weight peaks at w = 100, so it
+bends the weights of rounds the logger almost never plays and leaves small ones almost
+whole (factor 1 / (1 + (w / 100)^2): 0.996 at w = 6). ``lam = inf`` is DR; ``lam = 0`` is DM.
 
 Intervals resample *clusters* (question texts; default: instances), never rows: rounds
 of one question share its difficulty, so resampling rows understates the variance.
@@ -38,8 +40,9 @@ import numpy as np
 from oirl.errors import OirlError
 from oirl.ope.bootstrap import ratio_intervals
 
-DEFAULT_TAU = 100.0
-DEFAULT_LAMBDA = DEFAULT_TAU**2
+DEFAULT_LAMBDA = 100.0**2
+#: Switch-DR's thresholds tried by SLOPE, in order of growing variance (``inf`` is DR).
+TAU_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, float("inf"))
 
 
 class Rounds(NamedTuple):
@@ -97,13 +100,15 @@ def dr(rounds: Rounds, action_dist: np.ndarray, q_hat: np.ndarray | None = None,
 
 
 def switch_dr(
-    rounds: Rounds, action_dist: np.ndarray, q_hat: np.ndarray | None = None, *, tau: float = DEFAULT_TAU, **_: object
+    rounds: Rounds, action_dist: np.ndarray, q_hat: np.ndarray | None = None, *, tau: float | None = None, **_: object
 ) -> np.ndarray:
     """Switch-DR: the DR correction only on rounds with w_i <= ``tau``, shape (n_rounds,).
 
     As obp's ``SwitchDoublyRobust``: the model term covers all of pi's mass and only the
     correction is switched, which equals Wang et al.'s DR on actions with w <= tau plus DM
-    on those with w > tau. ``tau = inf`` is DR, ``tau = 0`` is DM."""
+    on those with w > tau. ``tau = inf`` is DR, ``tau = 0`` is DM; None: tuned by SLOPE
+    (:func:`slope_tau`)."""
+    tau = slope_tau(rounds, action_dist, q_hat) if tau is None else tau
     _check_parameter("tau", tau)
     weight = importance_weight(rounds, action_dist)
     return _corrected(rounds, action_dist, q_hat, np.where(weight <= tau, weight, 0.0))
@@ -117,6 +122,22 @@ def dr_os(
     weight = importance_weight(rounds, action_dist)
     shrunk = np.zeros_like(weight) if lam == 0 else weight / (1.0 + weight**2 / lam)  # == w exactly at lam = inf
     return _corrected(rounds, action_dist, q_hat, shrunk)
+
+
+def slope_tau(rounds: Rounds, action_dist: np.ndarray, q_hat: np.ndarray | None, grid: Sequence[float] = TAU_GRID) -> float:
+    """Switch-DR's threshold by SLOPE (see the module docstring): the largest ``tau`` of
+    ``grid`` reached before an estimate departs from an earlier one by more than the sum
+    of their two-standard-error widths."""
+    estimates: list[tuple[float, float]] = []
+    chosen = grid[0]
+    for tau in grid:
+        terms = switch_dr(rounds, action_dist, q_hat, tau=tau)
+        value, width = float(terms.mean()), 2 * float(terms.std(ddof=1)) / np.sqrt(len(terms)) if len(terms) > 1 else 0.0
+        if any(abs(value - earlier) > width + earlier_width for earlier, earlier_width in estimates):
+            break
+        estimates.append((value, width))
+        chosen = tau
+    return chosen
 
 
 #: Estimators by name (obp's names); each maps validated inputs to per-round contributions.
@@ -276,7 +297,8 @@ def _evaluate(
         raise ValueError(f"`level` must be in (0, 1), got {level!r}")
 
     keys = [(policy, name) for policy in dists for name in estimators]
-    terms = [_ratio_terms(name, rounds, dists[policy], q_hat, params) for policy, name in keys]
+    taus = {policy: params.get("tau", slope_tau(rounds, dists[policy], q_hat) if "switch-dr" in estimators else None) for policy in dists}
+    terms = [_ratio_terms(name, rounds, dists[policy], q_hat, {**params, "tau": taus[policy]}) for policy, name in keys]
     numerators = np.stack([num for num, _ in terms], axis=1)  # (n_rounds, n_series)
     denominators = np.stack([den for _, den in terms], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -285,6 +307,8 @@ def _evaluate(
     report: dict[str, dict[str, Estimate]] = {policy: {} for policy in dists}
     for (policy, name), value, (low, high) in zip(keys, values, intervals, strict=True):
         report[policy][name] = {"value": float(value), "ci": [float(low), float(high)]}
+        if name == "switch-dr":
+            report[policy][name]["tau"] = float(taus[policy])
     return report
 
 

@@ -28,8 +28,6 @@ import numpy as np
 from oirl.errors import OirlError
 from oirl.policy.policies import Argmax, Policy, PolicyContext, check_scores
 
-EXPLORATION_METHODS = ("epsilon", "softmax", "squarecb")
-
 
 class Explorer(Policy):
     """An exploring policy around ``base``: its mode (``choose``) and its explanations are
@@ -116,15 +114,15 @@ class InverseGap(Explorer):
         return out
 
 
+#: Explorers by the name ``--explore METHOD:PARAMETER`` gives them.
+EXPLORERS: dict[str, type[Explorer]] = {"epsilon": EpsilonGreedy, "softmax": Softmax, "squarecb": InverseGap}
+
+
 def explorer(method: str, parameter: float, base: Policy) -> Policy:
-    """The named exploration around ``base`` (see :data:`EXPLORATION_METHODS`)."""
-    if method == "epsilon":
-        return EpsilonGreedy(base, parameter)
-    if method == "softmax":
-        return Softmax(base, parameter)
-    if method == "squarecb":
-        return InverseGap(base, parameter)
-    raise OirlError(f"unknown exploration method {method!r} (choose from {', '.join(EXPLORATION_METHODS)})")
+    """The named exploration around ``base`` (see :data:`EXPLORERS`)."""
+    if method in EXPLORERS:
+        return EXPLORERS[method](base, parameter)
+    raise OirlError(f"unknown exploration method {method!r} (choose from {', '.join(EXPLORERS)})")
 
 
 def draw(probabilities: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -239,13 +239,8 @@ def make_policy(name: str, context: PolicyContext, *, margin: float = float("inf
     """The named policy for a candidate set; each takes the parameters it needs."""
     if name not in POLICIES:
         raise OirlError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
-    if name == "conservative":
-        return Conservative(context, margin)
-    if name == "fallback":
-        return Fallback(context, threshold)
-    if name == "cost-aware":
-        return CostAware(context, cost_weight)
-    return Argmax(context)
+    parameters = {"conservative": (margin,), "fallback": (threshold,), "cost-aware": (cost_weight,)}
+    return POLICIES[name](context, *parameters.get(name, ()))
 
 
 def policy_value(choices: np.ndarray, rewards: np.ndarray) -> float:

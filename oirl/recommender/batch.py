@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from oirl._atomic import atomic_directory
-from oirl.data.logs import partition_files
+from oirl._atomic import atomic_directory, atomic_path
+from oirl._outputs import check_output_directory
+from oirl.data.logs import _parquet_value_to_str, is_partitioned, iter_jsonl_objects, partition_files
 from oirl.errors import OirlError, one_line
 
 OUTPUT_MARKER = "_SUCCESS"
@@ -26,7 +27,6 @@ def query_sources(path: str | Path) -> list[Any]:
     """The partitions of a batch of queries, in order: a Parquet file's path per file of a
     Parquet file, directory or glob, or frames of up to :data:`PART_ROWS` queries from a
     JSONL file (``query`` and optional ``query_id`` per line)."""
-    from oirl.data.logs import is_partitioned, iter_jsonl_objects
 
     path = Path(path)
     if not is_partitioned(path) and path.suffix.lower() != ".parquet":
@@ -57,8 +57,6 @@ def read_query_partition(source: Any) -> pd.DataFrame:
         return source
     import pyarrow.parquet as pq
 
-    from oirl.data.logs import _parquet_value_to_str
-
     try:
         names = pq.read_schema(source).names
         if "query" not in names:
@@ -87,7 +85,6 @@ def recommend_frame(rec, frame: pd.DataFrame, *, candidates=None, policy: str | 
 
 
 def _write_part(frame: pd.DataFrame, directory: str | Path, index: int) -> int:
-    from oirl._atomic import atomic_path
 
     with atomic_path(Path(directory) / f"part-{index:05d}.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
@@ -102,16 +99,7 @@ def is_recommend_output(directory: Path) -> bool:
 
 def check_recommend_output(directory: str | Path) -> Path:
     """Refuse an ``--out`` that exists, is not empty and is not a previous output."""
-    directory = Path(directory)
-    resolved = directory.resolve()
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise OirlError(f"--out {directory}: cannot replace the current directory or a parent of it; give a new directory")
-    if directory.exists():
-        if not directory.is_dir():
-            raise OirlError(f"--out {directory}: exists and is not a directory")
-        if any(directory.iterdir()) and not is_recommend_output(directory):
-            raise OirlError(f"--out {directory}: exists, is not empty and is not an 'oirl recommend' output; refusing to overwrite it")
-    return directory
+    return check_output_directory(directory, is_recommend_output, "an 'oirl recommend' output")
 
 
 #: ``write_parts(sources, directory, options) -> counts``: score and write each query

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from oirl import __version__
 from oirl._atomic import atomic_directory
 from oirl._json import json_safe
+from oirl._outputs import check_output_directory as check_directory
 from oirl.data.questions import QuestionKey
 from oirl.errors import BundleError, one_line
 from oirl.policy.policies import POLICIES
@@ -206,22 +207,9 @@ def is_bundle(directory: Path) -> bool:
 
 
 def check_output_directory(directory: str | os.PathLike[str]) -> Path:
-    """Where a bundle may be written: a new or empty directory, or an existing bundle.
-
-    Refuses (``BundleError``) a non-empty directory that is not a bundle, which would
-    lose its contents, and the current directory or one of its parents, which cannot be
-    swapped out from under the process.
-    """
-    directory = Path(directory)
-    resolved = directory.resolve()
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise BundleError(f"--out {directory}: cannot replace the current directory or a parent of it; give a new directory such as models/name")
-    if directory.exists():
-        if not directory.is_dir():
-            raise BundleError(f"--out {directory}: exists and is not a directory")
-        if any(directory.iterdir()) and not is_bundle(directory):
-            raise BundleError(f"--out {directory}: exists, is not empty and is not an oirl bundle; refusing to overwrite it")
-    return directory
+    """Where a bundle may be written: a new or empty directory, or an existing bundle
+    (:func:`oirl._outputs.check_output_directory`)."""
+    return check_directory(directory, is_bundle, "an oirl bundle", error=BundleError)
 
 
 def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:

@@ -25,6 +25,7 @@ from oirl.data.schema import text_hashes64, text_id
 from oirl.embed.base import revision_of
 from oirl.embed.cached import CachedEmbedder
 from oirl.embed.registry import get_embedder
+from oirl.embed.static import StaticEmbedder
 from oirl.errors import BundleError, OirlError, UnknownPromptError
 from oirl.policy.policies import DEFAULT_POLICY, DEFAULT_THRESHOLD, Policy, PolicyContext, make_policy
 from oirl.reward.base import RewardModel, check_predictions
@@ -153,9 +154,6 @@ class Recommender:
         """The live embedder: the one carried inside the bundle, else the one its spec names."""
         if "model" not in self._live:
             if self._embedder_directory is not None:
-                from oirl.embed.static import (
-                    StaticEmbedder,  # the static model's loader (model2vec) only when a bundle carries one
-                )
 
                 self._live["model"] = StaticEmbedder.from_directory(self._embedder_directory)
             else:

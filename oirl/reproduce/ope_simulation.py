@@ -28,11 +28,14 @@ import numpy as np
 import pandas as pd
 
 from oirl._atomic import write_text_atomic
+from oirl._plots import save_figure
+from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 from oirl.evaluation.scored import score_logs
 from oirl.learn.train import train_recommender
 from oirl.ope import estimators as ope
 from oirl.policy.explore import draw
 from oirl.recommender.recommender import Recommender
+from oirl.reproduce.cruxeval import split_logs
 from oirl.reproduce.report import write_table
 
 DATASETS = ("svamp", "mawps", "cruxeval")
@@ -49,11 +52,9 @@ SIZES = (250, 500, 1000, None)  # None: every test instance
 def dataset_split(data_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train rows, test rows), full information."""
     if name == "cruxeval":
-        from oirl.reproduce.cruxeval import split_logs
 
         logs = split_logs(data_dir)
     else:
-        from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
 
         logs = build_logs(data_dir, name, TRAINING_PROMPTS)
     train, test = logs[logs["split"] == "train"], logs[logs["split"] == "test"]
@@ -153,8 +154,6 @@ def plot_rmse(summary: pd.DataFrame, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from oirl._plots import save_figure
 
     part = summary[(summary["policy"] == "argmax") & (summary["logger"] == "uniform")]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

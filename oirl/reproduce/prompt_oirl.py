@@ -32,10 +32,15 @@ import pandas as pd
 
 from oirl._atomic import write_text_atomic
 from oirl.data.importers.prompt_oirl import DATASETS, HELDOUT_PROMPTS, LAYOUTS, PROMPTS, TRAINING_PROMPTS, build_logs
+from oirl.data.matrix import LogMatrix
 from oirl.data.questions import QuestionKey
+from oirl.embed.cached import CachedEmbedder
+from oirl.embed.registry import get_embedder
 from oirl.errors import OirlError
 from oirl.evaluation.report import evaluate_recommender
 from oirl.evaluation.scored import ScoredLogs, score_logs
+from oirl.learn.candidates import spec
+from oirl.learn.crossfit import fit_on
 from oirl.learn.train import train_recommender
 from oirl.ope.bootstrap import cluster_bootstrap_mean
 from oirl.recommender.recommender import Recommender
@@ -361,11 +366,6 @@ def _mean_std_columns(table: pd.DataFrame) -> pd.DataFrame:
 def authors_config_timing(result: SplitResult, *, cache_dir, embedder: str, n_estimators: int = 2000) -> dict:
     """The authors' reward model (XGBoost, depth 10, eta 0.001, 2,000 rounds, concatenated
     vectors, argmax) against the bundle oirl chose, on the same training and test rows."""
-    from oirl.data.matrix import LogMatrix
-    from oirl.embed.cached import CachedEmbedder
-    from oirl.embed.registry import get_embedder
-    from oirl.learn.candidates import spec
-    from oirl.learn.crossfit import fit_on
 
     cached = CachedEmbedder(get_embedder(embedder), cache_dir)
     matrix = LogMatrix.from_logs(result.split.train, cached.embed)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from oirl._atomic import atomic_path, write_text_atomic
+from oirl._plots import save_figure
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -41,8 +42,6 @@ def plot_success_vs_k(table: pd.DataFrame, methods: list[str], path: Path, title
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from oirl._plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in methods:

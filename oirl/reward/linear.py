@@ -4,6 +4,7 @@ regression and a small MLP.
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 
 import numpy as np
@@ -107,7 +108,6 @@ class MLPReward(_NumpyForwardReward):
                              early_stopping=True, random_state=self.seed)
 
     def _fit_estimator(self, X, y, weight):
-        import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 

@@ -39,6 +39,7 @@ from fastapi import FastAPI, Security
 from fastapi.responses import JSONResponse
 
 from oirl.errors import OirlError, one_line
+from oirl.policy.explore import parse_exploration
 from oirl.serve.admin import admin_router
 from oirl.serve.decisions import DecisionStore
 from oirl.serve.dependencies import Scoring, require_key
@@ -165,7 +166,6 @@ def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (what ``oirl serve`` runs): the bundle directory comes from
     ``$OIRL_MODEL_DIR``, the default exploration from ``$OIRL_EXPLORE``, the decision file from
     ``$OIRL_DECISIONS`` and the number of workers from ``$OIRL_WORKERS``. Reloads on SIGHUP."""
-    from oirl.policy.explore import parse_exploration
 
     if not log.handlers:  # beside uvicorn's lines, in its style
         handler = logging.StreamHandler()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from oirl._atomic import atomic_path
+from oirl.data.logs import log_format
 from oirl.errors import OirlError
 from oirl.serve.decision import format_time, parse_time
 
@@ -62,7 +63,6 @@ def write_export(rows: Iterable[tuple], out_path: str | os.PathLike[str], *, sou
     the missing reward used, and ``file``. Raises :class:`OirlError` when nothing is
     exportable (nothing is written) or when one prompt id was served with two texts.
     """
-    from oirl.data.logs import log_format
 
     out_path = Path(out_path)
     fmt = log_format(out_path)  # an unknown extension fails before any work

@@ -20,6 +20,7 @@ import numpy as np
 from oirl.errors import OirlError, UnknownPromptError
 from oirl.policy.explore import draw, explorer
 from oirl.policy.policies import POLICIES
+from oirl.recommender.bundle import load_bundle
 from oirl.recommender.recommender import Candidate
 
 POLICY_NAMES = tuple(POLICIES)
@@ -85,7 +86,6 @@ class ServedModel:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, embedder=None) -> ServedModel:
         """Load and check the bundle at ``directory`` (raises :class:`oirl.errors.BundleError`)."""
-        from oirl.recommender.bundle import load_bundle
 
         return cls(load_bundle(directory), embedder=embedder)
 
