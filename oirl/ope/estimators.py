@@ -41,8 +41,8 @@ from oirl.errors import OirlError
 from oirl.ope.bootstrap import ratio_intervals
 
 DEFAULT_LAMBDA = 100.0**2
-#: Switch-DR's thresholds tried by SLOPE, in order of growing variance (``inf`` is DR).
-TAU_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, float("inf"))
+#: Switch-DR's thresholds tried by SLOPE, from the least biased (``inf``: DR) down.
+TAU_GRID = (float("inf"), 128.0, 64.0, 32.0, 16.0, 8.0, 4.0, 2.0, 1.0)
 
 
 class Rounds(NamedTuple):
@@ -125,9 +125,9 @@ def dr_os(
 
 
 def slope_tau(rounds: Rounds, action_dist: np.ndarray, q_hat: np.ndarray | None, grid: Sequence[float] = TAU_GRID) -> float:
-    """Switch-DR's threshold by SLOPE (see the module docstring): the largest ``tau`` of
-    ``grid`` reached before an estimate departs from an earlier one by more than the sum
-    of their two-standard-error widths."""
+    """Switch-DR's threshold by SLOPE (see the module docstring): the smallest ``tau`` of
+    ``grid`` (tried from the least biased down) reached before an estimate departs from an
+    earlier one by more than the sum of their two-standard-error widths."""
     estimates: list[tuple[float, float]] = []
     chosen = grid[0]
     for tau in grid:
