@@ -115,3 +115,46 @@ def test_a_policy_that_beats_the_incumbent_replaces_it_and_the_comparison_says_b
     low, high = against["difference"]["ci"]
     assert low < against["difference"]["value"] < high and low > 0  # the new bundle is better, and the interval says so
     assert against["support"] == 1.0 and against["current"]["default_policy"] == "argmax"
+
+
+def test_retraining_on_a_per_kind_deployments_own_traffic_never_ships_a_worse_bundle(tmp_path):
+    """The case that made retraining worse: a bundle that serves each kind of question its own
+    prompt; its greedy traffic (one prompt per query, propensity 1) alone would make the
+    best logged prompt look best. With --incumbent, what retraining ships is never worse on
+    new questions than what served."""
+    rng = np.random.default_rng(0)
+    correct = {("apples", "fruit"): 0.9, ("apples", "travel"): 0.2, ("apples", "plain"): 0.5,
+               ("miles", "fruit"): 0.2, ("miles", "travel"): 0.9, ("miles", "plain"): 0.5}
+    texts = {"fruit": "Count the fruit step by step.", "travel": "Use distance = speed x time.", "plain": "Answer."}
+
+    def full_log(n: int, start: int, split: str) -> pd.DataFrame:
+        rows = []
+        for i in range(start, start + n):
+            kind = "apples" if i % 2 else "miles"
+            query = f"Question {i}: Tom has {i % 17} {kind} and gets {i % 5} more {kind}. How many {kind}?"
+            for prompt_id, text in texts.items():
+                rows.append({"query_id": f"q{i}", "query": query, "prompt_id": prompt_id, "prompt": text,
+                             "reward": float(rng.random() < correct[kind, prompt_id]), "split": split})
+        return pd.DataFrame(rows)
+
+    train, served_traffic, test = full_log(400, 0, "train"), full_log(400, 1000, "train"), full_log(400, 5000, "test")
+    options = ("--embedder", "hashing", "--cache-dir", tmp_path / "emb")
+    run("train", write_logs(train, tmp_path / "train.parquet"), "--out", tmp_path / "deployed", "--model", "logistic", *options)
+    deployed = load_bundle(tmp_path / "deployed", cache_dir=tmp_path / "emb")
+    queries = served_traffic.drop_duplicates("query_id")
+    picks = dict(zip(queries["query_id"], [r.prompt_id for r in deployed.recommend(queries["query"].tolist())], strict=True))
+    log = write_logs(served_log(served_traffic, picks, 1.0), tmp_path / "decisions.parquet")
+    assert log.exists() and len(set(picks.values())) == 2  # the deployment chooses by kind
+
+    run("train", log, "--out", tmp_path / "naive", *options)  # without the incumbent
+    run("train", log, "--out", tmp_path / "next", "--incumbent", tmp_path / "deployed", *options)
+    test_log = write_logs(test, tmp_path / "test.parquet")
+
+    def test_value(bundle: str) -> float:
+        report = json.loads(run("evaluate", tmp_path / bundle, test_log, "--cache-dir", tmp_path / "emb").stdout)
+        return report["policies"][report["default_policy"]]
+
+    served_value = test_value("deployed")
+    assert served_value > 0.8  # the per-kind choice works on new questions
+    assert test_value("naive") < served_value - 0.2  # the trap: its own traffic alone ships one prompt for all
+    assert not (tmp_path / "next").exists() or test_value("next") >= served_value - 0.01

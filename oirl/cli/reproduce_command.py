@@ -14,9 +14,9 @@ from oirl.embed.base import DEFAULT_EMBEDDER
 
 
 @click.command()
-@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation).")
+@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope", "loop"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation; 'loop': serve, learn from the feedback, redeploy, beside Vowpal Wabbit).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
-@click.option("--datasets", default=None, help="Comma-separated datasets [default: gsm8k,svamp,mawps; for ope: svamp,mawps,cruxeval].")
+@click.option("--datasets", default=None, help="Comma-separated datasets [default: gsm8k,svamp,mawps; for ope: svamp,mawps,cruxeval; for loop: mawps,gsm8k,svamp].")
 @click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's (--cv-groups instance), question-disjoint (every default), or both.")
 @click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="Embedder, as for 'oirl train'.")
 @click.option("--authors-config/--no-authors-config", default=False, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
@@ -25,10 +25,14 @@ from oirl.embed.base import DEFAULT_EMBEDDER
 @click.option("--repetitions", type=click.IntRange(1), default=100, show_default=True, help="ope: simulated logs per logging policy.")
 @click.option("--learn-repetitions", type=click.IntRange(0), default=10, show_default=True, help="ope: bundles trained on simulated partial logs, per dataset.")
 @click.option("--learn-datasets", default="mawps", show_default=True, help="ope: datasets whose partial logs train bundles (comma-separated).")
+@click.option("--rounds", type=click.IntRange(1), default=6, show_default=True, help="loop: rounds (each serves every training question once).")
+@click.option("--explore", default="squarecb:50", show_default=True, help="loop: the service's exploration, as for 'oirl serve --explore'.")
+@click.option("--loop-cv-groups", type=click.Choice(["text", "instance"]), default="text", show_default=True, help="loop: 'oirl train --cv-groups' each round.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
 def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: str, embedder: str, authors_config: bool, n_boot: int | None,
-              limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, out_dir: Path, cache_dir: Path) -> None:
+              limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, rounds: int, explore: str, loop_cv_groups: str,
+              out_dir: Path, cache_dir: Path) -> None:
     """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.data.importers.prompt_oirl import DATASETS
     from oirl.reproduce.prompt_oirl import PROTOCOLS
@@ -47,6 +51,16 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: st
                                n_boot=n_boot or 500, cache_dir=cache_dir, embedder=embedder, limit=limit)
         click.echo((out_dir / "ope_estimators.md").read_text())
         click.echo(f"tables, CSVs and plots in {out_dir}; total {result['timings']['total']:.0f} s")
+        return
+    if benchmark == "loop":
+        from oirl.reproduce.loop import reproduce_loop
+
+        chosen = _names(datasets, DATASETS, ("mawps", "gsm8k", "svamp"), "--datasets")
+        result = reproduce_loop(data_dir, out_dir, datasets=chosen, rounds=rounds, explore=explore, cv_groups=loop_cv_groups,
+                                cache_dir=cache_dir, embedder=embedder, limit=limit)
+        for name in result["datasets"]:
+            click.echo((out_dir / f"loop_{name}.md").read_text())
+        click.echo(f"tables, CSVs and plots in {out_dir}")
         return
     if benchmark == "cruxeval-input":
         from oirl.reproduce.cruxeval import reproduce_cruxeval
