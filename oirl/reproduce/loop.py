@@ -132,7 +132,7 @@ def run_loop(env: Environment, work: Path, *, rounds: int, explore: str, clients
     work.mkdir(parents=True, exist_ok=True)
     served, decisions = work / "served", work / "decisions.sqlite"
     prompts = work / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": t}) + "\n" for p, t in zip(env.prompt_ids, env.prompts)))
+    prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": t}) + "\n" for p, t in zip(env.prompt_ids, env.prompts, strict=True)))
     test_log = write_logs(env.test_log, work / "test.parquet", force=True)
     oirl_command("init", "--prompts", prompts, "--out", served, "--embedder", embedder, cache_dir=cache_dir)
     rng = np.random.default_rng(seed)
@@ -210,7 +210,7 @@ def plot_curves(name: str, table: pd.DataFrame, refs: dict[str, Any], path: Path
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     x = table["round"]
     titles = {"test_value": f"{name}: deployed policy's value on the test questions", "stream_reward": f"{name}: mean reward of the stream"}
-    for ax, column in zip(axes, titles):
+    for ax, column in zip(axes, titles, strict=True):
         ax.plot(x, table[column], marker="o", label="oirl (served, retrained each round)")
         for config, rounds in refs["vw"].items():
             if not config.endswith("seconds"):
