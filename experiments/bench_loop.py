@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--explore", default=DEFAULT_EXPLORE, help="The service's exploration, as for 'oirl serve --explore'.")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--cv-groups", default="text", choices=["text", "instance"], help="'oirl train --cv-groups' each round.")
+    parser.add_argument("--cv-groups", default=None, choices=["text", "instance"], help="'oirl train --cv-groups' each round (default: per dataset, see LOOP_CV_GROUPS).")
     parser.add_argument("--embedder", default="minilm")
     parser.add_argument("--cache-dir", type=Path, default=Path("embeddings"))
     parser.add_argument("--limit", type=int, default=None, help="Keep the first N training and N test instances (toy size).")

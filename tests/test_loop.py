@@ -158,3 +158,26 @@ def test_retraining_on_a_per_kind_deployments_own_traffic_never_ships_a_worse_bu
     assert served_value > 0.8  # the per-kind choice works on new questions
     assert test_value("naive") < served_value - 0.2  # the trap: its own traffic alone ships one prompt for all
     assert not (tmp_path / "next").exists() or test_value("next") >= served_value - 0.01
+
+
+def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_reward_model(mawps):
+    """A cold bundle serving the best prompt, explored uniformly: nothing beats its choice, but
+    keeping it would keep exploration uniform forever. The new bundle makes the same choice
+    and carries a reward model whose rankings exploration follows."""
+    work, train, _, prompts = mawps
+    rng = np.random.default_rng(2)
+    names = list(pd.unique(train["prompt_id"]))
+    uniform = pd.concat([served_log(train, {q: names[rng.integers(6)] for q in pd.unique(train["query_id"])}, 1 / 6)
+                         .assign(query_id=lambda f, k=k: f["query_id"] + f"-{k}") for k in range(3)])
+    best = uniform.groupby("prompt_id")["reward"].mean().idxmax()
+    run("init", "--prompts", prompts, "--out", work / "cold-best", "--default", best, "--embedder", "hashing", "--cache-dir", work / "emb")
+    log = write_logs(uniform, work / "uniform3.parquet")
+    result = run("train", log, "--out", work / "cold-best", "--incumbent", work / "cold-best", "--embedder", "hashing",
+                 "--cache-dir", work / "emb")
+    summary = json.loads(result.stdout)
+    assert "kept" not in summary, result.stderr
+    assert summary["chosen"]["option"] == "prior"
+    new = load_bundle(work / "cold-best", cache_dir=work / "emb")
+    assert new.model is not None and new.default_prompt_id == best
+    table = {r["option"]: r for r in new.metadata["metrics"]["model_selection"]}
+    assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]

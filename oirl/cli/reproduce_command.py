@@ -26,12 +26,12 @@ from oirl.embed.base import DEFAULT_EMBEDDER
 @click.option("--learn-repetitions", type=click.IntRange(0), default=10, show_default=True, help="ope: bundles trained on simulated partial logs, per dataset.")
 @click.option("--learn-datasets", default="mawps", show_default=True, help="ope: datasets whose partial logs train bundles (comma-separated).")
 @click.option("--rounds", type=click.IntRange(1), default=6, show_default=True, help="loop: rounds (each serves every training question once).")
-@click.option("--explore", default="squarecb:50", show_default=True, help="loop: the service's exploration, as for 'oirl serve --explore'.")
-@click.option("--loop-cv-groups", type=click.Choice(["text", "instance"]), default="text", show_default=True, help="loop: 'oirl train --cv-groups' each round.")
+@click.option("--explore", default="squarecb:100", show_default=True, help="loop: the service's exploration, as for 'oirl serve --explore'.")
+@click.option("--loop-cv-groups", type=click.Choice(["text", "instance"]), default=None, help="loop: 'oirl train --cv-groups' each round [default: instance on MAWPS and SVAMP, whose test questions recur among the served ones; text on GSM8K].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where tables, CSVs and plots go [default: experiments/results/<benchmark>].")
 @CACHE_OPTION
 def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: str, embedder: str, authors_config: bool, n_boot: int | None,
-              limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, rounds: int, explore: str, loop_cv_groups: str,
+              limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, rounds: int, explore: str, loop_cv_groups: str | None,
               out_dir: Path, cache_dir: Path) -> None:
     """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.data.importers.prompt_oirl import DATASETS

@@ -24,7 +24,7 @@ WORKER_START_SECONDS = 180  # a worker started by a reload must be serving withi
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes (each loads the bundle and the embedding model).")
-@click.option("--explore", default=None, metavar="epsilon:E|softmax:T", help="Default exploration of /v1/recommend, e.g. epsilon:0.1 or softmax:0.05 (a request's 'explore' overrides it).")
+@click.option("--explore", default=None, metavar="epsilon:E|softmax:T|squarecb:G", help="Default exploration of /v1/recommend, e.g. epsilon:0.1, softmax:0.05 or squarecb:50 (a request's 'explore' overrides it).")
 @click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
 def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None) -> None:

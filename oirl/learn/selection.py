@@ -125,7 +125,9 @@ def select_model(
     :data:`MIN_EFFECT`) and, on partial feedback, the logged rounds behind its
     departures from the prior weigh at least :data:`MIN_SUPPORT` (effective sample
     size); among the options that clear, the simplest within one standard error of the
-    best of them wins; the prior when none clears. ``folds`` (default:
+    best of them wins; the prior when none clears. When nothing clears an incumbent
+    whose picks the prior makes as well, the new bundle ships anyway (see
+    :func:`same_choice_with_a_model_that_learned`). ``folds`` (default:
     :func:`make_folds`) and ``fitter`` (default: :func:`cross_fit`, same signature) let
     another engine produce the out-of-fold scores, e.g. Dask; the choice is made here
     either way. A partial-feedback ``matrix`` must carry propensities (logged or
@@ -163,7 +165,11 @@ def select_model(
     for row in rows:
         row.update(facts[row["option"]])
     if chosen == "incumbent":
-        raise IncumbentKept(rows)
+        if not same_choice_with_a_model_that_learned(picks["incumbent"], matrix):
+            raise IncumbentKept(rows)
+        chosen = "prior"  # the incumbent's very picks, now with a reward model whose rankings exploration can use
+        for row in rows:
+            row["chosen"] = row["option"] == "prior"
     if chosen == "prior":
         # No per-query signal worth its noise: always the best training prompt. The bundle
         # still carries the best model, so rankings and --policy argmax stay informative.
@@ -213,6 +219,17 @@ class IncumbentKept(Exception):
     def __init__(self, rows: list[dict[str, Any]]):
         super().__init__("no option beat the deployed bundle's policy by the selection rule; it stays")
         self.rows = rows
+
+
+def same_choice_with_a_model_that_learned(incumbent_picks: np.ndarray, matrix: LogMatrix) -> bool:
+    """Whether the incumbent picks, on every training row, the prompt a new bundle's prior
+    would (the best on all rows) while the log holds outcomes of more than one prompt.
+    Then a new bundle risks nothing (the same default choices) and gains a reward model
+    that ranks the other prompts, which exploration (softmax, squarecb) follows; a cold
+    bundle would otherwise explore uniformly for as long as nothing beats it."""
+    means = matrix.prompt_means()
+    several_prompts_logged = int(np.isfinite(means).sum()) > 1
+    return several_prompts_logged and bool((incumbent_picks == int(np.nanargmax(means))).all())
 
 
 def fixed_values(picks: np.ndarray, fit: CrossFit, matrix: LogMatrix) -> np.ndarray:

@@ -37,7 +37,12 @@ from oirl.data.logs import write_logs
 from oirl.reproduce.loop_environment import VW_CONFIGS, Environment, load_environment, vowpal_wabbit_stream
 from oirl.reproduce.report import markdown_table
 
-DEFAULT_EXPLORE = "squarecb:50"
+DEFAULT_EXPLORE = "squarecb:100"
+#: ``oirl train --cv-groups`` per dataset, by what "new" means for its test questions: on
+#: MAWPS and SVAMP (paper split) every test question occurs among the served ones (as other
+#: samples), so held-out folds of new samples of known questions mirror it; GSM8K's test
+#: questions are new. The same choice as the paper protocol and the OPE simulation.
+LOOP_CV_GROUPS = {"mawps": "instance", "svamp": "instance", "gsm8k": "text"}
 
 
 def oirl_command(*args: object, cache_dir: Path | None = None) -> dict[str, Any]:
@@ -225,7 +230,7 @@ def plot_curves(name: str, table: pd.DataFrame, refs: dict[str, Any], path: Path
 
 
 def reproduce_loop(data_dir: Path, out_dir: Path, *, datasets: list[str], rounds: int = 6, explore: str = DEFAULT_EXPLORE, clients: int = 8,
-                   cv_groups: str = "text", cache_dir: Path, embedder: str, limit: int | None = None,
+                   cv_groups: str | None = None, cache_dir: Path, embedder: str, limit: int | None = None,
                    full_information: bool = True) -> dict[str, Any]:
     """The loop on each dataset; tables, plots and a JSON summary under ``out_dir``."""
     import tempfile
@@ -233,11 +238,12 @@ def reproduce_loop(data_dir: Path, out_dir: Path, *, datasets: list[str], rounds
     from oirl._atomic import write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"explore": explore, "clients": clients, "cv_groups": cv_groups, "rounds": rounds, "datasets": {}}
+    summary: dict[str, Any] = {"explore": explore, "clients": clients, "rounds": rounds, "datasets": {}}
     for name in datasets:
         env = load_environment(data_dir, name, limit)
+        groups = cv_groups or LOOP_CV_GROUPS[name]
         with tempfile.TemporaryDirectory(prefix=f"oirl-loop-{name}-") as tmp:
-            table, orders = run_loop(env, Path(tmp), rounds=rounds, explore=explore, clients=clients, cv_groups=cv_groups, cache_dir=cache_dir,
+            table, orders = run_loop(env, Path(tmp), rounds=rounds, explore=explore, clients=clients, cv_groups=groups, cache_dir=cache_dir,
                                     embedder=embedder)
             refs = references(env, orders, Path(tmp), cache_dir=cache_dir, embedder=embedder, full_information=full_information)
         for config, per_round in refs["vw"].items():
@@ -248,7 +254,7 @@ def reproduce_loop(data_dir: Path, out_dir: Path, *, datasets: list[str], rounds
         shown = table.drop(columns=["served_version", "reloaded_version"])
         write_text_atomic(out_dir / f"loop_{name}.md", markdown_table(shown) + "\n")
         plot_curves(name, table, refs, out_dir / f"loop_{name}.png")
-        summary["datasets"][name] = {"train_instances": len(env.train_questions), "test_instances": len(env.test_questions),
+        summary["datasets"][name] = {"cv_groups": groups, "train_instances": len(env.train_questions), "test_instances": len(env.test_questions),
                                      "references": refs, "rounds": table.to_dict("records")}
     write_text_atomic(out_dir / "loop.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary
