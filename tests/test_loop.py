@@ -181,3 +181,32 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     assert new.model is not None and new.default_prompt_id == best
     table = {r["option"]: r for r in new.metadata["metrics"]["model_selection"]}
     assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]
+
+
+def test_an_incumbent_trained_on_these_decisions_is_valued_by_its_recipe_out_of_fold(mawps):
+    """Retraining on decisions the deployed bundle already learned from: its own picks there
+    rest on outcomes it has seen (in sample), so its recipe is cross-fitted like every
+    option instead, and it cannot win by memory."""
+    from oirl.learn.engine import InMemoryEngine, TrainOptions
+    from oirl.learn.selection import IncumbentKept
+    from oirl.learn.train import incumbent_recipe, train_recommender
+
+    work, train, _, _ = mawps
+    rng = np.random.default_rng(3)
+    names = list(pd.unique(train["prompt_id"]))
+    log = served_log(train, {q: names[rng.integers(6)] for q in pd.unique(train["query_id"])}, 1 / 6)
+    options = {"embedder": "hashing", "cache_dir": work / "emb", "model": "knn"}
+    deployed = train_recommender(log, **options)
+    engine, settings = InMemoryEngine(), TrainOptions(**options)
+    matrix, _ = engine.with_propensities(engine.prepare(log, settings).matrix, settings)
+    recipe = incumbent_recipe(deployed, matrix)
+    assert recipe is not None and recipe[0].model == "knn" and recipe[1:] == (deployed.default_policy, deployed.margin)
+    try:
+        table = train_recommender(log, incumbent=deployed, **options).metadata["metrics"]["model_selection"]
+    except IncumbentKept as kept:
+        table = kept.rows
+    incumbent = next(r for r in table if r["option"] == "incumbent")
+    assert "recipe cross-fitted" in incumbent["policy"]
+    same = next(r for r in table if r["option"] == f"knn {deployed.default_policy}")
+    if deployed.default_policy == "argmax":
+        assert incumbent["value"] == pytest.approx(same["value"])  # the same recipe on the same folds

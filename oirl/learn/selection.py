@@ -115,12 +115,16 @@ class Selection:
 def select_model(
     matrix: LogMatrix, candidates: tuple[ModelSpec, ...], *, n_folds: int = 3, cv_groups: str = "text", progress: bool = False,
     folds: list[tuple[np.ndarray, np.ndarray]] | None = None, fitter=cross_fit, incumbent_picks: np.ndarray | None = None,
+    incumbent_recipe: tuple[ModelSpec, str, float] | None = None,
 ) -> Selection:
     """Cross-fit each candidate and choose a (model, policy) by its selection value.
 
     The *baseline* is what stays unless the data says otherwise: the deployed bundle's
     default policy when ``incumbent_picks`` (n,) gives its picks (``--incumbent``), else
-    the prior (always the best training prompt). One rule: an option may replace the
+    the prior (always the best training prompt); with ``incumbent_recipe`` (its model
+    configuration, policy and margin, given when it was trained on some of these
+    instances) that recipe is cross-fitted like every option instead, since the deployed
+    model's own picks on outcomes it was trained on would look better than they are. One rule: an option may replace the
     baseline only if its gain over it clears :data:`PRIOR_Z` clustered standard errors (and
     :data:`MIN_EFFECT`) and, on partial feedback, the logged rounds behind its
     departures from the prior weigh at least :data:`MIN_SUPPORT` (effective sample
@@ -156,10 +160,17 @@ def select_model(
     rows.insert(0, {"option": "prior", "model": None, "params": {}, "layout": None, "policy": "conservative", "margin": None})
     baseline = "prior"
     if incumbent_picks is not None:
-        baseline = "incumbent"
-        values["incumbent"] = fixed_values(incumbent_picks, first, matrix)
-        picks["incumbent"], complexity["incumbent"] = incumbent_picks, -1
-        rows.insert(0, {"option": "incumbent", "model": None, "params": {}, "layout": None, "policy": "the deployed bundle's", "margin": None})
+        baseline, complexity["incumbent"] = "incumbent", -1
+        row = {"option": "incumbent", "model": None, "params": {}, "layout": None, "policy": "the deployed bundle's", "margin": None}
+        if incumbent_recipe is None:
+            values["incumbent"], picks["incumbent"] = fixed_values(incumbent_picks, first, matrix), incumbent_picks
+        else:
+            recipe, policy, margin = incumbent_recipe
+            fit = fits[recipe.label] if recipe.label in fits else fitter(recipe, matrix, folds)
+            values["incumbent"], picks["incumbent"] = policy_values(fit, matrix, policy, margin), policy_picks(fit, policy, margin)
+            row.update(model=recipe.model, params=dict(recipe.params), layout=recipe.layout_for(), policy=f"the deployed bundle's ({policy}), "
+                       "its recipe cross-fitted", margin=None if np.isinf(margin) else margin)
+        rows.insert(0, row)
     supports = {key: departure_support(picks[key], picks[baseline], matrix) for key in values if key != baseline}
     chosen, facts = choose_option(values, complexity, matrix.questions, supports, baseline=baseline)
     for row in rows:

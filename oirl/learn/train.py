@@ -30,6 +30,7 @@ import pandas as pd
 
 from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
+from oirl.learn.candidates import ModelSpec
 from oirl.learn.engine import Engine, InMemoryEngine, TrainOptions
 from oirl.learn.logging_policy import describe
 from oirl.learn.selection import select_model
@@ -66,7 +67,8 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions, *, incumbent: R
     tick = time.perf_counter()
     folds = engine.folds(replace(prepared, matrix=matrix), options)
     selection = select_model(matrix, candidates, cv_groups=options.cv_groups, folds=folds, fitter=engine.cross_fit,
-                             progress=options.progress, incumbent_picks=None if incumbent is None else incumbent_picks(incumbent, matrix))
+                             progress=options.progress, incumbent_picks=None if incumbent is None else incumbent_picks(incumbent, matrix),
+                             incumbent_recipe=None if incumbent is None else incumbent_recipe(incumbent, matrix))
     timings["cross_validation"] = time.perf_counter() - tick
     tick = time.perf_counter()
     fitted = engine.fit(selection.spec, matrix)
@@ -113,6 +115,20 @@ def incumbent_picks(incumbent: Recommender, matrix: LogMatrix) -> np.ndarray:
     candidates = [Candidate(matrix.prompt_texts[j], held[matrix.prompt_texts[j]]) for j in columns]
     scores = incumbent.score(list(matrix.texts), candidates)[matrix.text_index]
     return np.asarray(columns)[incumbent.policy(None, candidates).choose(scores)]
+
+
+def incumbent_recipe(incumbent: Recommender, matrix: LogMatrix) -> tuple[ModelSpec, str, float] | None:
+    """The deployed bundle's reward-model configuration, default policy and margin, when it
+    was trained on some of ``matrix``'s instances (say, the decisions of earlier rounds,
+    exported again): its picks there rest on outcomes it has seen, so selection values
+    its recipe out of fold, like every other option. None when it has no model, was not
+    trained on these instances, or uses a policy that needs more than a margin."""
+    if incumbent.model is None or incumbent.default_policy not in ("argmax", "conservative"):
+        return None
+    if not incumbent.trained_on_instances(matrix.query_ids).any():
+        return None
+    params = tuple(sorted((k, v) for k, v in incumbent.model.get_params().items()))
+    return ModelSpec(incumbent.model.name, params, incumbent.layout), incumbent.default_policy, incumbent.margin
 
 
 def cv_metrics(selection, matrix: LogMatrix, new_prompt_widths: dict | None) -> dict[str, Any]:

@@ -139,6 +139,7 @@ def run_loop(env: Environment, work: Path, *, rounds: int, explore: str, clients
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": t}) + "\n" for p, t in zip(env.prompt_ids, env.prompts, strict=True)))
     test_log = write_logs(env.test_log, work / "test.parquet", force=True)
+    served_questions = write_logs(env.train_log, work / "served-questions.parquet", force=True)  # full information: the DR estimand
     oirl_command("init", "--prompts", prompts, "--out", served, "--embedder", embedder, cache_dir=cache_dir)
     rng = np.random.default_rng(seed)
     orders = [rng.permutation(len(env.train_questions)) for _ in range(rounds)]
@@ -158,6 +159,7 @@ def run_loop(env: Environment, work: Path, *, rounds: int, explore: str, clients
             estimate = oirl_command("evaluate", served, round_log, cache_dir=cache_dir)
             truth = oirl_command("evaluate", served, test_log, cache_dir=cache_dir)
             policy = truth["default_policy"]
+            on_served = oirl_command("evaluate", served, served_questions, "--split", "train", cache_dir=cache_dir)["policies"][policy]
             dr = estimate["ope"]["estimates"][policy]["dr"]
             train_started = time.perf_counter()
             trained = oirl_command("train", export, "--out", served, "--incumbent", served, "--cv-groups", cv_groups, cache_dir=cache_dir)
@@ -170,6 +172,7 @@ def run_loop(env: Environment, work: Path, *, rounds: int, explore: str, clients
                 "stream_reward": float(stream["reward"].mean()), "deployed_policy": policy,
                 "test_value": float(truth["policies"][policy]), "dr_estimate": dr["value"], "dr_low": dr["ci"][0], "dr_high": dr["ci"][1],
                 "dr_covers_test_value": bool(dr["ci"][0] <= truth["policies"][policy] <= dr["ci"][1]),
+                "value_on_served_questions": float(on_served), "dr_covers_served_value": bool(dr["ci"][0] <= on_served <= dr["ci"][1]),
                 "trained": "incumbent kept" if kept else trained["chosen"]["option"], "reloaded_version": new_version,
                 "serve_seconds": round(serve_seconds, 1), "train_seconds": round(train_seconds, 1),
                 "round_seconds": round(time.perf_counter() - started, 1),
