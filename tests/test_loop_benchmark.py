@@ -55,3 +55,14 @@ def test_the_loop_runs_end_to_end_through_the_cli_and_the_service(data_dir, tmp_
     saved = json.loads((tmp_path / "out" / "loop.json").read_text())
     refs = saved["datasets"]["mawps"]["references"]
     assert 0 < refs["best_prompt"]["test_value"] <= refs["oracle"] <= 1
+
+
+def test_a_bad_exploration_is_one_error_line_before_anything_starts(data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from oirl.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["reproduce", "--benchmark", "loop", "--explore", "bogus:1", "--limit", "10", "--rounds", "1",
+                                      "--data-dir", str(data_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.stderr.startswith("error:") and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

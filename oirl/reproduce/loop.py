@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from oirl.data.logs import write_logs
+from oirl.errors import OirlError
+from oirl.policy.explore import parse_exploration
 from oirl.reproduce.loop_environment import VW_CONFIGS, Environment, load_environment, vowpal_wabbit_stream
 from oirl.reproduce.report import markdown_table
 
@@ -51,7 +53,7 @@ def oirl_command(*args: object, cache_dir: Path | None = None) -> dict[str, Any]
     done = subprocess.run([sys.executable, "-m", "oirl.cli", *map(str, args), *(("--cache-dir", str(cache_dir)) if cache_dir else ())],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"oirl {' '.join(map(str, args))} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise OirlError(f"oirl {' '.join(map(str, args))} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1] if args[0] != "evaluate" else done.stdout)
 
 
@@ -82,7 +84,7 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"oirl serve did not start (see {log_file})")
+        raise OirlError(f"oirl serve did not start (see {log_file})")
 
     def reload(self) -> str:
         import httpx
@@ -240,6 +242,7 @@ def reproduce_loop(data_dir: Path, out_dir: Path, *, datasets: list[str], rounds
 
     from oirl._atomic import write_text_atomic
 
+    parse_exploration(explore)  # a bad --explore fails here, in one line, not after a server start
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"explore": explore, "clients": clients, "rounds": rounds, "datasets": {}}
     for name in datasets:
