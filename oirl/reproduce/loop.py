@@ -169,7 +169,7 @@ def run_loop(env: Environment, work: Path, *, rounds: int, explore: str, clients
             new_version = server.reload()
             kept = trained.get("kept") == "incumbent"
             records.append({
-                "round": r, "decisions": int(counts["rows"]) if "rows" in counts else len(stream) * r,
+                "round": r, "decisions": int(counts["rows"]),
                 "served_version": version, "versions_matching": float((stream["model_version"] == version).mean()),
                 "stream_reward": float(stream["reward"].mean()), "deployed_policy": policy,
                 "test_value": float(truth["policies"][policy]), "dr_estimate": dr["value"], "dr_low": dr["ci"][0], "dr_high": dr["ci"][1],
