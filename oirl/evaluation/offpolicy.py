@@ -90,9 +90,11 @@ def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, o
 
 
 def _within_unit(estimate: dict[str, Any]) -> dict[str, Any]:
-    """An interval reported within the reward's range (a resample of IPS can pass 1)."""
-    ci = estimate["ci"]
-    return {**estimate, "ci": [float(np.clip(ci[0], 0, 1)), float(np.clip(ci[1], 0, 1))] if np.isfinite(ci).all() else ci}
+    """An estimate and its interval reported within the reward's range (IPS and DR on a few
+    rounds with small propensities can pass 1)."""
+    ci, value = estimate["ci"], estimate["value"]
+    value = float(np.clip(value, 0, 1)) if value is not None and np.isfinite(value) else value
+    return {**estimate, "value": value, "ci": [float(np.clip(ci[0], 0, 1)), float(np.clip(ci[1], 0, 1))] if np.isfinite(ci).all() else ci}
 
 
 def reference_scores(rec, logs: pd.DataFrame, scored: ScoredLogs) -> tuple[np.ndarray, str]:
