@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     from oirl._atomic import write_text_atomic
     from oirl.data.importers.prompt_oirl import load_questions
     from oirl.data.logs import read_logs
-    from oirl.serve.decisions import DecisionStore
+    from oirl.decisions.store import DecisionStore
 
     questions = load_questions(args.data_dir, "gsm8k")
     with tempfile.TemporaryDirectory() as tmp:

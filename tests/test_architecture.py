@@ -18,7 +18,7 @@ MAX_LINES = 400
 
 #: Each package may import only the ones listed before it (the flow of data).
 LAYERS = ["errors", "_atomic", "_outputs", "_json", "_threads", "_sqlite", "_plots", "data", "embed", "reward", "policy", "ope", "recommender",
-          "learn", "evaluation", "serve", "distributed", "client", "reproduce", "cli"]
+          "learn", "evaluation", "decisions", "serve", "distributed", "client", "reproduce", "cli"]
 
 
 def module_name(path: Path) -> str:

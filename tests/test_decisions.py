@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from oirl.errors import OirlError
-from oirl.serve.decisions import (
+from oirl.decisions.store import (
     DEFAULT_FEEDBACK_WINDOW,
     EXPORT_COLUMNS,
     ConflictingFeedbackError,
@@ -34,6 +33,7 @@ from oirl.serve.decisions import (
     UnknownDecisionError,
     new_decision_id,
 )
+from oirl.errors import OirlError
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATE_IDS = ["CoT", "nan", "p-short"]
@@ -454,7 +454,7 @@ def test_four_processes_share_one_file(tmp_path):
 
 CHILD = """
 import sys
-from oirl.serve.decisions import Decision, DecisionStore
+from oirl.decisions.store import Decision, DecisionStore
 store = DecisionStore(sys.argv[1])
 while True:
     batch = [Decision(query=f"q{i}", candidate_ids=["a", "b"], candidate_prompts=["A", "B"], prompt_id="b",

@@ -153,7 +153,7 @@ def test_training_on_a_partial_log_uses_doubly_robust_cross_validation(mawps, tm
 
 
 def test_export_decisions_writes_a_partial_log_that_trains(tmp_path):
-    from oirl.serve.decisions import Decision, DecisionStore
+    from oirl.decisions.store import Decision, DecisionStore
 
     store_path = tmp_path / "decisions.sqlite"
     prompts = {"a": "Answer directly.", "b": "Think step by step."}
@@ -175,7 +175,7 @@ def test_export_decisions_writes_a_partial_log_that_trains(tmp_path):
 
 
 def test_export_decisions_refuses_an_existing_file_unless_forced(tmp_path):
-    from oirl.serve.decisions import Decision, DecisionStore
+    from oirl.decisions.store import Decision, DecisionStore
 
     store_path = tmp_path / "decisions.sqlite"
     with DecisionStore(store_path) as store:

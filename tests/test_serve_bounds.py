@@ -203,8 +203,8 @@ def test_stuck_or_dead_embedding_worker_gives_503_and_honest_health(bundle):
 
 
 def test_a_decision_store_that_cannot_write_answers_503_with_retry_after(bundle, tmp_path, caplog):
+    from oirl.decisions.store import DecisionStore
     from oirl.serve.app import ServiceLimits, create_app
-    from oirl.serve.decisions import DecisionStore
 
     store = DecisionStore(tmp_path / "decisions.sqlite", busy_timeout=0.05)
     app = create_app(bundle, api_key="", embedder=GatedEmbedder(), decisions=store, limits=ServiceLimits(retry_after_seconds=5))

@@ -45,7 +45,7 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
         parse_exploration(explore)  # a bad setting fails here, in one line
     ServedModel.load(model_dir)  # fail here, with a clear message, before any worker starts
     if decisions is not None:
-        from oirl.serve.decisions import DecisionStore
+        from oirl.decisions.store import DecisionStore
 
         decisions.parent.mkdir(parents=True, exist_ok=True)
         DecisionStore(decisions).close()  # create or migrate it once, and refuse a file that is not one
@@ -111,7 +111,7 @@ def export_decisions(decisions: Path, out_file: Path, feedback_window: float, mi
     ones are left out, or get --missing-reward. Prints a JSON summary of the counts.
     """
     from oirl.data.logs import log_format
-    from oirl.serve.decisions import DecisionStore
+    from oirl.decisions.store import DecisionStore
 
     if not decisions.is_file():
         raise OirlError(f"{decisions}: no such decision database (start 'oirl serve --decisions {decisions}')")

@@ -38,10 +38,10 @@ from typing import Any
 from fastapi import FastAPI, Security
 from fastapi.responses import JSONResponse
 
+from oirl.decisions.store import DecisionStore
 from oirl.errors import OirlError, one_line
 from oirl.policy.explore import parse_exploration
 from oirl.serve.admin import admin_router
-from oirl.serve.decisions import DecisionStore
 from oirl.serve.dependencies import Scoring, require_key
 from oirl.serve.limits import ServiceLimits
 from oirl.serve.middleware import BodySizeLimit, ConcurrencyLimit, Gate, KeyCheck, RequestIds
@@ -67,7 +67,7 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
     ``/health``, the schema included. ``embedder`` replaces the bundle's live embedder
     (anything with ``embed(texts, batch_size=...)``). ``explore`` (``("epsilon", 0.1)``
     or ``("softmax", 0.05)``) is the default exploration of ``/v1/recommend``.
-    ``decisions`` is an SQLite file or an open store (:mod:`oirl.serve.decisions`): every
+    ``decisions`` is an SQLite file or an open store (:mod:`oirl.decisions.store`): every
     recommendation is recorded there before it is answered, and ``/v1/feedback`` records
     its outcome. ``model_dir`` is where ``POST /v1/admin/reload`` (and ``SIGHUP``, with
     ``reload_on_sighup``) finds the next bundle; ``restart_workers`` replaces that in-place

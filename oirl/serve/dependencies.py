@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from oirl.serve.decisions import DecisionStore
+from oirl.decisions.store import DecisionStore
 from oirl.serve.limits import SMALL_SCORE_PAIRS, ServiceLimits
 from oirl.serve.middleware import key_matches
 from oirl.serve.reload import Serving

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from oirl.decisions.records import ConflictingFeedbackError, DecisionStoreError, UnknownDecisionError
 from oirl.errors import OirlError
-from oirl.serve.decision import ConflictingFeedbackError, DecisionStoreError, UnknownDecisionError
 from oirl.serve.middleware import request_id_of, unavailable
 from oirl.serve.runtime import EmbeddingFailed, Overloaded
 from oirl.serve.schemas import ErrorResponse, UnknownIdsResponse, ValidationErrorResponse, unicode_text

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from oirl.serve.decision import Decision, new_decision_id
+from oirl.decisions.records import Decision, new_decision_id
 from oirl.serve.dependencies import Limits, Scorer, Served, Store
 from oirl.serve.limits import ServiceLimits
 from oirl.serve.middleware import has_key

@@ -30,8 +30,8 @@ from typing import Any
 
 from oirl._atomic import atomic_path
 from oirl.data.logs import log_format
+from oirl.decisions.records import format_time, parse_time
 from oirl.errors import OirlError
-from oirl.serve.decision import format_time, parse_time
 
 EXPORT_COLUMNS = (
     "decision_id", "query_id", "query", "prompt_id", "prompt", "reward",

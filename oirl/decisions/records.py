@@ -1,6 +1,6 @@
 """One served decision as a value: its fields, their checks, and the errors of the decision store.
 
-:class:`Decision` is what :meth:`oirl.serve.decisions.DecisionStore.record` takes; times
+:class:`Decision` is what :meth:`oirl.decisions.store.DecisionStore.record` takes; times
 are stored as fixed-width UTC text (:data:`TIME_FORMAT`), so text order is time order.
 """
 

@@ -8,7 +8,7 @@
     store.record([decision])                  # returns once the batch is committed
     store.feedback(decision.decision_id, 1.0)  # later, when the outcome is known
     store.export("logs/served.parquet")        # the decisions with feedback, as a log
-                                               # (oirl.serve.decision_export)
+                                               # (oirl.decisions.export)
 
 This closes the loop: the exported partial log (one prompt per query, with the
 propensity it was chosen with) is a log :func:`oirl.data.logs.read_logs` reads, so it can
@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Any
 
 from oirl._sqlite import Migration, migrate
-from oirl.serve.decision import (
+from oirl.decisions.export import CHUNK_ROWS, DEFAULT_FEEDBACK_WINDOW, EXPORT_COLUMNS, SOURCE_COLUMNS, write_export
+from oirl.decisions.records import (
     ConflictingFeedbackError,
     Decision,
     DecisionStoreError,
@@ -76,7 +77,6 @@ from oirl.serve.decision import (
     to_json,
     utc_now,
 )
-from oirl.serve.decision_export import CHUNK_ROWS, DEFAULT_FEEDBACK_WINDOW, EXPORT_COLUMNS, SOURCE_COLUMNS, write_export
 
 __all__ = [
     "ConflictingFeedbackError",
@@ -349,9 +349,9 @@ class DecisionStore:
         that were offered. Ordered by ``created_at``, then ``decision_id``. Rewards count
         when they arrived within ``feedback_window`` seconds; older decisions without one
         are dropped or get ``missing_reward``; younger ones wait (see
-        :mod:`oirl.serve.decision_export`; ``now`` defaults to the clock). Read in chunks
+        :mod:`oirl.decisions.export`; ``now`` defaults to the clock). Read in chunks
         of ``chunk_rows`` from one snapshot and written as they come, atomically. Returns
-        the summary of :func:`~oirl.serve.decision_export.write_export`.
+        the summary of :func:`~oirl.decisions.export.write_export`.
         """
         sql = (f"SELECT {', '.join(SOURCE_COLUMNS)} FROM decisions ORDER BY created_at, decision_id")
         with self._transaction("DEFERRED") as db:  # one snapshot for every row
