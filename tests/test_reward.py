@@ -212,7 +212,9 @@ def reward_targets(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("name", REWARD_MODELS)
+# A model that reads query texts takes X as text pairs, which the checks (numeric X) cannot build;
+# tests/test_lexical.py holds its contract.
+@pytest.mark.parametrize("name", [n for n, c in REWARD_MODELS.items() if not c.reads_texts])
 def test_scikit_learns_estimator_checks_pass(name, reward_targets):
     from sklearn.utils.estimator_checks import check_estimator
 

@@ -269,7 +269,8 @@ def departure_support(picks: np.ndarray, prior_picks: np.ndarray, matrix: LogMat
 
 
 def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tuple[float, ...] = NEW_PROMPT_TAU_GRID) -> tuple[float, dict[float, float]]:
-    """The neighbour model's width for prompts never trained on, by leave-one-prompt-out CV.
+    """The width for prompts never trained on (``new_prompt_tau`` of the neighbour and
+    lexical models), by leave-one-prompt-out CV.
 
     In each fold, each training prompt in turn is dropped from the training rows and
     scored on the held-out rows as if it were new; the width with the lowest Brier
@@ -284,12 +285,13 @@ def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tu
         for j in range(m):
             keep = [c for c in range(m) if c != j]
             sub = part.with_prompts(keep)
-            fitted = fit_on(make_reward_model("knn", **model.get_params()), sub, "concat")
+            fitted = fit_on(make_reward_model(model.name, **model.get_params()), sub, "concat")
             truth = matrix.rewards[test, j]
             logged = ~np.isnan(truth)
             for tau in grid:
                 fitted.set_params(new_prompt_tau=tau)
-                predicted = fitted.predict_grid(matrix.query_vectors[matrix.text_index[test]], matrix.prompt_vectors[[j]])[:, 0]
+                rows = matrix.text_index[test]
+                predicted = fitted.predict_grid(matrix.query_vectors[rows], matrix.prompt_vectors[[j]], "concat", texts=matrix.texts[rows])[:, 0]
                 errors[tau].append((predicted[logged] - truth[logged]) ** 2)
     brier = {tau: float(np.concatenate(e).mean()) for tau, e in errors.items()}
     return min(brier, key=brier.get), brier

@@ -121,7 +121,8 @@ async def score(body: ScoreRequest, served: Served, limits: Limits, scoring: Sco
     prompts, new_texts = model.pair_prompts([p.prompt for p in body.pairs])
     check_size(limits, len(queries), "`pairs`", queries + new_texts)
     vectors = await served.batcher.embed(queries + new_texts)
-    scores = await scoring.run(served, len(queries), model.score_pairs, vectors[: len(queries)], prompts, vectors[len(queries):])
+    scores = await scoring.run(served, len(queries), model.score_pairs, vectors[: len(queries)], prompts, vectors[len(queries):],
+                                 queries)
     return ScoreResponse(model_version=model.version, scores=scores)
 
 

@@ -123,7 +123,7 @@ class ServedModel:
         """Score ``queries`` (vectors (n, d)) against the candidates (``new_vectors``: (len(new_texts), d)),
         apply ``policy`` or draw from the exploration around it, and rank the top ``top_k``."""
         rec = self._rec
-        scores = rec.score_vectors(query_vectors, rec.candidate_vectors(candidates.items, new_vectors))
+        scores = rec.score_vectors(query_vectors, rec.candidate_vectors(candidates.items, new_vectors), texts=queries)
         rule = rec.policy(policy, candidates.items, costs=candidates.costs, cost_weight=cost_weight)
         picks = propensity = reasons = None
         if explore is not None:
@@ -141,10 +141,10 @@ class ServedModel:
         resolved = [self._rec.as_candidate(p) for p in prompts]
         return resolved, self._rec.texts_to_embed(resolved)
 
-    def score_pairs(self, query_vectors: np.ndarray, prompts: list, new_vectors: np.ndarray) -> list[float]:
+    def score_pairs(self, query_vectors: np.ndarray, prompts: list, new_vectors: np.ndarray, queries: list[str]) -> list[float]:
         """Predicted reward of each (query, prompt) pair, in order."""
         prompt_vectors = self._rec.candidate_vectors(prompts, new_vectors)
-        return [float(s) for s in self._rec.score_pairs(query_vectors, prompt_vectors)]
+        return [float(s) for s in self._rec.score_pairs(query_vectors, prompt_vectors, texts=queries)]
 
     # ------------------------------------------------------------------ describe
 
@@ -223,9 +223,11 @@ class ServedModel:
         rec = self._rec
         prompts = np.asarray(rec.prompt_vectors, dtype=np.float32)
         queries = np.resize(embed(texts[:2]), (inline_pairs, prompts.shape[1]))  # distinct rows do not matter to the timing
-        shapes = [(rec.score_vectors, queries, prompts[:1]),
-                  (rec.score_vectors, queries[: max(1, inline_pairs // len(prompts))], prompts),
-                  (rec.score_pairs, queries, np.resize(prompts, (inline_pairs, prompts.shape[1])))]
+        query_texts = [texts[i % len(texts)] for i in range(inline_pairs)]  # for a model that reads texts
+        wide = max(1, inline_pairs // len(prompts))
+        shapes = [(rec.score_vectors, queries, prompts[:1], query_texts),
+                  (rec.score_vectors, queries[:wide], prompts, query_texts[:wide]),
+                  (rec.score_pairs, queries, np.resize(prompts, (inline_pairs, prompts.shape[1])), query_texts)]
         score_seconds = max(min(seconds(function, *args) for _ in range(3)) for function, *args in shapes)
         limit = inline_call_ms / 1000
         return {"embed_inline": embed_seconds < limit, "score_inline": score_seconds < limit}
