@@ -42,14 +42,16 @@ def spec(model: str, complexity: int = 1, layout: str | None = None, **params: A
 
 
 #: ``--model auto``: the neighbour model over its grid, the lexical model (ridge heads on
-#: the query's words) over its penalty, LightGBM pointwise and on per-query-centred
+#: the query's words) over its penalty, the low-rank factorisation of the outcomes over
+#: the query vectors, LightGBM pointwise and on per-query-centred
 #: rewards, logistic regression and an MLP on a layout where they can personalise.
 #: Complexity orders them for the one-standard-error rule.
 AUTO_CANDIDATES: tuple[ModelSpec, ...] = (
     *(spec("knn", 1, k=k, query_tau=t, alpha=a) for k in (5, 20, 50) for t in (0.02, 0.05, 0.1) for a in (0.5, 2.0)),
     *(spec("lexical", 2, alpha=a) for a in (10.0, 30.0, 100.0, 300.0)),
-    spec("logistic", 3),
-    spec("lightgbm", 4),
-    spec("lightgbm-centred", 5),
-    spec("mlp", 6),
+    *(spec("lowrank", 3, rank=4, alpha=a) for a in (10.0, 30.0, 100.0)),
+    spec("logistic", 4),
+    spec("lightgbm", 5),
+    spec("lightgbm-centred", 6),
+    spec("mlp", 7),
 )
