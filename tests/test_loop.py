@@ -183,6 +183,27 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]
 
 
+def test_a_cold_incumbent_whose_default_is_the_clear_winner_is_replaced_without_a_crash(mawps):
+    """Issue 21, item 1: a cold bundle whose default ('CoT', reward 1) beats the only other
+    prompt ('APE', reward 0) on every question. No model beats the prior, the prior has the
+    best value in the table, and the new bundle must still carry a model (no KeyError)."""
+    work, train, _, _ = mawps
+    keep = pd.unique(train["query_id"])[:120]
+    rows = train[train["query_id"].isin(keep) & train["prompt_id"].isin(["CoT", "APE"])]
+    rows = rows.assign(reward=(rows["prompt_id"] == "CoT").astype(float))
+    prompts = work / "two-prompts.jsonl"
+    table = rows.drop_duplicates("prompt_id")
+    prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": t}) + "\n" for p, t in zip(table["prompt_id"], table["prompt"], strict=True)))
+    run("init", "--prompts", prompts, "--out", work / "cold-cot", "--default", "CoT", "--embedder", "hashing", "--cache-dir", work / "emb")
+    log = write_logs(rows.drop(columns="split"), work / "cot-wins.parquet")
+    result = run("train", log, "--out", work / "after-cot", "--incumbent", work / "cold-cot", "--model", "knn", "--embedder", "hashing",
+                 "--cache-dir", work / "emb")
+    summary = json.loads(result.stdout)
+    assert summary["chosen"]["option"] == "prior" and summary["reward_model"]["kind"] == "knn"
+    new = load_bundle(work / "after-cot", cache_dir=work / "emb")
+    assert new.model is not None and new.default_prompt_id == "CoT"
+
+
 def test_an_incumbent_trained_on_these_decisions_is_valued_by_its_recipe_out_of_fold(mawps):
     """Retraining on decisions the deployed bundle already learned from: its own picks there
     rest on outcomes it has seen (in sample), so its recipe is cross-fitted like every

@@ -184,7 +184,10 @@ def select_model(
     if chosen == "prior":
         # No per-query signal worth its noise: always the best training prompt. The bundle
         # still carries the best model, so rankings and --policy argmax stay informative.
-        label = max((r for r in rows[1:]), key=lambda r: r["value"])["option"].rsplit(" ", 1)[0]
+        # Only model options name a fit: with an incumbent the table's fixed rows (prior,
+        # incumbent) are not first alone, and the prior may well be the best value there.
+        models = [r for r in rows if r["option"] not in ("prior", "incumbent")]
+        label = max(models, key=lambda r: r["value"])["option"].rsplit(" ", 1)[0]
         return Selection(fits[label].spec, "conservative", float("inf"), fits[label], rows, values, margins[label][1])
     label, policy = chosen.rsplit(" ", 1)
     margin = next(r["margin"] for r in rows if r["option"] == chosen)
