@@ -71,7 +71,7 @@ class FakeTime:
 def logged(minilm_bundle, tmp_path_factory):
     """``oirl serve`` with --decisions behind a key: (base URL, decision file)."""
     decisions = tmp_path_factory.mktemp("client-decisions") / "decisions.sqlite"
-    process, base = start_server(minilm_bundle, api_key=KEY, extra_args=("--decisions", decisions))
+    process, base = start_server(minilm_bundle, api_key=KEY, extra_args=("--decisions", decisions, "--explore", "none"))
     yield base, decisions
     stop(process)
 

@@ -15,6 +15,11 @@ import click
 from oirl.errors import OirlError
 
 WORKER_START_SECONDS = 180  # a worker started by a reload must be serving within this
+#: What a service that records decisions explores with unless told otherwise: the policy's
+#: pick with probability .9 + .1 / K, every other prompt .1 / K. Bounded around the
+#: default (a cold bundle's too), and what lets its own traffic teach it (users forget
+#: --explore; a service that never explores learns nothing about the prompts it does not serve).
+RECORDING_EXPLORE = "epsilon:0.1"
 
 # --------------------------------------------------------------------------- serve
 
@@ -24,10 +29,11 @@ WORKER_START_SECONDS = 180  # a worker started by a reload must be serving withi
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes (each loads the bundle and the embedding model).")
-@click.option("--explore", default=None, metavar="epsilon:E|softmax:T|squarecb:G", help="Default exploration of /v1/recommend, e.g. epsilon:0.1, softmax:0.05 or squarecb:50 (a request's 'explore' overrides it).")
+@click.option("--explore", default=None, metavar="epsilon:E|softmax:T|squarecb:G|none", help=f"Default exploration of /v1/recommend, e.g. epsilon:0.1, softmax:0.05 or squarecb:50 (a request's 'explore' overrides it) [default: {RECORDING_EXPLORE} with --decisions, else none].")
 @click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
-def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None) -> None:
+@click.option("--online/--no-online", default=True, show_default=True, help="With --decisions: the feedback since the bundle was trained moves what is served before the next retrain (per-prompt offsets, kept in the decision file).")
+def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None, online: bool) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key.
 
     SIGHUP (or POST /v1/admin/reload) swaps in the bundle now at MODEL_DIR: requests under
@@ -41,6 +47,9 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
         import uvicorn
     except ImportError:
         raise OirlError("the service needs the [serve] extra: pip install 'oirl[serve]'") from None
+    if explore is None and decisions is not None:
+        explore = RECORDING_EXPLORE
+    explore = None if explore == "none" else explore
     if explore:
         parse_exploration(explore)  # a bad setting fails here, in one line
     ServedModel.load(model_dir)  # fail here, with a clear message, before any worker starts
@@ -54,6 +63,7 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     os.environ["OIRL_EXPLORE"] = explore or ""
     os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
     os.environ["OIRL_WORKERS"] = str(workers)
+    os.environ["OIRL_ONLINE"] = "1" if online else "0"
     settings = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": "info"}
     # On SIGHUP uvicorn's supervisor gives a new worker this long to start before it keeps the old
     # one and aborts the restart; its default (5 s) is less than loading torch and MiniLM takes.

@@ -76,18 +76,21 @@ async def recommend(body: RecommendRequest, request: Request, served: Served, st
     exploration = body.explore or request.app.state.default_explore
     explore = exploration_of(exploration)
     vectors = await served.batcher.embed(body.queries + candidates.new_texts)
+    learner = request.app.state.online
+    online = None if learner is None else await asyncio.to_thread(learner.state, model.version)
     ranked = await scoring.run(served, n * candidates.size, model.rank, body.queries, vectors[:n], vectors[n:], candidates,
                                policy=policy, top_k=body.top_k, cost_weight=body.cost_weight, explore=explore,
-                               rng=np.random.default_rng())
+                               rng=np.random.default_rng(), offsets=None if online is None else online.for_candidates(candidates.ids()))
     ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
     served_with = [r.propensity if r.propensity is not None else (1.0 if store is not None else None) for r in ranked]
     if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
         explore_json = None if exploration is None else exploration.model_dump()
         offered_ids, offered_prompts = candidates.ids(), candidates.prompts()  # shared by every query
+        online_json = None if online is None else online.record(offered_ids)
         await asyncio.to_thread(store.record, [
             Decision(query=q, candidate_ids=offered_ids, candidate_prompts=offered_prompts, prompt_id=r.prompt_id, prompt=r.prompt,
                      score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
-                     decision_id=ids[i])
+                     online=online_json, decision_id=ids[i])
             for i, (q, r) in enumerate(zip(body.queries, ranked, strict=True))])
     request.app.state.usage.add(r.prompt_id for r in ranked)  # served (and recorded, if recording): the live shares
     flags = candidates.in_bundle
@@ -105,12 +108,14 @@ _FEEDBACK_RESPONSES = responses(400, 409, 413, 422, 503, _404={
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, responses=_FEEDBACK_RESPONSES)
-async def feedback(body: FeedbackRequest, store: Store) -> FeedbackResponse:
+async def feedback(body: FeedbackRequest, request: Request, store: Store) -> FeedbackResponse:
     """Record the outcome of a decision, once: the same reward again is a success, another one a 409."""
     if store is None:
         return JSONResponse({"detail": "this server records no decisions (start it with 'oirl serve --decisions PATH')"},
                             status_code=404)
     result = await asyncio.to_thread(store.feedback, body.decision_id, body.reward)
+    if request.app.state.online is not None and not result.duplicate:
+        request.app.state.online.invalidate()  # what this worker serves next rests on this outcome
     return FeedbackResponse(decision_id=result.decision_id, reward=result.reward, duplicate=result.duplicate)
 
 
@@ -139,10 +144,15 @@ async def model(request: Request, served: Served, store: Store, limits: Limits) 
     what it has served since it started (``live``: calls and shares per prompt, :mod:`oirl.serve.usage`)."""
     default_explore = request.app.state.default_explore
     described = served.model.describe()
+    learner = request.app.state.online
+    online = None
+    if learner is not None:
+        state = await asyncio.to_thread(learner.state, served.model.version)
+        online = {"feedback": state.feedback, "strength": learner.strength, "offsets": state.offsets, "counts": state.counts}
     return {
         **described,
         "feedback": {"decisions": Path(store.path).name if store is not None else None,
-                     "explore": None if default_explore is None else default_explore.model_dump()},
+                     "explore": None if default_explore is None else default_explore.model_dump(), "online": online},
         "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
                    "id_chars": MAX_ID_CHARS, **asdict(limits)},
         "fast_path": dict(served.fast_path),
