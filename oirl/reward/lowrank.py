@@ -83,7 +83,9 @@ class LowRankReward(ReadsQueryPart, RewardModel):
         total = counts.sum()
         means = (sums.sum(axis=0) + 0.5) / (counts.sum(axis=0) + 1.0)  # start at each prompt's (smoothed) mean
         rng = np.random.default_rng(self.seed)
-        start = np.concatenate([np.log(means / (1 - means)), np.zeros(d), 0.01 * rng.standard_normal(d * r), 0.01 * rng.standard_normal(m * r)])
+        # Factors start small but not tiny: at U = E = 0 the gradient of each factor is
+        # proportional to the other, so a start near zero sits at a saddle and L-BFGS stops.
+        start = np.concatenate([np.log(means / (1 - means)), np.zeros(d), 0.1 * rng.standard_normal(d * r), 0.1 * rng.standard_normal(m * r)])
 
         def unpack(theta):
             b, w = theta[:m], theta[m : m + d]
@@ -105,7 +107,8 @@ class LowRankReward(ReadsQueryPart, RewardModel):
             grad_E = residual.T @ P + self.alpha / total * E
             return nll + penalty, np.concatenate([grad_b, grad_w, grad_U.ravel(), grad_E.ravel()])
 
-        result = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
+        # Tolerances far below the defaults: the loss is a per-cell average, so its gradients are small.
+        result = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter, "gtol": 1e-10, "ftol": 1e-13})
         b, w, U, E = unpack(result.x)
         self.bias_, self.query_weights_, self.projection_, self.prompt_embeddings_ = b, w, U, E
         self.prompts_ = np.asarray(prompt_vectors, dtype=np.float32)
