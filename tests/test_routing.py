@@ -242,6 +242,33 @@ def test_calibrate_in_place_to_a_budget_and_evaluate_reports_the_routing_metrics
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_on_dask_values_the_cost_aware_policy_at_the_calibrated_weight(two_arms, crux_split, tmp_path):
+    """Issue 21, item 7: --dask valued the cost-aware policy at lambda = 0; both engines now
+    build the report with one function, at the bundle's calibrated lambda."""
+    pytest.importorskip("distributed")
+    work, queries, _ = two_arms
+    ok("calibrate", work / "model", "--queries", queries, "--max-share", f"{DEAR}=0.3", "--out", tmp_path / "capped",
+       "--cache-dir", work / "emb")
+    assert load_bundle(tmp_path / "capped").cost_weight > 0
+    logs = crux_split[crux_split["prompt_id"].isin([CHEAP, DEAR]) & (crux_split["split"] == "test")]
+    log = write_logs(logs, tmp_path / "test.parquet")
+    memory, dask = (json.loads(ok("evaluate", tmp_path / "capped", log, "--cache-dir", work / "emb", *extra).stdout)
+                    for extra in ((), ("--dask", "local:1")))
+    at = memory["routing"]["all_arms"]["at_bundle_cost_weight"]
+    assert memory["policies"]["cost-aware"] == pytest.approx(at["reward"]) != pytest.approx(memory["policies"]["argmax"])
+    for key in ("policies", "gap_recovered", "oracle", "random", "cost_sweep", "routing"):
+        assert flat(dask[key]) == pytest.approx(flat(memory[key])), key
+
+
+def flat(value, prefix=""):
+    """A nested report block as {path: number} (pytest.approx compares flat mappings)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix}{i}.").items()}
+    return {prefix: value}
+
+
 def test_calibrate_every_arm_to_a_budget(crux_split, tmp_path):
     ids = crux_split.loc[crux_split["split"] == "train", "query_id"].drop_duplicates().head(100)
     log = write_logs(crux_split[crux_split["query_id"].isin(ids)], tmp_path / "all.parquet")
