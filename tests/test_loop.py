@@ -149,6 +149,47 @@ def test_a_policy_that_beats_the_incumbent_replaces_it_and_the_comparison_says_b
     assert against["support"] == 1.0 and against["current"]["default_policy"] == "argmax"
 
 
+def test_an_estimate_clamped_into_the_reward_range_says_so(mawps):
+    """Issue 21, item 8: a log that claims each served prompt had a 10% chance makes IPS of
+    a good prompt come out above 1; it is reported as 1, and its block says it was clamped."""
+    work, _, test, prompts = mawps
+    run("init", "--prompts", prompts, "--out", work / "cold8", "--default", "CoT", "--embedder", "hashing", "--cache-dir", work / "emb")
+    rng = np.random.default_rng(8)
+    names = list(pd.unique(test["prompt_id"]))
+    served = served_log(test.assign(split="test"), {q: names[rng.integers(6)] for q in pd.unique(test["query_id"])}, 0.1)
+    report = json.loads(run("evaluate", work / "cold8", write_logs(served, work / "claimed.parquet"), "--cache-dir", work / "emb").stdout)
+    blocks = [block[name] for block in report["ope"]["estimates"].values() for name in ("ips", "dr", "dm", "snips")
+              if isinstance(block.get(name), dict)]
+    clamped = [b for b in blocks if "clamped" in b]
+    assert clamped and all(b["clamped"]["into"] == [0, 1] for b in clamped)
+    assert any(b["clamped"]["value"] > 1 and b["value"] == 1 for b in clamped)
+    assert all(0 <= b["value"] <= 1 for b in blocks if b["value"] is not None)
+    unclamped = [b for b in blocks if "clamped" not in b and b["value"] is not None]
+    assert unclamped and all(0 <= b["ci"][0] and b["ci"][1] <= 1 for b in unclamped)
+
+
+def test_the_comparison_on_a_log_that_never_played_the_new_pick_is_the_identified_set(mawps):
+    """Issue 21, item 8: a deployment that served 'Decomp' to every test question cannot say
+    how the new bundle's other picks would have done; the difference's interval spans what
+    the log leaves open (each unsupported pick's reward anywhere in [0, 1]), not the reward
+    model's guess, as every ope block does."""
+    work, train, test, prompts = mawps
+    run("init", "--prompts", prompts, "--out", work / "decomp8", "--default", "Decomp", "--embedder", "hashing", "--cache-dir", work / "emb")
+    run("train", write_logs(train, work / "train8.parquet"), "--out", work / "knn8", "--model", "knn", "--embedder", "hashing",
+        "--cache-dir", work / "emb")
+    greedy = served_log(test.assign(split="test"), {q: "Decomp" for q in pd.unique(test["query_id"])}, 1.0)
+    report = json.loads(run("evaluate", work / "knn8", write_logs(greedy, work / "greedy8.parquet"), "--against", work / "decomp8",
+                            "--cache-dir", work / "emb").stdout)
+    against = report["against"]
+    difference = against["difference"]
+    share = 1 - against["support"]
+    assert against["picks_differ"] > 0 and share == pytest.approx(against["picks_differ"] / against["decisions"])
+    assert difference["extrapolated"] and difference["unsupported_share"] == pytest.approx(share)
+    low, high = difference["ci"]
+    assert high - low >= share and -1 <= low <= difference["value"] <= high <= 1
+    assert against["new"]["extrapolated"] and "extrapolated" not in against["current"]
+
+
 def test_retraining_on_a_per_kind_deployments_own_traffic_never_ships_a_worse_bundle(tmp_path):
     """The case that made retraining worse: a bundle that serves each kind of question its own
     prompt; its greedy traffic (one prompt per query, propensity 1) alone would make the

@@ -8,6 +8,8 @@ so they are refused (``null`` with the reason); DM and DR fill them in with the 
 model (``"extrapolated": true`` with the ``unsupported_share``), and their interval is
 the identified set widened by what the log cannot tell: each unsupported pick's reward
 anywhere in [0, 1]. No estimate is certain about a prompt that was never played.
+Estimates and intervals are reported within [0, 1]; where that moved a figure, its block
+says so (``clamped``, with the raw figures).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, o
     support = float(on_support.mean())
     block: dict[str, Any] = {"support": support}
     if support >= 1:
-        return block | {name: _within_unit(value) for name, value in found.items()}
+        return block | {name: within_range(value) for name, value in found.items()}
     unsupported = np.flatnonzero(~on_support)
     bounds = []
     for fill in (0.0, 1.0):  # the unsupported picks' rewards at either end of [0, 1]
@@ -85,16 +87,24 @@ def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, o
             block[name] = {"value": None, "ci": None, "refused": REFUSED_WITHOUT_SUPPORT}
         else:
             ci = [bounds[0][name]["ci"][0], bounds[1][name]["ci"][1]]
-            block[name] = _within_unit({"value": value["value"], "ci": ci}) | {"extrapolated": True, "unsupported_share": 1 - support}
+            block[name] = within_range({"value": value["value"], "ci": ci}) | {"extrapolated": True, "unsupported_share": 1 - support}
     return block
 
 
-def _within_unit(estimate: dict[str, Any]) -> dict[str, Any]:
-    """An estimate and its interval reported within the reward's range (IPS and DR on a few
-    rounds with small propensities can pass 1)."""
+def within_range(estimate: dict[str, Any], low: float = 0.0, high: float = 1.0) -> dict[str, Any]:
+    """An estimate and its interval reported within the range its quantity can take (a mean
+    reward within [0, 1]: IPS and DR on a few rounds with small propensities can pass 1).
+    Never silently: when a clamp moved anything, ``clamped`` keeps the raw figures."""
     ci, value = estimate["ci"], estimate["value"]
-    value = float(np.clip(value, 0, 1)) if value is not None and np.isfinite(value) else value
-    return {**estimate, "value": value, "ci": [float(np.clip(ci[0], 0, 1)), float(np.clip(ci[1], 0, 1))] if np.isfinite(ci).all() else ci}
+    finite_value = value is not None and np.isfinite(value)
+    finite_ci = ci is not None and np.isfinite(ci).all()
+    out = {**estimate,
+           "value": float(np.clip(value, low, high)) if finite_value else value,
+           "ci": [float(np.clip(ci[0], low, high)), float(np.clip(ci[1], low, high))] if finite_ci else ci}
+    if (finite_value and out["value"] != value) or (finite_ci and out["ci"] != [float(ci[0]), float(ci[1])]):
+        out["clamped"] = {"into": [low, high], "value": float(value) if finite_value else value,
+                          "ci": [float(ci[0]), float(ci[1])] if finite_ci else ci}
+    return out
 
 
 def reference_scores(rec, logs: pd.DataFrame, scored: ScoredLogs) -> tuple[np.ndarray, str]:
