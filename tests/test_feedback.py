@@ -76,7 +76,7 @@ def test_a_partial_log_refuses_full_information_figures_and_estimates_off_policy
         low, high = estimates[policy]["dr"]["ci"]
         assert low < estimates[policy]["dr"]["value"] < high
         assert low - 0.05 < full["policies"][policy] < high + 0.05  # one simulated log: the truth lies near its interval
-    assert report["ope"]["reward_model"] == "the bundle's model (trained on other rows)"
+    assert report["ope"]["reward_model"].startswith("the bundle's model, trained on other")
 
 
 def test_a_partial_log_without_propensities_gets_its_logging_policy_estimated(mawps):

@@ -168,18 +168,27 @@ def test_an_estimate_clamped_into_the_reward_range_says_so(mawps):
     assert unclamped and all(0 <= b["ci"][0] and b["ci"][1] <= 1 for b in unclamped)
 
 
-def test_the_comparison_on_a_log_that_never_played_the_new_pick_is_the_identified_set(mawps):
-    """Issue 21, item 8: a deployment that served 'Decomp' to every test question cannot say
-    how the new bundle's other picks would have done; the difference's interval spans what
-    the log leaves open (each unsupported pick's reward anywhere in [0, 1]), not the reward
-    model's guess, as every ope block does."""
+@pytest.fixture(scope="module")
+def greedy_comparison(mawps):
+    """A knn bundle trained on the 500 training instances against a cold bundle serving
+    'Decomp', evaluated on what that deployment logged for the 300 test instances: 'Decomp'
+    every time, propensity 1. (MAWPS' test instances are new samples of training questions.)"""
     work, train, test, prompts = mawps
     run("init", "--prompts", prompts, "--out", work / "decomp8", "--default", "Decomp", "--embedder", "hashing", "--cache-dir", work / "emb")
     run("train", write_logs(train, work / "train8.parquet"), "--out", work / "knn8", "--model", "knn", "--embedder", "hashing",
         "--cache-dir", work / "emb")
     greedy = served_log(test.assign(split="test"), {q: "Decomp" for q in pd.unique(test["query_id"])}, 1.0)
-    report = json.loads(run("evaluate", work / "knn8", write_logs(greedy, work / "greedy8.parquet"), "--against", work / "decomp8",
-                            "--cache-dir", work / "emb").stdout)
+    result = run("evaluate", work / "knn8", write_logs(greedy, work / "greedy8.parquet"), "--against", work / "decomp8",
+                 "--cache-dir", work / "emb")
+    return json.loads(result.stdout), result.stderr
+
+
+def test_the_comparison_on_a_log_that_never_played_the_new_pick_is_the_identified_set(greedy_comparison):
+    """Issue 21, item 8: a deployment that served 'Decomp' to every test question cannot say
+    how the new bundle's other picks would have done; the difference's interval spans what
+    the log leaves open (each unsupported pick's reward anywhere in [0, 1]), not the reward
+    model's guess, as every ope block does."""
+    report, _ = greedy_comparison
     against = report["against"]
     difference = against["difference"]
     share = 1 - against["support"]
@@ -188,6 +197,22 @@ def test_the_comparison_on_a_log_that_never_played_the_new_pick_is_the_identifie
     low, high = difference["ci"]
     assert high - low >= share and -1 <= low <= difference["value"] <= high <= 1
     assert against["new"]["extrapolated"] and "extrapolated" not in against["current"]
+
+
+def test_the_comparisons_reward_model_says_it_was_trained_on_these_questions(greedy_comparison):
+    """Issue 21, item 6: the label said "trained on other rows" while the same run warned that
+    most evaluated questions were trained on; it now says so, with the count the warning
+    gives, and the difference says what it rests on."""
+    report, stderr = greedy_comparison
+    seen = report["seen_in_training"]
+    assert 0 < seen["query_instances"] <= seen["of"] == 300
+    assert f"{seen['query_instances']} of 300 evaluated query instances have a question text the model was trained on" in stderr
+    note = report["against"]["reward_model"]
+    assert note == report["ope"]["reward_model"]
+    assert f"trained on other rows of the same questions for {seen['query_instances']} of the 300" in note
+    rests_on = report["against"]["difference"]["rests_on"]
+    assert "logged propensities" in rests_on and note in rests_on and "identified set" in rests_on
+    assert report["ope"]["dr_rests_on"] == rests_on
 
 
 def test_retraining_on_a_per_kind_deployments_own_traffic_never_ships_a_worse_bundle(tmp_path):

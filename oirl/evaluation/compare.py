@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from oirl.errors import OirlError
-from oirl.evaluation.offpolicy import reference_scores, within_range
+from oirl.evaluation.offpolicy import interval_basis, reference_scores, within_range
 from oirl.evaluation.scored import ScoredLogs, score_logs
 from oirl.ope import estimators as ope
 from oirl.ope.bootstrap import cluster_bootstrap_mean
@@ -69,7 +69,8 @@ def compare_bundles(new: Recommender, current: Recommender, logs: pd.DataFrame, 
                "model_version": rec.fingerprint, **({"extrapolated": True} if extrapolated[name] else {})}
         for name, rec in (("new", new), ("current", current))
     } | {
-        "difference": within_range(block, -1.0, 1.0) | {"level": 0.95, "clusters": "questions"},
+        "difference": within_range(block, -1.0, 1.0) | {"level": 0.95, "clusters": "questions",
+                                                        "rests_on": interval_basis(scored, model_note)},
         "decisions": int(n), "picks_differ": int((new_picks != current_picks).sum()), "support": float(both.mean()),
         "estimator": "logged reward of the pick (full information)" if scored.full_information and scored.propensity is None else "dr",
         "reward_model": model_note, "propensities": scored.propensity_source,

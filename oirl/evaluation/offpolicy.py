@@ -61,7 +61,8 @@ def ope_report(rec, logs: pd.DataFrame, scored: ScoredLogs, *, cost_weights: lis
         shown = ", ".join(f"{name} {share:.3f}" for name, share in list(low.items())[:4]) + (" …" if len(low) > 4 else "")
         warnings.warn(f"{source}: {len(low)} policies pick prompts the logger never played on some decisions (support {shown}); "
                       "their IPS and SNIPS are refused and DM/DR extrapolate with the reward model", stacklevel=3)
-    return {"rounds": int(len(rounds.reward)), "reward_model": model_note, "clusters": "questions (oirl.data.questions)",
+    return {"rounds": int(len(rounds.reward)), "reward_model": model_note, "dr_rests_on": interval_basis(scored, model_note),
+            "clusters": "questions (oirl.data.questions)",
             "candidates": scored.candidate_set, "propensities": scored.propensity_source, "estimates": estimates}
 
 
@@ -108,12 +109,27 @@ def within_range(estimate: dict[str, Any], low: float = 0.0, high: float = 1.0) 
 
 
 def reference_scores(rec, logs: pd.DataFrame, scored: ScoredLogs) -> tuple[np.ndarray, str]:
-    """The reward model inside DM and DR, (n, k), and what it is."""
+    """The reward model inside DM and DR, (n, k), and what it rests on: the note names how
+    many evaluated instances have a question the model was trained on (other samples of
+    the same question: its predictions there draw on that question's training outcomes)."""
     if rec.model is None:
         return scored.scores, "the bundle's prior (it has no reward model)"
     if rec.trained_on_instances(scored.query_ids).any():
         return cross_fitted_scores(rec, logs, scored), "the bundle's model kind, cross-fitted on the evaluated log (3 folds by question)"
-    return scored.scores, "the bundle's model (trained on other rows)"
+    seen, n = int(scored.seen.sum()), len(scored.seen)
+    if not seen:
+        return scored.scores, "the bundle's model, trained on other questions (none of the evaluated ones)"
+    return scored.scores, (f"the bundle's model, trained on other rows of the same questions for {seen} of the {n} evaluated "
+                           "query instances: its predictions there draw on those questions' training outcomes, not on these rows")
+
+
+def interval_basis(scored: ScoredLogs, model_note: str) -> str:
+    """What a DR estimate and its interval rest on, in words for the report."""
+    if scored.full_information and scored.propensity is None:
+        return "the logged rewards of the picks (full information); the interval resamples questions"
+    return (f"the logged rewards weighted by the {scored.propensity_source} propensities, corrected by the reward model "
+            f"({model_note}), held fixed while the interval resamples questions; on decisions the log does not support, "
+            "the reward model alone, and the interval is widened to the identified set")
 
 
 def cross_fitted_scores(rec, logs: pd.DataFrame, scored: ScoredLogs, n_folds: int = 3) -> np.ndarray:
