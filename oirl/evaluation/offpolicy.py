@@ -25,6 +25,7 @@ from oirl.errors import OirlError
 from oirl.evaluation.scored import ScoredLogs
 from oirl.learn.candidates import spec
 from oirl.learn.crossfit import cross_fit, make_folds
+from oirl.learn.logging_policy import near_deterministic_note
 from oirl.ope import estimators as ope
 
 REFUSED_WITHOUT_SUPPORT = "the logger never played this policy's pick on some decisions (support < 1): IPS and SNIPS would count them as zero"
@@ -61,9 +62,13 @@ def ope_report(rec, logs: pd.DataFrame, scored: ScoredLogs, *, cost_weights: lis
         shown = ", ".join(f"{name} {share:.3f}" for name, share in list(low.items())[:4]) + (" …" if len(low) > 4 else "")
         warnings.warn(f"{source}: {len(low)} policies pick prompts the logger never played on some decisions (support {shown}); "
                       "their IPS and SNIPS are refused and DM/DR extrapolate with the reward model", stacklevel=3)
+    note = near_deterministic_note(scored.logger) if scored.logger else None
+    if note:
+        warnings.warn(f"{source}: propensities estimated from the queries{note}", stacklevel=3)
+    logger = None if scored.logger is None else {**scored.logger, "near_deterministic": note[2:] if note else None}
     return {"rounds": int(len(rounds.reward)), "reward_model": model_note, "dr_rests_on": interval_basis(scored, model_note),
             "clusters": "questions (oirl.data.questions)",
-            "candidates": scored.candidate_set, "propensities": scored.propensity_source, "estimates": estimates}
+            "candidates": scored.candidate_set, "propensities": scored.propensity_source, "logger": logger, "estimates": estimates}
 
 
 def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, on_support: np.ndarray, clusters: np.ndarray,
