@@ -215,6 +215,36 @@ def test_the_comparisons_reward_model_says_it_was_trained_on_these_questions(gre
     assert report["ope"]["dr_rests_on"] == rests_on
 
 
+def test_the_chosen_options_cv_value_is_labelled_optimistic_beside_a_held_out_fold_figure(mawps):
+    """Issue 21, item 10: the CV value shown for the chosen option was measured on the folds
+    that chose it. Beside it, labelled, the selection rule valued fold by fold: each fold by
+    the option the rule chose on the other folds."""
+    from oirl.data.matrix import LogMatrix
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
+    from oirl.learn.candidates import AUTO_CANDIDATES
+    from oirl.learn.selection import select_model
+
+    work, train, _, _ = mawps
+    result = run("train", write_logs(train, work / "train10.parquet"), "--out", work / "knn10", "--model", "knn", "--embedder", "hashing",
+                 "--cache-dir", work / "emb")
+    chosen = json.loads(result.stdout)["cv_selection"]["chosen"]
+    assert chosen["cv_value_is"].startswith("optimistic") and len(chosen["held_out_fold_choices"]) == 3
+    assert 0 <= chosen["held_out_fold_value"] <= 1 and chosen["held_out_fold_se"] > 0
+    assert f"the chosen option's CV value ({chosen['cv_value']:.4f}) is optimistic" in result.stderr
+    assert f"the selection is worth {chosen['held_out_fold_value']:.4f}" in result.stderr
+    # The figure is what its label says, on the same matrix and folds.
+    matrix = LogMatrix.from_logs(train.drop(columns="split"), CachedEmbedder(get_embedder("hashing"), work / "emb").embed)
+    selection = select_model(matrix, tuple(c for c in AUTO_CANDIDATES if c.model == "knn")[:3])
+    held = np.empty(len(matrix.query_ids))
+    for (_, test), option in zip(selection.fit.folds, selection.held_out["fold_choices"], strict=True):
+        held[test] = selection.values[option][test]
+    assert selection.held_out["value"] == pytest.approx(held.mean())
+    picked = next(r for r in selection.table if r["chosen"])
+    if set(selection.held_out["fold_choices"]) == {picked["option"]}:
+        assert selection.held_out["value"] == pytest.approx(picked["value"])
+
+
 def test_retraining_on_a_per_kind_deployments_own_traffic_never_ships_a_worse_bundle(tmp_path):
     """The case that made retraining worse: a bundle that serves each kind of question its own
     prompt; its greedy traffic (one prompt per query, propensity 1) alone would make the

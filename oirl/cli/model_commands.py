@@ -73,12 +73,14 @@ def train(log_files: tuple[Path, ...], out_dir: Path, model: str, embedder: str,
         return
     save_bundle(rec, out_dir)
     metrics = rec.metadata["metrics"]
-    click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
+    click.echo(model_selection_table(metrics["model_selection"], cv_groups, metrics["cross_validation"]["selection"].get("chosen")), err=True)
     click.echo(json.dumps(training_summary(rec, out_dir)))
 
 
-def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> str:
-    """The model-selection table as Markdown: the chosen option, the prior and the best others."""
+def model_selection_table(rows: list[dict], cv_groups: str, chosen_figures: dict | None = None, limit: int = 12) -> str:
+    """The model-selection table as Markdown: the chosen option, the prior and the best others,
+    and (``chosen_figures``, :func:`oirl.learn.train.cv_metrics`) why the chosen option's CV
+    value is optimistic and what the rule is worth on folds it did not choose on."""
     chosen = [r for r in rows if r["chosen"]]
     others = sorted((r for r in rows if not r["chosen"]), key=lambda r: -r["value"])
     fixed = [r for r in others if r["option"] in ("prior", "incumbent")]
@@ -93,6 +95,11 @@ def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> 
         support = f"{r['departure_support']:.0f} | " if partial and r.get("departure_support") is not None else ("| " if partial else "")
         lines.append(f"| {r['option']} | {r['value']:.4f} | {r['gain_over_baseline']:+.4f} | {r['se_vs_baseline']:.4f} | {support}"
                      f"{'yes' if r.get('cleared_baseline') else ''} | {'yes' if r['chosen'] else ''} |")
+    if chosen_figures and chosen_figures.get("held_out_fold_value") is not None:
+        lines.append(f"the chosen option's CV value ({chosen_figures['cv_value']:.4f}) is optimistic: measured on the folds that chose it "
+                     f"among {len(rows)} options; held out fold by fold (each fold valued by what the rule chose on the others: "
+                     f"{', '.join(chosen_figures['held_out_fold_choices'])}) the selection is worth "
+                     f"{chosen_figures['held_out_fold_value']:.4f} (SE {chosen_figures['held_out_fold_se']:.4f})")
     return "\n".join(lines)
 
 
