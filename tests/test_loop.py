@@ -149,6 +149,102 @@ def test_a_policy_that_beats_the_incumbent_replaces_it_and_the_comparison_says_b
     assert against["support"] == 1.0 and against["current"]["default_policy"] == "argmax"
 
 
+def test_an_estimate_clamped_into_the_reward_range_says_so(mawps):
+    """Issue 21, item 8: a log that claims each served prompt had a 10% chance makes IPS of
+    a good prompt come out above 1; it is reported as 1, and its block says it was clamped."""
+    work, _, test, prompts = mawps
+    run("init", "--prompts", prompts, "--out", work / "cold8", "--default", "CoT", "--embedder", "hashing", "--cache-dir", work / "emb")
+    rng = np.random.default_rng(8)
+    names = list(pd.unique(test["prompt_id"]))
+    served = served_log(test.assign(split="test"), {q: names[rng.integers(6)] for q in pd.unique(test["query_id"])}, 0.1)
+    report = json.loads(run("evaluate", work / "cold8", write_logs(served, work / "claimed.parquet"), "--cache-dir", work / "emb").stdout)
+    blocks = [block[name] for block in report["ope"]["estimates"].values() for name in ("ips", "dr", "dm", "snips")
+              if isinstance(block.get(name), dict)]
+    clamped = [b for b in blocks if "clamped" in b]
+    assert clamped and all(b["clamped"]["into"] == [0, 1] for b in clamped)
+    assert any(b["clamped"]["value"] > 1 and b["value"] == 1 for b in clamped)
+    assert all(0 <= b["value"] <= 1 for b in blocks if b["value"] is not None)
+    unclamped = [b for b in blocks if "clamped" not in b and b["value"] is not None]
+    assert unclamped and all(0 <= b["ci"][0] and b["ci"][1] <= 1 for b in unclamped)
+
+
+@pytest.fixture(scope="module")
+def greedy_comparison(mawps):
+    """A knn bundle trained on the 500 training instances against a cold bundle serving
+    'Decomp', evaluated on what that deployment logged for the 300 test instances: 'Decomp'
+    every time, propensity 1. (MAWPS' test instances are new samples of training questions.)"""
+    work, train, test, prompts = mawps
+    run("init", "--prompts", prompts, "--out", work / "decomp8", "--default", "Decomp", "--embedder", "hashing", "--cache-dir", work / "emb")
+    run("train", write_logs(train, work / "train8.parquet"), "--out", work / "knn8", "--model", "knn", "--embedder", "hashing",
+        "--cache-dir", work / "emb")
+    greedy = served_log(test.assign(split="test"), {q: "Decomp" for q in pd.unique(test["query_id"])}, 1.0)
+    result = run("evaluate", work / "knn8", write_logs(greedy, work / "greedy8.parquet"), "--against", work / "decomp8",
+                 "--cache-dir", work / "emb")
+    return json.loads(result.stdout), result.stderr
+
+
+def test_the_comparison_on_a_log_that_never_played_the_new_pick_is_the_identified_set(greedy_comparison):
+    """Issue 21, item 8: a deployment that served 'Decomp' to every test question cannot say
+    how the new bundle's other picks would have done; the difference's interval spans what
+    the log leaves open (each unsupported pick's reward anywhere in [0, 1]), not the reward
+    model's guess, as every ope block does."""
+    report, _ = greedy_comparison
+    against = report["against"]
+    difference = against["difference"]
+    share = 1 - against["support"]
+    assert against["picks_differ"] > 0 and share == pytest.approx(against["picks_differ"] / against["decisions"])
+    assert difference["extrapolated"] and difference["unsupported_share"] == pytest.approx(share)
+    low, high = difference["ci"]
+    assert high - low >= share and -1 <= low <= difference["value"] <= high <= 1
+    assert against["new"]["extrapolated"] and "extrapolated" not in against["current"]
+
+
+def test_the_comparisons_reward_model_says_it_was_trained_on_these_questions(greedy_comparison):
+    """Issue 21, item 6: the label said "trained on other rows" while the same run warned that
+    most evaluated questions were trained on; it now says so, with the count the warning
+    gives, and the difference says what it rests on."""
+    report, stderr = greedy_comparison
+    seen = report["seen_in_training"]
+    assert 0 < seen["query_instances"] <= seen["of"] == 300
+    assert f"{seen['query_instances']} of 300 evaluated query instances have a question text the model was trained on" in stderr
+    note = report["against"]["reward_model"]
+    assert note == report["ope"]["reward_model"]
+    assert f"trained on other rows of the same questions for {seen['query_instances']} of the 300" in note
+    rests_on = report["against"]["difference"]["rests_on"]
+    assert "logged propensities" in rests_on and note in rests_on and "identified set" in rests_on
+    assert report["ope"]["dr_rests_on"] == rests_on
+
+
+def test_the_chosen_options_cv_value_is_labelled_optimistic_beside_a_held_out_fold_figure(mawps):
+    """Issue 21, item 10: the CV value shown for the chosen option was measured on the folds
+    that chose it. Beside it, labelled, the selection rule valued fold by fold: each fold by
+    the option the rule chose on the other folds."""
+    from oirl.data.matrix import LogMatrix
+    from oirl.embed.cached import CachedEmbedder
+    from oirl.embed.registry import get_embedder
+    from oirl.learn.candidates import AUTO_CANDIDATES
+    from oirl.learn.selection import select_model
+
+    work, train, _, _ = mawps
+    result = run("train", write_logs(train, work / "train10.parquet"), "--out", work / "knn10", "--model", "knn", "--embedder", "hashing",
+                 "--cache-dir", work / "emb")
+    chosen = json.loads(result.stdout)["cv_selection"]["chosen"]
+    assert chosen["cv_value_is"].startswith("optimistic") and len(chosen["held_out_fold_choices"]) == 3
+    assert 0 <= chosen["held_out_fold_value"] <= 1 and chosen["held_out_fold_se"] > 0
+    assert f"the chosen option's CV value ({chosen['cv_value']:.4f}) is optimistic" in result.stderr
+    assert f"the selection is worth {chosen['held_out_fold_value']:.4f}" in result.stderr
+    # The figure is what its label says, on the same matrix and folds.
+    matrix = LogMatrix.from_logs(train.drop(columns="split"), CachedEmbedder(get_embedder("hashing"), work / "emb").embed)
+    selection = select_model(matrix, tuple(c for c in AUTO_CANDIDATES if c.model == "knn")[:3])
+    held = np.empty(len(matrix.query_ids))
+    for (_, test), option in zip(selection.fit.folds, selection.held_out["fold_choices"], strict=True):
+        held[test] = selection.values[option][test]
+    assert selection.held_out["value"] == pytest.approx(held.mean())
+    picked = next(r for r in selection.table if r["chosen"])
+    if set(selection.held_out["fold_choices"]) == {picked["option"]}:
+        assert selection.held_out["value"] == pytest.approx(picked["value"])
+
+
 def test_retraining_on_a_per_kind_deployments_own_traffic_never_ships_a_worse_bundle(tmp_path):
     """The case that made retraining worse: a bundle that serves each kind of question its own
     prompt; its greedy traffic (one prompt per query, propensity 1) alone would make the

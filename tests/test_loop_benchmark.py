@@ -71,7 +71,9 @@ def test_a_bad_exploration_is_one_error_line_before_anything_starts(data_dir, tm
 def test_an_off_policy_estimate_past_the_reward_range_is_reported_within_it():
     """DR on 30 rounds with propensity 1/6 can come out at 1.2 (seen in the toy loop); a reward
     in [0, 1] is reported within [0, 1], the estimate as well as its interval."""
-    from oirl.evaluation.offpolicy import _within_unit
+    from oirl.evaluation.offpolicy import within_range
 
-    assert _within_unit({"value": 1.2, "ci": [0.7, 1.6]}) == {"value": 1.0, "ci": [0.7, 1.0]}
-    assert _within_unit({"value": -0.1, "ci": [-0.3, 0.2]}) == {"value": 0.0, "ci": [0.0, 0.2]}
+    assert within_range({"value": 1.2, "ci": [0.7, 1.6]}) == {
+        "value": 1.0, "ci": [0.7, 1.0], "clamped": {"into": [0.0, 1.0], "value": 1.2, "ci": [0.7, 1.6]}}
+    assert within_range({"value": -0.1, "ci": [-0.3, 0.2]})["ci"] == [0.0, 0.2]
+    assert within_range({"value": 0.4, "ci": [0.3, 0.5]}) == {"value": 0.4, "ci": [0.3, 0.5]}  # nothing moved: no note

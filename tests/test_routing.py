@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from oirl.cli.main import cli
 from oirl.data.logs import write_logs
 from oirl.errors import OirlError
+from oirl.evaluation.costs import cost_axis
 from oirl.evaluation.routing import area_under, blind_apgr, curve_metrics, first_reaching, router_curve, routing_report
 from oirl.policy.budget import cost_weight_path, weight_for_limit
 from oirl.policy.policies import CostAware, PolicyContext, best_of
@@ -242,6 +243,33 @@ def test_calibrate_in_place_to_a_budget_and_evaluate_reports_the_routing_metrics
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_on_dask_values_the_cost_aware_policy_at_the_calibrated_weight(two_arms, crux_split, tmp_path):
+    """Issue 21, item 7: --dask valued the cost-aware policy at lambda = 0; both engines now
+    build the report with one function, at the bundle's calibrated lambda."""
+    pytest.importorskip("distributed")
+    work, queries, _ = two_arms
+    ok("calibrate", work / "model", "--queries", queries, "--max-share", f"{DEAR}=0.3", "--out", tmp_path / "capped",
+       "--cache-dir", work / "emb")
+    assert load_bundle(tmp_path / "capped").cost_weight > 0
+    logs = crux_split[crux_split["prompt_id"].isin([CHEAP, DEAR]) & (crux_split["split"] == "test")]
+    log = write_logs(logs, tmp_path / "test.parquet")
+    memory, dask = (json.loads(ok("evaluate", tmp_path / "capped", log, "--cache-dir", work / "emb", *extra).stdout)
+                    for extra in ((), ("--dask", "local:1")))
+    at = memory["routing"]["all_arms"]["at_bundle_cost_weight"]
+    assert memory["policies"]["cost-aware"] == pytest.approx(at["reward"]) != pytest.approx(memory["policies"]["argmax"])
+    for key in ("policies", "gap_recovered", "oracle", "random", "cost_sweep", "routing"):
+        assert flat(dask[key]) == pytest.approx(flat(memory[key])), key
+
+
+def flat(value, prefix=""):
+    """A nested report block as {path: number} (pytest.approx compares flat mappings)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix}{i}.").items()}
+    return {prefix: value}
+
+
 def test_calibrate_every_arm_to_a_budget(crux_split, tmp_path):
     ids = crux_split.loc[crux_split["split"] == "train", "query_id"].drop_duplicates().head(100)
     log = write_logs(crux_split[crux_split["query_id"].isin(ids)], tmp_path / "all.parquet")
@@ -265,6 +293,45 @@ def priceless(two_arms, tmp_path_factory):
     log = write_logs(pd.read_parquet(work / "two.parquet").drop(columns="cost"), out / "free.parquet")
     ok("train", log, "--out", out / "model", "--model", "knn", "--embedder", "hashing", "--cache-dir", work / "emb")
     return out / "model"
+
+
+def test_plot_without_costs_writes_the_report_and_exits_0(two_arms, priceless, crux_split, tmp_path):
+    """Issue 21, item 11: the report was written, then the command exited 2."""
+    work, _, _ = two_arms
+    logs = crux_split[crux_split["prompt_id"].isin([CHEAP, DEAR]) & (crux_split["split"] == "test")].drop(columns="cost")
+    log = write_logs(logs, tmp_path / "free.parquet")
+    result = ok("evaluate", priceless, log, "--cache-dir", work / "emb", "--plot", tmp_path / "curve.png", "--out", tmp_path / "r.json")
+    report = json.loads(result.stdout)
+    assert report["plot"]["written"] is False and "needs a cost for every evaluated prompt" in report["plot"]["reason"]
+    assert "was not drawn" in result.stderr and not (tmp_path / "curve.png").exists()
+    assert json.loads((tmp_path / "r.json").read_text())["policies"] == report["policies"]
+
+
+@pytest.mark.parametrize("costs, unit, scale", [((0.5, 4.0), "dollars per call", "linear"), ((0.0195, 54.0), None, "log")])
+def test_the_cost_axis_has_ticks_and_the_unit_it_is_given(two_arms, crux_split, tmp_path, costs, unit, scale):
+    """Issue 21, item 11: symlog above 0.1 left one tick (10^0) for costs within a decade,
+    and the axis said milli-dollars whatever the costs were in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    work, _, _ = two_arms
+    logs = crux_split[crux_split["prompt_id"].isin([CHEAP, DEAR]) & (crux_split["split"] == "test")]
+    log = write_logs(logs, tmp_path / "test.parquet")
+    (tmp_path / "costs.json").write_text(json.dumps(dict(zip((CHEAP, DEAR), costs, strict=True))))
+    report = json.loads(ok("evaluate", work / "model", log, "--cache-dir", work / "emb", "--costs", tmp_path / "costs.json",
+                           "--plot", tmp_path / "curve.png", *(("--cost-unit", unit) if unit else ())).stdout)
+    axis = report["plot"]
+    assert axis["written"] and axis["x_scale"] == scale and (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "milli" not in axis["x_label"] and (unit or "the unit of the costs given") in axis["x_label"]
+    fig, ax = plt.subplots()  # the ticks matplotlib shows within the arms' range, on the axis oirl sets
+    ax.plot(list(costs), [0, 1])
+    cost_axis(ax, np.array(costs), unit)
+    fig.canvas.draw()
+    shown = [t for t in ax.xaxis.get_majorticklocs() if costs[0] <= t <= costs[1]]
+    plt.close(fig)
+    assert len(shown) >= 3, shown
 
 
 @pytest.mark.parametrize("options, message", [

@@ -73,12 +73,14 @@ def train(log_files: tuple[Path, ...], out_dir: Path, model: str, embedder: str,
         return
     save_bundle(rec, out_dir)
     metrics = rec.metadata["metrics"]
-    click.echo(model_selection_table(metrics["model_selection"], cv_groups), err=True)
+    click.echo(model_selection_table(metrics["model_selection"], cv_groups, metrics["cross_validation"]["selection"].get("chosen")), err=True)
     click.echo(json.dumps(training_summary(rec, out_dir)))
 
 
-def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> str:
-    """The model-selection table as Markdown: the chosen option, the prior and the best others."""
+def model_selection_table(rows: list[dict], cv_groups: str, chosen_figures: dict | None = None, limit: int = 12) -> str:
+    """The model-selection table as Markdown: the chosen option, the prior and the best others,
+    and (``chosen_figures``, :func:`oirl.learn.train.cv_metrics`) why the chosen option's CV
+    value is optimistic and what the rule is worth on folds it did not choose on."""
     chosen = [r for r in rows if r["chosen"]]
     others = sorted((r for r in rows if not r["chosen"]), key=lambda r: -r["value"])
     fixed = [r for r in others if r["option"] in ("prior", "incumbent")]
@@ -93,6 +95,11 @@ def model_selection_table(rows: list[dict], cv_groups: str, limit: int = 12) -> 
         support = f"{r['departure_support']:.0f} | " if partial and r.get("departure_support") is not None else ("| " if partial else "")
         lines.append(f"| {r['option']} | {r['value']:.4f} | {r['gain_over_baseline']:+.4f} | {r['se_vs_baseline']:.4f} | {support}"
                      f"{'yes' if r.get('cleared_baseline') else ''} | {'yes' if r['chosen'] else ''} |")
+    if chosen_figures and chosen_figures.get("held_out_fold_value") is not None:
+        lines.append(f"the chosen option's CV value ({chosen_figures['cv_value']:.4f}) is optimistic: measured on the folds that chose it "
+                     f"among {len(rows)} options; held out fold by fold (each fold valued by what the rule chose on the others: "
+                     f"{', '.join(chosen_figures['held_out_fold_choices'])}) the selection is worth "
+                     f"{chosen_figures['held_out_fold_value']:.4f} (SE {chosen_figures['held_out_fold_se']:.4f})")
     return "\n".join(lines)
 
 
@@ -182,13 +189,14 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON report here.")
 @click.option("--costs", "costs_file", type=click.Path(path_type=Path), help="JSON object prompt id -> cost (default: the logs' cost column, else the bundle's).")
 @click.option("--cost-weights", default="0,0.001,0.003,0.01,0.03,0.1,0.3,1,3", show_default=True, help="Lambdas to sweep for the cost-aware policy (when every prompt has a cost).")
-@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the reward-cost curve here (PNG); without a cost for every prompt the report is written without it, with a warning.")
+@click.option("--cost-unit", default=None, metavar="TEXT", help="The unit of the costs (e.g. 'milli-dollars per call'), for the plot's axis [default: unnamed].")
 @click.option("--dask", "dask_spec", default=None, metavar="local[:N]|tcp://HOST:PORT", help="Score the logs on a Dask cluster ('local', 'local:N' or an existing scheduler); full-information logs only, no off-policy estimates.")
 @click.option("--against", "against_dir", type=click.Path(file_okay=False, path_type=Path), help="A deployed bundle: also report the off-policy difference of MODEL_DIR's default policy minus its own, with a 95%% interval over questions.")
 @FORCE_OPTION
 @CACHE_OPTION
 def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_column: str, candidates_file: Path | None, out_file: Path | None,
-             costs_file: Path | None, cost_weights: str, plot_file: Path | None, dask_spec: str | None, against_dir: Path | None, force: bool,
+             costs_file: Path | None, cost_weights: str, plot_file: Path | None, cost_unit: str | None, dask_spec: str | None, against_dir: Path | None, force: bool,
              cache_dir: Path) -> None:
     """Selection success of each policy vs best single prompt, oracle and random; reward-model metrics;
     with costs, the cost-aware policy's reward-cost curve over --cost-weights."""
@@ -244,11 +252,12 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
                                                                   else f"{split_column} == {split!r}; every row of {', '.join(unsplit)}")
     report = {**json_mark("evaluate report"), "model": str(model_dir), "logs": [str(p) for p in log_files],
               "split_column": split_column if not unsplit else None, "split": split if not unsplit else None, "rows": selected, **result}
-    if plot_file and "cost_sweep" not in result:  # still write the report: the evaluation itself succeeded
-        if out_file:
-            write_text_atomic(out_file, json.dumps(report, indent=2) + "\n")
-        raise OirlError("--plot needs a cost for every evaluated prompt (a cost column or --costs); the report was written without the plot")
-    if plot_file:
+    if plot_file and "cost_sweep" not in result:  # the evaluation succeeded: write what it can, say what it cannot
+        reason = ("--plot needs a cost for every evaluated prompt (a cost column, --costs or the bundle's), a full-information "
+                  "log and at least one --cost-weights value")
+        warnings.warn(f"{source}: the plot {plot_file} was not drawn: {reason}", stacklevel=1)
+        report["plot"] = {"file": str(plot_file), "written": False, "reason": reason}
+    elif plot_file:
         from oirl.evaluation.costs import plot_reward_cost
 
         sweep = result["cost_sweep"]
@@ -256,8 +265,9 @@ def evaluate(model_dir: Path, log_files: tuple[Path, ...], split: str, split_col
         routed = ((result.get("routing") or {}).get("all_arms") or {})
         if routed.get("curve"):  # the exact curve over every cost weight, as the router metrics see it
             curves[f"oirl cost-aware, every weight (APGR {routed['apgr']:.3f})"] = pd.DataFrame(routed["curve"])
-        plot_reward_cost(curves, pd.DataFrame(sweep["single_prompts"]), plot_file,
-                         f"reward vs cost ({', '.join(p.name for p in log_files)})")
+        axis = plot_reward_cost(curves, pd.DataFrame(sweep["single_prompts"]), plot_file,
+                                f"reward vs cost ({', '.join(p.name for p in log_files)})", unit=cost_unit)
+        report["plot"] = {"file": str(plot_file), "written": True, **axis}
     text = json.dumps(report, indent=2)
     if out_file:
         write_text_atomic(out_file, text + "\n")

@@ -15,13 +15,10 @@ from oirl.distributed.cluster import n_workers
 from oirl.distributed.read import _rows_of_split, read_log_partitions
 from oirl.embed.base import default_cache_dir
 from oirl.errors import OirlError
-from oirl.evaluation.costs import cost_sweep_report
-from oirl.evaluation.report import selection_report, warn_if_seen
+from oirl.evaluation.report import scored_report, warn_if_seen
 from oirl.evaluation.scored import ScoredLogs, bundle_and_logged
-from oirl.policy.policies import POLICIES
 from oirl.recommender.bundle import load_bundle
 from oirl.recommender.recommender import Candidate, _member
-from oirl.reward.metrics import classification_metrics
 
 # --------------------------------------------------------------------------- evaluation
 
@@ -47,7 +44,8 @@ def evaluate_distributed(
 
     Full-information logs only (every prompt logged for every evaluated instance); no
     off-policy estimates. The driver gathers the reward and score matrices (n_instances x
-    n_prompts) and computes the report with :mod:`oirl.evaluation.report`, as in memory.
+    n_prompts) and computes the report with :func:`oirl.evaluation.report.scored_report`, the
+    in-memory code itself (the cost-aware policy at the bundle's cost weight, the routing metrics).
     """
     import dask.dataframe as dd
 
@@ -88,19 +86,9 @@ def evaluate_distributed(
     scored = ScoredLogs(list(np.concatenate([b["instances"] for b in blocks.meta])), instance_text, [c.prompt_id for c in chosen],
                         rewards, scores, context, seen, margin=rec.margin, threshold=rec.threshold,
                         candidate_set="the bundle's prompts and every logged prompt" if candidates is None else "the candidates given")
-    cost = None if np.isnan(context.cost).any() else context.cost
-    names = [name for name in POLICIES if name != "cost-aware" or cost is not None]
-    report = selection_report(scored, {name: scored.policy(name) for name in names})
+    report = scored_report(rec, scored, cost_weights=cost_weights)  # the in-memory report, item by item
     report.update({
-        "feedback": "full", "candidates": {"set": scored.candidate_set, "ids": scored.prompt_ids, "never_logged": []},
-        "default_policy": rec.default_policy,
-        "seen_in_training": {"query_instances": int(seen.sum()), "of": int(len(seen))},
-        "reward_model": classification_metrics(rewards.ravel(), scores.ravel()),
-        "conservative_margin": None if np.isinf(rec.margin) else rec.margin,
         "ope": {"refused": {"estimates": "off-policy estimates are not computed under --dask; run oirl evaluate without --dask"}},
-        "model_selection": rec.metadata.get("metrics", {}).get("model_selection"),
         "distributed": {"workers": n_workers(client), "partitions": len(blocks.futures), "distinct_questions": int(len(texts))},
     })
-    if cost is not None and cost_weights:
-        report["cost_sweep"] = cost_sweep_report(scores, rewards, context, cost_weights)
     return json_safe(report)

@@ -5,7 +5,11 @@ candidates it holds that the decision offered); the log values each pick by the 
 robust estimate (the logged reward itself with full information), with the same
 reference reward model for both, so the per-decision difference is paired; its mean comes
 with a 95% interval that resamples questions. ``support`` says on what share of decisions
-the log can speak for both picks; where it cannot, the difference rests on the reward model.
+the log can speak for both picks; where it cannot, the point estimate rests on the reward
+model and the interval is the identified set, as in every ``ope`` block (each unsupported
+pick's reward anywhere in [0, 1]: ``extrapolated`` with the ``unsupported_share``). The
+values are reported within their range ([0, 1], the difference [-1, 1]), with the raw
+figures under ``clamped`` when that moved them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from oirl.errors import OirlError
-from oirl.evaluation.offpolicy import reference_scores
+from oirl.evaluation.offpolicy import interval_basis, reference_scores, within_range
 from oirl.evaluation.scored import ScoredLogs, score_logs
 from oirl.ope import estimators as ope
 from oirl.ope.bootstrap import cluster_bootstrap_mean
@@ -31,19 +35,42 @@ def compare_bundles(new: Recommender, current: Recommender, logs: pd.DataFrame, 
     q_hat, model_note = reference_scores(new, logs, scored)
     rounds = ope.logged_rounds(scored.rewards, scored.propensity)
     n, m = scored.rewards.shape
-    values = {}
-    for name, picks in (("new", new_picks), ("current", current_picks)):
-        terms = ope.dr(rounds, ope.one_hot(picks, m), q_hat)
-        values[name] = ope.per_instance(rounds, terms, n)
-    supported = np.ones((n, m), dtype=bool) if scored.supported is None else scored.supported
     rows = np.arange(n)
-    both = supported[rows, new_picks] & supported[rows, current_picks]
-    mean, low, high = cluster_bootstrap_mean(values["new"] - values["current"], scored.questions, n_boot=n_boot)
+    supported = np.ones((n, m), dtype=bool) if scored.supported is None else scored.supported
+    picks = {"new": new_picks, "current": current_picks}
+    on_support = {name: supported[rows, p] for name, p in picks.items()}
+
+    def values(fill: dict[str, float | None]) -> dict[str, np.ndarray]:
+        """Per-decision DR values, the unsupported picks' reward set to ``fill[name]`` (None: the model's)."""
+        out = {}
+        for name, p in picks.items():
+            q = q_hat
+            if fill[name] is not None:
+                q = q_hat.copy()
+                q[rows[~on_support[name]], p[~on_support[name]]] = fill[name]
+            out[name] = ope.per_instance(rounds, ope.dr(rounds, ope.one_hot(p, m), q), n)
+        return out
+
+    point = values({"new": None, "current": None})
+    both = on_support["new"] & on_support["current"]
+    difference = point["new"] - point["current"]
+    mean, low, high = cluster_bootstrap_mean(difference, scored.questions, n_boot=n_boot)
+    block: dict[str, Any] = {"value": mean, "ci": [low, high]}
+    if not both.all():  # the identified set: each unsupported pick's reward anywhere in [0, 1], as in every ope block
+        same = new_picks == current_picks  # one pick, one value: the difference is 0 whatever the reward
+        worst, best = values({"new": 0.0, "current": 1.0}), values({"new": 1.0, "current": 0.0})
+        low = cluster_bootstrap_mean(np.where(same, difference, worst["new"] - worst["current"]), scored.questions, n_boot=n_boot)[1]
+        high = cluster_bootstrap_mean(np.where(same, difference, best["new"] - best["current"]), scored.questions, n_boot=n_boot)[2]
+        block = {"value": mean, "ci": [low, high], "extrapolated": True, "unsupported_share": float(1 - both.mean())}
+    extrapolated = {name: not on_support[name].all() for name in picks}
     return {
-        "new": {"default_policy": new.default_policy, "value": float(values["new"].mean()), "model_version": new.fingerprint},
-        "current": {"default_policy": current.default_policy, "value": float(values["current"].mean()),
-                    "model_version": current.fingerprint},
-        "difference": {"value": mean, "ci": [low, high], "level": 0.95, "clusters": "questions"},
+        name: {"default_policy": rec.default_policy,
+               **{k: v for k, v in within_range({"value": float(point[name].mean()), "ci": None}).items() if k != "ci"},
+               "model_version": rec.fingerprint, **({"extrapolated": True} if extrapolated[name] else {})}
+        for name, rec in (("new", new), ("current", current))
+    } | {
+        "difference": within_range(block, -1.0, 1.0) | {"level": 0.95, "clusters": "questions",
+                                                        "rests_on": interval_basis(scored, model_note)},
         "decisions": int(n), "picks_differ": int((new_picks != current_picks).sum()), "support": float(both.mean()),
         "estimator": "logged reward of the pick (full information)" if scored.full_information and scored.propensity is None else "dr",
         "reward_model": model_note, "propensities": scored.propensity_source,

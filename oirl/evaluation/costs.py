@@ -42,8 +42,10 @@ def reward_cost_area(points: pd.DataFrame, cost_range: tuple[float, float]) -> f
     return float(best.mean())
 
 
-def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, title: str) -> None:
-    """Reward vs mean cost per query: one line per curve, single arms as labelled points."""
+def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, title: str, *, unit: str | None = None) -> dict[str, Any]:
+    """Reward vs mean cost per query: one line per curve, single arms as labelled points.
+    ``unit`` names the costs' unit on the axis (None: the unit they were given in, unnamed).
+    Returns what the cost axis shows (label, scale, ticks), for the report."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,10 +58,40 @@ def plot_reward_cost(curves: dict[str, pd.DataFrame], arms: pd.DataFrame, path, 
     ax.scatter(arms["cost"], arms["reward"], s=14, c="grey", label="single arms", zorder=3)
     for _, arm in arms.nlargest(6, "reward").iterrows():
         ax.annotate(str(arm["prompt_id"]), (arm["cost"], arm["reward"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("mean cost per query (milli-dollars, symlog)")
+    axis = cost_axis(ax, arms["cost"].to_numpy(dtype=float), unit)
     ax.set_ylabel("expected reward")
     save_figure(fig, ax, path, title)
+    return axis
+
+
+def cost_axis(ax, costs: np.ndarray, unit: str | None) -> dict[str, Any]:
+    """Set the cost axis of ``ax`` for arms of ``costs``: linear when they span less than a
+    decade (a log axis would show one decade tick, or none), else logarithmic (symlog,
+    linear below the cheapest positive cost, when some arm is free) with ticks at 1, 2
+    and 5 per decade, or at each decade past four. The label names ``unit`` when known:
+    oirl never knows what unit a cost column or ``--costs`` file is in."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    positive = costs[costs > 0]
+    label = f"mean cost per query ({unit})" if unit else "mean cost per query (in the unit of the costs given)"
+    if len(positive) == 0 or positive.max() / positive.min() < 10:
+        ax.set_xlabel(label)
+        return {"x_label": label, "x_scale": "linear", "x_ticks": None}
+    low, high = float(positive.min()), float(positive.max())
+    if (costs <= 0).any():
+        ax.set_xscale("symlog", linthresh=low)
+    else:
+        ax.set_xscale("log")
+    decades = np.arange(np.floor(np.log10(low)), np.ceil(np.log10(high)) + 1)
+    steps = (1.0,) if len(decades) > 5 else (1.0, 2.0, 5.0)
+    ticks = [m * 10.0 ** d for d in decades for m in steps if low * (1 - 1e-9) <= m * 10.0 ** d <= high * (1 + 1e-9)]
+    ticks = ([0.0] if (costs <= 0).any() else []) + ticks  # a decade or more: at least three ticks
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    label += ", log scale"
+    ax.set_xlabel(label)
+    return {"x_label": label, "x_scale": ax.get_xscale(), "x_ticks": [float(f"{t:.3g}") for t in ticks]}
 
 
 def cost_sweep_report(scores: np.ndarray, rewards: np.ndarray, context: PolicyContext, cost_weights: list[float]) -> dict[str, Any]:

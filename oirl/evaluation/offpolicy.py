@@ -8,6 +8,8 @@ so they are refused (``null`` with the reason); DM and DR fill them in with the 
 model (``"extrapolated": true`` with the ``unsupported_share``), and their interval is
 the identified set widened by what the log cannot tell: each unsupported pick's reward
 anywhere in [0, 1]. No estimate is certain about a prompt that was never played.
+Estimates and intervals are reported within [0, 1]; where that moved a figure, its block
+says so (``clamped``, with the raw figures).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from oirl.errors import OirlError
 from oirl.evaluation.scored import ScoredLogs
 from oirl.learn.candidates import spec
 from oirl.learn.crossfit import cross_fit, make_folds
+from oirl.learn.logging_policy import near_deterministic_note
 from oirl.ope import estimators as ope
 
 REFUSED_WITHOUT_SUPPORT = "the logger never played this policy's pick on some decisions (support < 1): IPS and SNIPS would count them as zero"
@@ -59,8 +62,13 @@ def ope_report(rec, logs: pd.DataFrame, scored: ScoredLogs, *, cost_weights: lis
         shown = ", ".join(f"{name} {share:.3f}" for name, share in list(low.items())[:4]) + (" …" if len(low) > 4 else "")
         warnings.warn(f"{source}: {len(low)} policies pick prompts the logger never played on some decisions (support {shown}); "
                       "their IPS and SNIPS are refused and DM/DR extrapolate with the reward model", stacklevel=3)
-    return {"rounds": int(len(rounds.reward)), "reward_model": model_note, "clusters": "questions (oirl.data.questions)",
-            "candidates": scored.candidate_set, "propensities": scored.propensity_source, "estimates": estimates}
+    note = near_deterministic_note(scored.logger) if scored.logger else None
+    if note:
+        warnings.warn(f"{source}: propensities estimated from the queries{note}", stacklevel=3)
+    logger = None if scored.logger is None else {**scored.logger, "near_deterministic": note[2:] if note else None}
+    return {"rounds": int(len(rounds.reward)), "reward_model": model_note, "dr_rests_on": interval_basis(scored, model_note),
+            "clusters": "questions (oirl.data.questions)",
+            "candidates": scored.candidate_set, "propensities": scored.propensity_source, "logger": logger, "estimates": estimates}
 
 
 def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, on_support: np.ndarray, clusters: np.ndarray,
@@ -73,7 +81,7 @@ def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, o
     support = float(on_support.mean())
     block: dict[str, Any] = {"support": support}
     if support >= 1:
-        return block | {name: _within_unit(value) for name, value in found.items()}
+        return block | {name: within_range(value) for name, value in found.items()}
     unsupported = np.flatnonzero(~on_support)
     bounds = []
     for fill in (0.0, 1.0):  # the unsupported picks' rewards at either end of [0, 1]
@@ -85,25 +93,48 @@ def policy_estimates(picks: np.ndarray, rounds: ope.Rounds, q_hat: np.ndarray, o
             block[name] = {"value": None, "ci": None, "refused": REFUSED_WITHOUT_SUPPORT}
         else:
             ci = [bounds[0][name]["ci"][0], bounds[1][name]["ci"][1]]
-            block[name] = _within_unit({"value": value["value"], "ci": ci}) | {"extrapolated": True, "unsupported_share": 1 - support}
+            block[name] = within_range({"value": value["value"], "ci": ci}) | {"extrapolated": True, "unsupported_share": 1 - support}
     return block
 
 
-def _within_unit(estimate: dict[str, Any]) -> dict[str, Any]:
-    """An estimate and its interval reported within the reward's range (IPS and DR on a few
-    rounds with small propensities can pass 1)."""
+def within_range(estimate: dict[str, Any], low: float = 0.0, high: float = 1.0) -> dict[str, Any]:
+    """An estimate and its interval reported within the range its quantity can take (a mean
+    reward within [0, 1]: IPS and DR on a few rounds with small propensities can pass 1).
+    Never silently: when a clamp moved anything, ``clamped`` keeps the raw figures."""
     ci, value = estimate["ci"], estimate["value"]
-    value = float(np.clip(value, 0, 1)) if value is not None and np.isfinite(value) else value
-    return {**estimate, "value": value, "ci": [float(np.clip(ci[0], 0, 1)), float(np.clip(ci[1], 0, 1))] if np.isfinite(ci).all() else ci}
+    finite_value = value is not None and np.isfinite(value)
+    finite_ci = ci is not None and np.isfinite(ci).all()
+    out = {**estimate,
+           "value": float(np.clip(value, low, high)) if finite_value else value,
+           "ci": [float(np.clip(ci[0], low, high)), float(np.clip(ci[1], low, high))] if finite_ci else ci}
+    if (finite_value and out["value"] != value) or (finite_ci and out["ci"] != [float(ci[0]), float(ci[1])]):
+        out["clamped"] = {"into": [low, high], "value": float(value) if finite_value else value,
+                          "ci": [float(ci[0]), float(ci[1])] if finite_ci else ci}
+    return out
 
 
 def reference_scores(rec, logs: pd.DataFrame, scored: ScoredLogs) -> tuple[np.ndarray, str]:
-    """The reward model inside DM and DR, (n, k), and what it is."""
+    """The reward model inside DM and DR, (n, k), and what it rests on: the note names how
+    many evaluated instances have a question the model was trained on (other samples of
+    the same question: its predictions there draw on that question's training outcomes)."""
     if rec.model is None:
         return scored.scores, "the bundle's prior (it has no reward model)"
     if rec.trained_on_instances(scored.query_ids).any():
         return cross_fitted_scores(rec, logs, scored), "the bundle's model kind, cross-fitted on the evaluated log (3 folds by question)"
-    return scored.scores, "the bundle's model (trained on other rows)"
+    seen, n = int(scored.seen.sum()), len(scored.seen)
+    if not seen:
+        return scored.scores, "the bundle's model, trained on other questions (none of the evaluated ones)"
+    return scored.scores, (f"the bundle's model, trained on other rows of the same questions for {seen} of the {n} evaluated "
+                           "query instances: its predictions there draw on those questions' training outcomes, not on these rows")
+
+
+def interval_basis(scored: ScoredLogs, model_note: str) -> str:
+    """What a DR estimate and its interval rest on, in words for the report."""
+    if scored.full_information and scored.propensity is None:
+        return "the logged rewards of the picks (full information); the interval resamples questions"
+    return (f"the logged rewards weighted by the {scored.propensity_source} propensities, corrected by the reward model "
+            f"({model_note}), held fixed while the interval resamples questions; on decisions the log does not support, "
+            "the reward model alone, and the interval is widened to the identified set")
 
 
 def cross_fitted_scores(rec, logs: pd.DataFrame, scored: ScoredLogs, n_folds: int = 3) -> np.ndarray:

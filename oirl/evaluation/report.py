@@ -76,6 +76,17 @@ def evaluate_recommender(
 
     scored = score_logs(rec, logs, candidates, costs=costs)
     warn_if_seen(source, scored.seen)
+    report = scored_report(rec, scored, cost_weights=cost_weights)
+    cost_known = not np.isnan(scored.context.cost).any()
+    report["ope"] = ope_report(rec, logs, scored, cost_weights=cost_weights if cost_known else None, n_boot=n_boot, source=source)
+    return json_safe(report)
+
+
+def scored_report(rec, scored: ScoredLogs, *, cost_weights: list[float] | None = None) -> dict[str, Any]:
+    """Every part of the report computed from the scored matrices and the bundle alone (all
+    but the off-policy estimates): the one implementation both engines call, so that
+    ``oirl evaluate`` and ``oirl evaluate --dask`` value every policy alike (the
+    cost-aware one at the bundle's cost weight, else 0)."""
     rewards, scores, logged = scored.rewards, scored.scores, scored.logged
     cost = None if np.isnan(scored.context.cost).any() else scored.context.cost  # a partial cost table cannot rank every candidate
     if scored.full_information:
@@ -90,13 +101,12 @@ def evaluate_recommender(
     report["seen_in_training"] = {"query_instances": int(scored.seen.sum()), "of": int(len(scored.seen))}
     report["reward_model"] = classification_metrics(rewards[logged], scores[logged])
     report["conservative_margin"] = None if np.isinf(rec.margin) else rec.margin
-    report["ope"] = ope_report(rec, logs, scored, cost_weights=cost_weights if cost is not None else None, n_boot=n_boot, source=source)
     report["model_selection"] = rec.metadata.get("metrics", {}).get("model_selection")
     if cost is not None and cost_weights and scored.full_information:
-        report["cost_sweep"] = cost_sweep_report(scored.scores, scored.rewards, scored.context, cost_weights)
+        report["cost_sweep"] = cost_sweep_report(scores, rewards, scored.context, cost_weights)
     if cost is not None and scored.full_information:  # RouteLLM's router metrics (oirl.evaluation.routing)
-        report["routing"] = routing_report(scored.scores, scored.rewards, scored.context, cost_weight=rec.cost_weight)
-    return json_safe(report)
+        report["routing"] = routing_report(scores, rewards, scored.context, cost_weight=rec.cost_weight)
+    return report
 
 
 def warn_if_seen(source: str, seen: np.ndarray) -> None:

@@ -34,7 +34,7 @@ class ScoredLogs:
     decision offered (None: all); ``supported`` (n, k) where the logger could have played
     the candidate (None: everywhere, as with full information); ``propensity`` (n, k) the
     logger's probability of each logged cell (None: implied uniform over the logged ones)
-    and ``propensity_source`` where it came from. ``texts``, ``questions`` and ``seen``
+    and ``propensity_source`` where it came from (``logger``: an estimate's diagnostics). ``texts``, ``questions`` and ``seen``
     (n,) hold each instance's text, its question key (:mod:`oirl.data.questions`, the
     bootstrap's clusters) and whether that question occurred in training. ``context``,
     ``margin`` and ``threshold`` build the policies.
@@ -56,6 +56,7 @@ class ScoredLogs:
     supported: np.ndarray | None = None
     candidate_set: str = "the logged prompts"
     prompt_texts: list[str] | None = None  # (n_candidates,) each column's prompt text
+    logger: dict | None = None  # an estimated logger's diagnostics (oirl.learn.logging_policy)
 
     def __post_init__(self) -> None:
         if self.questions is None:
@@ -186,4 +187,4 @@ def _with_logging_policy(scored: ScoredLogs, propensity: np.ndarray | None, quer
                        questions=np.unique(scored.questions, return_inverse=True)[1].ravel())
     estimate = estimate_logging_policy(matrix, make_folds(matrix, 3, "text"))
     return replace(scored, propensity=estimate.propensity, propensity_source="estimated",
-                   supported=(estimate.probabilities > 0) & available)
+                   supported=estimate.supported(logged) & available, logger=estimate.diagnostics(logged))

@@ -7,9 +7,12 @@ rewards everywhere would vouch for itself. So oirl estimates it: a multinomial l
 regression of the logged prompt on the query vector, cross-fitted over question folds
 (an instance's propensity comes from a model that never saw its question), its
 regularisation chosen by log-loss on those folds, and clipped from below at
-:data:`PROPENSITY_FLOOR` (importance weights of at most 1 / floor). The diagnostics say
-how much the estimate can be trusted: the smallest and largest propensity of a logged
-prompt and the effective sample size of the inverse-propensity weights.
+:data:`PROPENSITY_FLOOR` (importance weights of at most 1 / floor). Support comes from the
+estimate before clipping: a prompt the estimated logger gives less than the floor is
+unsupported there. The diagnostics say how much the estimate can be trusted: the smallest
+and largest propensity of a logged prompt, the effective sample size of the
+inverse-propensity weights, and the share of instances on which the estimated logger is
+near-deterministic (one prompt at 1 - floor or more).
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ class LoggingPolicyEstimate:
     floor: float
     C: float
 
+    def supported(self, logged: np.ndarray) -> np.ndarray:
+        """(n, m) where the estimated logger could have played the prompt: a logged cell, or
+        one it gives at least ``floor`` *before* clipping. Below the floor the clipped
+        propensity would be a figure oirl made up, and a logistic fit is never exactly 0:
+        "above 0" would call a deterministic logger's every prompt supported."""
+        return logged | (self.probabilities >= self.floor)
+
+    def near_deterministic(self) -> np.ndarray:
+        """(n,) instances where the estimated logger plays one prompt with probability at
+        least 1 - ``floor``: every other prompt there is unsupported."""
+        return self.probabilities.max(axis=1) >= 1 - self.floor
+
     def diagnostics(self, logged: np.ndarray) -> dict[str, Any]:
         """Smallest and largest logged propensity, and the effective sample size of the
         inverse-propensity weights, (sum w)^2 / sum w^2, of the logged rounds."""
@@ -48,6 +63,7 @@ class LoggingPolicyEstimate:
         return {
             "source": "estimated", "estimator": ESTIMATOR, "C": self.C, "floor": self.floor, "rounds": int(logged.sum()),
             "min": float(p.min()), "max": float(p.max()), "clipped_rounds": int((self.probabilities[logged] < self.floor).sum()),
+            "near_deterministic_share": float(self.near_deterministic().mean()),
             "effective_sample_size": float(weights.sum() ** 2 / (weights**2).sum()),
         }
 
@@ -116,4 +132,14 @@ def describe(diagnostics: dict[str, Any]) -> str:
     where = "estimated from the queries (no propensity column)" if diagnostics["source"] == "estimated" else "logged"
     return (f"partial feedback: propensities {where}: {diagnostics['rounds']:,} logged rounds, propensity "
             f"{diagnostics['min']:.3g} to {diagnostics['max']:.3g}, effective sample size {diagnostics['effective_sample_size']:,.0f}"
-            + (f" ({diagnostics['clipped_rounds']:,} rounds clipped at {diagnostics['floor']})" if diagnostics["source"] == "estimated" else ""))
+            + (f" ({diagnostics['clipped_rounds']:,} rounds clipped at {diagnostics['floor']})" if diagnostics["source"] == "estimated" else "")
+            + (near_deterministic_note(diagnostics) or ""))
+
+
+def near_deterministic_note(diagnostics: dict[str, Any]) -> str | None:
+    """What to say when an estimated logger is near-deterministic on some instances (None: it is not)."""
+    share = diagnostics.get("near_deterministic_share") or 0.0
+    if not share:
+        return None
+    return (f"; the estimated logger is near-deterministic (one prompt at probability >= {1 - diagnostics['floor']:g}) on "
+            f"{share:.0%} of instances: the other prompts there are unsupported, and their values rest on the reward model")

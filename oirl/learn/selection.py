@@ -111,6 +111,7 @@ class Selection:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # per-instance CV values of each option
     margin_values: dict[float, float] = field(default_factory=dict)  # CV value of each margin, chosen model
     left_out: dict[str, str] = field(default_factory=dict)  # candidates that could not be fitted on this log: why
+    held_out: dict[str, Any] = field(default_factory=dict)  # the selection rule valued fold by fold (held_out_fold_value)
 
 
 def select_model(
@@ -182,6 +183,7 @@ def select_model(
         rows.insert(0, row)
     supports = {key: departure_support(picks[key], picks[baseline], matrix) for key in values if key != baseline}
     chosen, facts = choose_option(values, complexity, matrix.questions, supports, baseline=baseline)
+    held_out = held_out_fold_value(values, complexity, picks, matrix, folds, baseline)
     for row in rows:
         row.update(facts[row["option"]])
     if chosen == "incumbent":
@@ -197,11 +199,33 @@ def select_model(
         # incumbent) are not first alone, and the prior may well be the best value there.
         models = [r for r in rows if r["option"] not in ("prior", "incumbent")]
         label = max(models, key=lambda r: r["value"])["option"].rsplit(" ", 1)[0]
-        return Selection(fits[label].spec, "conservative", float("inf"), fits[label], rows, values, margins[label][1], left_out)
+        return Selection(fits[label].spec, "conservative", float("inf"), fits[label], rows, values, margins[label][1], left_out,
+                         held_out)
     label, policy = chosen.rsplit(" ", 1)
     margin = next(r["margin"] for r in rows if r["option"] == chosen)
     return Selection(fits[label].spec, policy, float("inf") if margin is None else margin, fits[label], rows, values, margins[label][1],
-                     left_out)
+                     left_out, held_out)
+
+
+def held_out_fold_value(values: dict[str, np.ndarray], complexity: dict[str, float], picks: dict[str, np.ndarray], matrix: LogMatrix,
+                        folds: list[tuple[np.ndarray, np.ndarray]], baseline: str) -> dict[str, Any]:
+    """What the selection rule is worth on rows it did not choose on: for each fold, the
+    rule applied to the other folds' values, and the option it picks valued on this fold.
+
+    The chosen option's own CV value is optimistic: the best of dozens of options is picked
+    on the folds that measure it. Here a fold's values never enter its choice (the
+    options' fits and margins still come from every fold, so it is not fully nested).
+    Returns the mean over every instance, its clustered standard error and each fold's choice."""
+    held = np.empty(len(matrix.query_ids))
+    choices = []
+    for _, test in folds:
+        rest = np.setdiff1d(np.arange(len(held)), test)
+        part = matrix.subset(rest)
+        supports = {key: departure_support(picks[key][rest], picks[baseline][rest], part) for key in values if key != baseline}
+        chosen, _ = choose_option({k: v[rest] for k, v in values.items()}, complexity, matrix.questions[rest], supports, baseline=baseline)
+        held[test] = values[chosen][test]
+        choices.append(chosen)
+    return {"value": float(held.mean()), "se": clustered_standard_error(held, matrix.questions), "fold_choices": choices}
 
 
 def choose_option(

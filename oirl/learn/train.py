@@ -147,6 +147,14 @@ def cv_metrics(selection, matrix: LogMatrix, new_prompt_widths: dict | None) -> 
         "oracle": float(np.nanmax(matrix.rewards, axis=1).mean()) if matrix.full_information else None,
         "random": float(np.nanmean(matrix.rewards, axis=1).mean()) if matrix.full_information else None,
     }
+    chosen = next(r for r in selection.table if r["chosen"])
+    report["chosen"] = {
+        "option": chosen["option"], "cv_value": chosen["value"],
+        "cv_value_is": "optimistic: measured on the folds that chose it among every option",
+        "held_out_fold_value": selection.held_out.get("value"), "held_out_fold_se": selection.held_out.get("se"),
+        "held_out_fold_choices": selection.held_out.get("fold_choices"),
+        "held_out_fold_value_is": "each fold valued by the option the rule chose on the other folds",
+    }
     return {
         "selection": report,
         "reward_model": classification_metrics(matrix.rewards[logged], fit.scores[logged]),

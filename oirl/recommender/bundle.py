@@ -129,6 +129,7 @@ class PropensitySection(_Strict):
     C: NonNegative | None = None
     floor: UnitFloat | None = None
     clipped_rounds: Count | None = None
+    near_deterministic_share: UnitFloat | None = None  # estimated loggers; absent in bundles before issue 21
 
 
 class TrainingSection(_Strict):

@@ -105,7 +105,8 @@ def reproduce_cruxeval(data_dir: Path, out_dir: Path, *, cache_dir=None, embedde
         sections.append(write_table(curve, out_dir, "cruxeval_cost_sweep", "Cost-aware policy: expected reward and mean cost per query vs lambda",
                                     "Costs: milli-dollars per call from the default table in oirl/importers/cruxeval.py."))
         sections.append(write_table(areas, out_dir, "cruxeval_cost_area", "Normalised area under the reward-cost curve (higher is better)"))
-        plot_reward_cost({"oirl cost-aware": curve}, arms, out_dir / "cruxeval_reward_cost.png", "CRUXEval input prediction: reward vs cost (test samples)")
+        plot_reward_cost({"oirl cost-aware": curve}, arms, out_dir / "cruxeval_reward_cost.png", "CRUXEval input prediction: reward vs cost (test samples)",
+                         unit="milli-dollars per call")  # the importer's price table
     total = time.perf_counter() - started
     timings = {"train (embedding + model selection)": round(train_seconds, 1), "total": round(total, 1)}
     write_text_atomic(out_dir / "cruxeval_timings.json", json.dumps(timings, indent=2) + "\n")
