@@ -210,3 +210,25 @@ def test_an_incumbent_trained_on_these_decisions_is_valued_by_its_recipe_out_of_
     same = next(r for r in table if r["option"] == f"knn {deployed.default_policy}")
     if deployed.default_policy == "argmax":
         assert incumbent["value"] == pytest.approx(same["value"])  # the same recipe on the same folds
+
+
+def test_arms_carry_a_model_and_generation_parameters_through_init_and_the_bundle(mawps, tmp_path):
+    """`oirl init --prompts` takes "model" and "params"; the bundle keeps them; bad ones are one line naming the record."""
+    work, *_ = mawps
+    arms = tmp_path / "arms.jsonl"
+    arms.write_text(json.dumps({"prompt_id": "cot-cold", "prompt": "Let's think step by step: ", "model": "small-llm",
+                                "params": {"temperature": 0.2, "max_tokens": 64}}) + "\n"
+                    + json.dumps({"prompt_id": "cot-warm", "prompt": "Let's think step by step: ", "params": {"temperature": 1}}) + "\n"
+                    + json.dumps({"prompt_id": "plain", "prompt": "The answer is:"}) + "\n")
+    result = run("init", "--prompts", arms, "--out", tmp_path / "b", "--embedder", "hashing", "--cache-dir", work / "emb")
+    assert json.loads(result.stdout)["arms"] == {"cot-cold": {"model": "small-llm", "params": {"temperature": 0.2, "max_tokens": 64}},
+                                                 "cot-warm": {"params": {"temperature": 1.0}}}
+    bundle = load_bundle(tmp_path / "b", cache_dir=work / "emb")
+    assert bundle.arms == json.loads(result.stdout)["arms"] and "plain" not in bundle.arms
+    entries = json.loads((tmp_path / "b" / "bundle.json").read_text())["prompts"]
+    assert "model" not in entries[2] and "params" not in entries[2]  # an arm without settings: the entry as before
+    for bad, needle in (({"params": {"temperature": 3}}, "field 'params.temperature'"), ({"params": {"seed": 1}}, "field 'params.seed'"),
+                        ({"model": ""}, "field 'model'")):
+        arms.write_text(json.dumps({"prompt_id": "x", "prompt": "Answer: ", **bad}) + "\n")
+        refused = run("init", "--prompts", arms, "--out", tmp_path / "x", "--embedder", "hashing", ok=False)
+        assert refused.exit_code == 2 and f"arms.jsonl, record 1, {needle}" in refused.stderr and "Traceback" not in refused.output

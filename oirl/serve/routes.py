@@ -125,7 +125,7 @@ async def score(body: ScoreRequest, served: Served, limits: Limits, scoring: Sco
     return ScoreResponse(model_version=model.version, scores=scores)
 
 
-@router.get("/v1/prompts", response_model=PromptsResponse, responses=responses(413, 503))
+@router.get("/v1/prompts", response_model=PromptsResponse, response_model_exclude_none=True, responses=responses(413, 503))
 async def prompts(served: Served) -> PromptsResponse:
     entries, default_prompt_id = served.model.prompt_table()
     return PromptsResponse(model_version=served.model.version, prompts=[PromptEntry(**e) for e in entries],
