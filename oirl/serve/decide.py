@@ -1,0 +1,66 @@
+"""The one decision path: embed, rank, draw, record. ``/v1/recommend`` and the gateway's
+``/v1/chat/completions`` both decide here, so a gateway decision is recorded exactly as a
+recommendation is (same fields, same store call, committed before anything is answered or
+forwarded) and ``/v1/feedback`` and ``oirl export-decisions`` take either alike."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.requests import Request
+
+from oirl.decisions.records import Decision, new_decision_id
+from oirl.decisions.store import DecisionStore
+from oirl.serve.dependencies import Scoring
+from oirl.serve.limits import ServiceLimits
+from oirl.serve.problems import RequestRefused
+from oirl.serve.reload import Serving
+from oirl.serve.schemas import EpsilonGreedy, Softmax, SquareCB, exploration_of
+from oirl.serve.scoring import CandidateSet, Ranked
+
+
+def check_size(limits: ServiceLimits, pairs: int, pairs_label: str, texts: list[str]) -> None:
+    """The per-request caps, checked before anything is embedded."""
+    if pairs > limits.scored_pairs:
+        raise RequestRefused(f"{pairs_label} = {pairs:,} pairs to score exceeds the cap of {limits.scored_pairs:,} per request",
+                             "too_many_pairs")
+    distinct = len(set(texts))
+    if distinct > limits.texts_to_embed:
+        raise RequestRefused(f"{distinct:,} distinct texts to embed (queries and new prompts) exceeds the cap of "
+                             f"{limits.texts_to_embed:,} per request", "too_many_texts")
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Each query's served prompt, its decision id (None: no store) and the probability it was served with."""
+
+    ranked: list[Ranked]
+    ids: list[str | None]
+    propensities: list[float | None]
+
+
+async def decide(request: Request, served: Serving, store: DecisionStore | None, scoring: Scoring, queries: list[str],
+                 candidates: CandidateSet, *, policy: str, top_k: int, cost_weight: float | None,
+                 exploration: EpsilonGreedy | Softmax | SquareCB | None) -> Decided:
+    """Rank ``candidates`` for ``queries`` under ``policy`` (drawing by ``exploration``), record
+    the decisions in ``store`` and count what was served. The caller has checked the caps."""
+    model = served.model
+    n = len(queries)
+    explore = exploration_of(exploration)
+    vectors = await served.batcher.embed(queries + candidates.new_texts)
+    ranked = await scoring.run(served, n * candidates.size, model.rank, queries, vectors[:n], vectors[n:], candidates,
+                               policy=policy, top_k=top_k, cost_weight=cost_weight, explore=explore, rng=np.random.default_rng())
+    ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
+    served_with = [r.propensity if r.propensity is not None else (1.0 if store is not None else None) for r in ranked]
+    if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
+        explore_json = None if exploration is None else exploration.model_dump()
+        offered_ids, offered_prompts = candidates.ids(), candidates.prompts()  # shared by every query
+        await asyncio.to_thread(store.record, [
+            Decision(query=q, candidate_ids=offered_ids, candidate_prompts=offered_prompts, prompt_id=r.prompt_id, prompt=r.prompt,
+                     score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
+                     decision_id=ids[i])
+            for i, (q, r) in enumerate(zip(queries, ranked, strict=True))])
+    request.app.state.usage.add(r.prompt_id for r in ranked)  # served (and recorded, if recording): the live shares
+    return Decided(ranked, ids, served_with)
