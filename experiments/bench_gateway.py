@@ -13,7 +13,11 @@ hit). Measured:
 
 * added latency: ``--requests`` non-streaming requests, one at a time, alternating
   direct and through the gateway; the median of the paired differences (and both p50s);
-* the raw embedding time of one such query with the same embedder, in this process;
+* for reference, the p50 of ``/v1/recommend`` for one new query (the decision alone),
+  each sent after a direct call, so the server has idled as long as before a gateway request;
+* the raw embedding time of one such query with the same embedder, in this process,
+  ``--delay-ms`` apart (a model that waited runs slower on a shared machine than one in a
+  tight loop);
 * ``--streams`` concurrent streaming clients (4 requests each): errors, complete streams
   (each must end with ``[DONE]`` and carry every event), and the p50 time to the first
   event, direct and through the gateway.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -49,6 +54,10 @@ def stand_in(delay: float) -> ThreadingHTTPServer:
 
         def log_message(self, *args):
             pass
+
+        def setup(self):
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body in separate writes: no Nagle wait
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -120,13 +129,16 @@ def make_bundle(work: Path, embedder: str) -> Path:
     return work / "model"
 
 
-def embedding_ms(embedder: str, n: int) -> float:
+def embedding_ms(embedder: str, n: int, gap: float) -> float:
+    """The p50 of embedding one new query in this process, ``gap`` seconds apart (idle as the gateway is
+    while the upstream works: on a shared machine a model that waited runs slower than one in a tight loop)."""
     from oirl.embed.registry import get_embedder
 
     model = get_embedder(embedder)
     model.embed(["warm up"])
     times = []
     for i in range(n):
+        time.sleep(gap)
         started = time.perf_counter()
         model.embed([query(10_000 + i)])
         times.append(time.perf_counter() - started)
@@ -155,7 +167,13 @@ def main() -> None:
                 with httpx.Client(timeout=60) as client:
                     for i in range(10):  # warm both paths
                         chat(client, direct, query(-i)), chat(client, via, query(-100 - i))
-                    pairs = [(chat(client, direct, query(2 * i)), chat(client, via, query(2 * i + 1))) for i in range(args.requests)]
+                    pairs, recommend = [], []
+                    for i in range(args.requests):
+                        pairs.append((chat(client, direct, query(3 * i)), chat(client, via, query(3 * i + 1))))
+                        chat(client, direct, query(-1))  # the server idles as long as before a gateway request, then:
+                        started = time.perf_counter()  # the decision alone, for reference: /v1/recommend of one new query
+                        client.post(f"{base}/v1/recommend", json={"queries": [query(3 * i + 2)], "top_k": 1}).raise_for_status()
+                        recommend.append(time.perf_counter() - started)
 
                 def one_client(c: int) -> list[tuple[str, float, bool]]:
                     out = []
@@ -182,7 +200,8 @@ def main() -> None:
         "p50_gateway_ms": round(1000 * statistics.median(g for _, g in pairs), 2),
         "p50_added_ms": round(1000 * statistics.median(g - d for d, g in pairs), 2),
         "p90_added_ms": round(1000 * statistics.quantiles([g - d for d, g in pairs], n=10)[-1], 2),
-        "raw_embedding_ms_one_query": round(embedding_ms(args.embedder, 50), 2),
+        "p50_recommend_ms": round(1000 * statistics.median(recommend), 2),
+        "raw_embedding_ms_one_query": round(embedding_ms(args.embedder, 100, args.delay_ms / 1000), 2),
         "streams": {"clients": args.streams, "requests_through_gateway": len(through),
                     "errors": sum(1 for _, first, ok in through if not ok),
                     "p50_first_event_direct_ms": round(1000 * statistics.median(f for n, f, ok in streamed if n == "direct" and ok), 2),

@@ -1,7 +1,9 @@
-"""The one decision path: embed, rank, draw, record. ``/v1/recommend`` and the gateway's
-``/v1/chat/completions`` both decide here, so a gateway decision is recorded exactly as a
-recommendation is (same fields, same store call, committed before anything is answered or
-forwarded) and ``/v1/feedback`` and ``oirl export-decisions`` take either alike."""
+"""The one decision path: embed, rank, draw (:func:`choose`), record (:func:`record`).
+``/v1/recommend`` and the gateway's ``/v1/chat/completions`` both decide here, so a gateway
+decision is recorded exactly as a recommendation is (same fields, same store call,
+committed before any answer carrying its id leaves) and ``/v1/feedback`` and ``oirl
+export-decisions`` take either alike. The gateway runs the commit while the upstream
+works, and waits for it before it answers (:mod:`oirl.serve.gateway`)."""
 
 from __future__ import annotations
 
@@ -34,18 +36,29 @@ def check_size(limits: ServiceLimits, pairs: int, pairs_label: str, texts: list[
 
 @dataclass(frozen=True)
 class Decided:
-    """Each query's served prompt, its decision id (None: no store) and the probability it was served with."""
+    """Each query's served prompt, its decision id (None: no store) and the probability it was served with;
+    ``pending`` is the store write not yet made (run it with :func:`record`)."""
 
     ranked: list[Ranked]
     ids: list[str | None]
     propensities: list[float | None]
+    pending: list[Decision]
 
 
 async def decide(request: Request, served: Serving, store: DecisionStore | None, scoring: Scoring, queries: list[str],
                  candidates: CandidateSet, *, policy: str, top_k: int, cost_weight: float | None,
                  exploration: EpsilonGreedy | Softmax | SquareCB | None) -> Decided:
-    """Rank ``candidates`` for ``queries`` under ``policy`` (drawing by ``exploration``), record
-    the decisions in ``store`` and count what was served. The caller has checked the caps."""
+    """:func:`choose`, then :func:`record`: the decisions are committed when it returns."""
+    decided = await choose(served, store, scoring, queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight,
+                           exploration=exploration)
+    await record(request, store, decided)
+    return decided
+
+
+async def choose(served: Serving, store: DecisionStore | None, scoring: Scoring, queries: list[str], candidates: CandidateSet, *,
+                 policy: str, top_k: int, cost_weight: float | None, exploration: EpsilonGreedy | Softmax | SquareCB | None) -> Decided:
+    """Rank ``candidates`` for ``queries`` under ``policy`` (drawing by ``exploration``); the decisions
+    to record in ``store`` are in ``pending``. The caller has checked the caps."""
     model = served.model
     n = len(queries)
     explore = exploration_of(exploration)
@@ -54,13 +67,20 @@ async def decide(request: Request, served: Serving, store: DecisionStore | None,
                                policy=policy, top_k=top_k, cost_weight=cost_weight, explore=explore, rng=np.random.default_rng())
     ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
     served_with = [r.propensity if r.propensity is not None else (1.0 if store is not None else None) for r in ranked]
-    if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
+    pending = []
+    if store is not None:
         explore_json = None if exploration is None else exploration.model_dump()
         offered_ids, offered_prompts = candidates.ids(), candidates.prompts()  # shared by every query
-        await asyncio.to_thread(store.record, [
-            Decision(query=q, candidate_ids=offered_ids, candidate_prompts=offered_prompts, prompt_id=r.prompt_id, prompt=r.prompt,
-                     score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
-                     decision_id=ids[i])
-            for i, (q, r) in enumerate(zip(queries, ranked, strict=True))])
-    request.app.state.usage.add(r.prompt_id for r in ranked)  # served (and recorded, if recording): the live shares
-    return Decided(ranked, ids, served_with)
+        pending = [Decision(query=q, candidate_ids=offered_ids, candidate_prompts=offered_prompts, prompt_id=r.prompt_id, prompt=r.prompt,
+                            score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
+                            decision_id=ids[i])
+                   for i, (q, r) in enumerate(zip(queries, ranked, strict=True))]
+    return Decided(ranked, ids, served_with, pending)
+
+
+async def record(request: Request, store: DecisionStore | None, decided: Decided) -> None:
+    """Commit the decisions (raises :class:`~oirl.decisions.records.DecisionStoreError`) and count what was served.
+    Every answer that carries a decision id leaves after this returns: nothing acknowledged is lost."""
+    if store is not None and decided.pending:
+        await asyncio.to_thread(store.record, decided.pending)
+    request.app.state.usage.add(r.prompt_id for r in decided.ranked)  # served (and recorded, if recording): the live shares

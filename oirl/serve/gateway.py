@@ -4,8 +4,9 @@ An application points its OpenAI client at ``oirl serve MODEL_DIR --upstream URL
 of at its LLM server. Per request the bundle's policy (with the server's exploration, as
 in ``/v1/recommend``) picks an arm for the last user message; the prompt is applied and
 the arm's model and parameters set (:mod:`oirl.serve.chat`); the decision is recorded by
-the one decision path (:mod:`oirl.serve.decide`) before the call is forwarded; the
-upstream's answer comes back unchanged plus ``"oirl": {"decision_id", "prompt_id",
+the one decision path (:mod:`oirl.serve.decide`), its commit running while the upstream
+works and done before anything is answered (a store that cannot write is a 503, as for
+``/v1/recommend``, and the upstream's answer is then not passed on); the upstream's answer comes back unchanged plus ``"oirl": {"decision_id", "prompt_id",
 "model_version"}`` and the header ``x-oirl-decision-id``. ``"stream": true`` passes the
 server-sent events through as they arrive (the decision in the header, and in an SSE
 comment line before the first event, which clients skip).
@@ -38,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 
 from oirl.errors import OirlError
 from oirl.serve.chat import last_user_message, upstream_body
-from oirl.serve.decide import check_size, decide
+from oirl.serve.decide import check_size, choose, record
 from oirl.serve.dependencies import Limits, Scorer, Store
 from oirl.serve.middleware import request_id_of, unavailable
 from oirl.serve.problems import RequestRefused, responses
@@ -149,15 +150,26 @@ async def chat_completions(request: Request, store: Store, limits: Limits, scori
             candidates = model.candidate_set([], None)
             check_size(limits, candidates.size, f"1 query x the bundle's {candidates.size:,} prompts", [query])
             policy = model.check_policy(None, candidates)
-            decided = await decide(request, served, store, scoring, [query], candidates, policy=policy, top_k=1, cost_weight=None,
+            decided = await choose(served, store, scoring, [query], candidates, policy=policy, top_k=1, cost_weight=None,
                                    exploration=request.app.state.default_explore)
             pick, arm = decided.ranked[0], model.arm(decided.ranked[0].prompt_id)
             decision = {"decision_id": decided.ids[0], "prompt_id": pick.prompt_id, "model_version": model.version}
+        # The commit runs while the upstream works (it takes longer); nothing is answered before it is done.
+        recording = asyncio.ensure_future(record(request, store, decided))
+        recording.add_done_callback(lambda task: task.cancelled() or task.exception())  # awaited below; never "unretrieved"
         forwarded = upstream_body(body, index, pick.prompt, arm)
         headers = {DECISION_HEADER: decision["decision_id"]} if decision["decision_id"] else {}
+        request_id = request_id_of(request.scope)
         if forwarded.get("stream") is not True:
-            return await _complete(upstream, forwarded, decision, headers, request_id_of(request.scope))
-        response = await _stream(upstream, forwarded, decision, headers, request_id_of(request.scope), release)
+            response = await _complete(upstream, forwarded, decision, headers, request_id)
+        else:
+            response = await _stream(upstream, forwarded, decision, headers, request_id, release)
+        try:
+            await recording  # a store that cannot write: 503 (problems.py), and the upstream's answer is not passed on
+        except BaseException:
+            if isinstance(response, UpstreamStream):
+                await response.answer.aclose()
+            raise
         handed_over = isinstance(response, UpstreamStream)  # it lets the slot go when the stream ends
         return response
     finally:
