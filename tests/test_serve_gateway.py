@@ -7,6 +7,7 @@ has a `{query}` placeholder and names a model and a temperature, one plain promp
 nothing. `--explore epsilon:1` serves them uniformly, so both rules are seen."""
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -51,6 +52,8 @@ class StandIn:
                     return self.answer(404, {"error": {"message": "The model `no-such-model` does not exist", "type": "invalid_request_error"}})
                 if "slowly" in text:
                     time.sleep(3)
+                if body.get("stream") and "break off" in text:
+                    return self.break_off(body)
                 if body.get("stream"):
                     try:
                         return self.stream(body)
@@ -81,6 +84,19 @@ class StandIn:
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                 self.wfile.write(b"data: [DONE]\n\n")
+
+            def break_off(self, body):
+                """One event, then the connection closes in the middle of a chunk."""
+                self.protocol_version = "HTTP/1.1"  # chunked: an end before the last chunk is an error, not the body's end
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                event = ("data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                                "choices": [{"index": 0, "delta": {"content": "The "}, "finish_reason": None}]}) + "\n\n").encode()
+                self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n" + b"ff\r\ndata: {")
+                self.wfile.flush()
+                self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -190,6 +206,47 @@ def test_stream_true_passes_the_events_through_as_they_arrive(gateway):
             upstream.release_stream.set()  # only now may the upstream send the rest: nothing is buffered on the way
     assert "".join(pieces) == "The answer is 8." and time.monotonic() - started < 8
     assert upstream.received[-1][0]["stream"] is True and decision
+
+
+def test_a_stream_that_breaks_off_ends_with_an_error_event_the_client_raises(gateway):
+    client, *_ = gateway
+    pieces = []
+    with pytest.raises(openai.APIError, match=r"the upstream's stream broke off \(RemoteProtocolError\)"):
+        for chunk in client.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "Now break off."}]):
+            pieces.append(chunk.choices[0].delta.content)
+    assert pieces == ["The "]  # what came before the break came through
+
+
+def test_a_decision_store_that_cannot_write_is_a_503_and_the_answer_is_not_passed_on(gateway, arms_bundle, tmp_path, caplog):
+    """In-process: the commit runs while the upstream works; a failed one is the service's 503, streaming or not."""
+    from test_serve_bounds import run_app
+
+    from oirl.decisions.store import DecisionStore
+    from oirl.recommender.bundle import load_bundle
+    from oirl.serve.app import create_app
+    from oirl.serve.gateway import UpstreamSettings
+
+    _, upstream, *_ = gateway
+    store = DecisionStore(tmp_path / "decisions.sqlite")
+    app = create_app(load_bundle(arms_bundle / "model", cache_dir=arms_bundle / "emb"), api_key="", decisions=store,
+                     upstream=UpstreamSettings(upstream.url))
+    request = {"model": "m", "messages": [{"role": "user", "content": "Is 91 prime?"}]}
+
+    async def scenario(client):
+        ok = await client.post("/v1/chat/completions", json=request)
+        store.close()
+        upstream.release_stream.set()
+        return ok, await client.post("/v1/chat/completions", json=request), \
+            await client.post("/v1/chat/completions", json={**request, "stream": True})
+
+    before = len(upstream.received)
+    with caplog.at_level(logging.ERROR, logger="oirl.serve"):
+        ok, plain, streamed = run_app(app, scenario)
+    assert ok.status_code == 200 and ok.json()["oirl"]["decision_id"]
+    for refused in (plain, streamed):
+        assert refused.status_code == 503 and refused.json()["detail"] == "the decision store is unavailable; try again later"
+        assert "choices" not in refused.text and refused.headers["content-type"] == "application/json"
+    assert len(upstream.received) == before + 3  # the calls were made (the commit overlaps them), their answers held back
 
 
 def test_upstream_refusals_pass_through_with_their_status(gateway):

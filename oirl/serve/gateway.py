@@ -6,16 +6,18 @@ in ``/v1/recommend``) picks an arm for the last user message; the prompt is appl
 the arm's model and parameters set (:mod:`oirl.serve.chat`); the decision is recorded by
 the one decision path (:mod:`oirl.serve.decide`), its commit running while the upstream
 works and done before anything is answered (a store that cannot write is a 503, as for
-``/v1/recommend``, and the upstream's answer is then not passed on); the upstream's answer comes back unchanged plus ``"oirl": {"decision_id", "prompt_id",
-"model_version"}`` and the header ``x-oirl-decision-id``. ``"stream": true`` passes the
-server-sent events through as they arrive (the decision in the header, and in an SSE
-comment line before the first event, which clients skip).
+``/v1/recommend``, and the upstream's answer is then not passed on). The upstream's
+answer comes back unchanged plus ``"oirl": {"decision_id", "prompt_id", "model_version"}``
+and the header ``x-oirl-decision-id``. ``"stream": true`` passes the server-sent events
+through as they arrive, each once it is complete (the decision in the header, and in an
+SSE comment line before the first event, which clients skip).
 
 Upstream faults stay here: no connection → 502, no answer within the timeout → 504
 (one-line ``{"detail", "request_id"}``, one log line, no traceback); the upstream's own
 4xx/5xx pass through with their status and body; a stream that breaks off ends with an
-SSE ``error`` event (the OpenAI client raises it). At most ``max_in_flight`` requests per
-worker are with the upstream; one more is a 503 at once. Gateway requests do not count
+SSE ``error`` event in place of its incomplete last one (the OpenAI client raises it). At
+most ``max_in_flight`` requests per worker are with the upstream; one more is a 503 at
+once, before the body is read. Gateway requests do not count
 against the service's ``concurrent_requests``, so a slow upstream never holds up
 ``/v1/recommend`` or ``/health``. The upstream key comes from the environment variable
 ``key_env`` names; it is sent upstream only, never logged, never answered.
@@ -245,15 +247,24 @@ class UpstreamStream(Response):
     async def _pump(self, send) -> None:
         prelude = f": oirl {json.dumps(self.decision, separators=(',', ':'))}\n\n".encode()
         await send({"type": "http.response.body", "body": prelude, "more_body": True})
+        pending = b""  # the start of an event not yet complete: it goes out with its end
         try:
             async for chunk in self.answer.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
+                complete, pending = _split_events(pending + chunk)
+                if complete:
+                    await send({"type": "http.response.body", "body": complete, "more_body": True})
+        except httpx.HTTPError as exc:  # a half event would garble the error event: it is dropped
             log.warning("request %s: the upstream's stream broke off: %s", self.request_id, type(exc).__name__)
             error = {"error": {"message": f"the upstream's stream broke off ({type(exc).__name__})", "type": "upstream_error",
                                "request_id": self.request_id}}
-            await send({"type": "http.response.body", "body": f"\ndata: {json.dumps(error)}\n\n".encode(), "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            pending = f"data: {json.dumps(error)}\n\n".encode()
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
+
+
+def _split_events(data: bytes) -> tuple[bytes, bytes]:
+    """``data`` cut after its last complete server-sent event (a blank line ends one), and the rest."""
+    end = max(data.rfind(sep) + len(sep) if data.rfind(sep) >= 0 else 0 for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"))
+    return data[:end], data[end:]
 
 
 async def _disconnected(receive) -> None:
