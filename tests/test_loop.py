@@ -170,7 +170,11 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     uniform = pd.concat([served_log(train, {q: names[rng.integers(6)] for q in pd.unique(train["query_id"])}, 1 / 6)
                          .assign(query_id=lambda f, k=k: f["query_id"] + f"-{k}") for k in range(3)])
     best = uniform.groupby("prompt_id")["reward"].mean().idxmax()
-    run("init", "--prompts", prompts, "--out", work / "cold-best", "--default", best, "--embedder", "hashing", "--cache-dir", work / "emb")
+    arms = work / "arms-best.jsonl"  # the best arm names a model: the retrained bundle keeps it (the log cannot say it)
+    arms.write_text("".join(json.dumps({**json.loads(line), **({"model": "small-llm", "params": {"temperature": 0.2}}
+                                                                if json.loads(line)["prompt_id"] == best else {})}) + "\n"
+                            for line in prompts.read_text().splitlines()))
+    run("init", "--prompts", arms, "--out", work / "cold-best", "--default", best, "--embedder", "hashing", "--cache-dir", work / "emb")
     log = write_logs(uniform, work / "uniform3.parquet")
     result = run("train", log, "--out", work / "cold-best", "--incumbent", work / "cold-best", "--embedder", "hashing",
                  "--cache-dir", work / "emb")
@@ -179,6 +183,7 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     assert summary["chosen"]["option"] == "prior"
     new = load_bundle(work / "cold-best", cache_dir=work / "emb")
     assert new.model is not None and new.default_prompt_id == best
+    assert new.arms == {best: {"model": "small-llm", "params": {"temperature": 0.2}}}
     table = {r["option"]: r for r in new.metadata["metrics"]["model_selection"]}
     assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]
 
