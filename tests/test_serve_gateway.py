@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -191,6 +192,24 @@ def test_the_decision_is_recorded_as_recommend_records_it_and_feedback_takes_its
                                        "--cache-dir", str(tmp_path / "emb")])
     assert trained.exit_code == 0, trained.output
     assert json.loads(trained.stdout)["training"]["feedback"] == "partial"
+
+
+def test_a_client_may_choose_the_decision_id_and_send_feedback_with_it_later(gateway):
+    """A client that keeps its own ids (a request or conversation id) sends one as x-oirl-decision-id."""
+    client, upstream, base, *_ = gateway
+    own = str(uuid.uuid4())
+    headers, completion = ask(client, "What is 9 minus 4?", extra_headers={"x-oirl-decision-id": own.upper()})
+    assert completion.model_extra["oirl"]["decision_id"] == own == headers["x-oirl-decision-id"]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.post(f"{base}/v1/feedback", json={"decision_id": own, "reward": 0.0}, headers=auth).status_code == 200
+    before = len(upstream.received)
+    with pytest.raises(openai.ConflictError) as twice:  # used before: refused before the upstream is called
+        ask(client, "What is 9 minus 4?", extra_headers={"x-oirl-decision-id": own})
+    assert twice.value.response.json()["detail"] == f"decision_id '{own}' is already recorded; choose a new one"
+    with pytest.raises(openai.UnprocessableEntityError) as malformed:
+        ask(client, "What is 9 minus 4?", extra_headers={"x-oirl-decision-id": "order-17"})
+    assert malformed.value.response.json()["detail"][0]["loc"] == ["header", "x-oirl-decision-id"]
+    assert len(upstream.received) == before
 
 
 def test_stream_true_passes_the_events_through_as_they_arrive(gateway):

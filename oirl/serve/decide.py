@@ -56,16 +56,19 @@ async def decide(request: Request, served: Serving, store: DecisionStore | None,
 
 
 async def choose(served: Serving, store: DecisionStore | None, scoring: Scoring, queries: list[str], candidates: CandidateSet, *,
-                 policy: str, top_k: int, cost_weight: float | None, exploration: EpsilonGreedy | Softmax | SquareCB | None) -> Decided:
+                 policy: str, top_k: int, cost_weight: float | None, exploration: EpsilonGreedy | Softmax | SquareCB | None,
+                 ids: list[str] | None = None) -> Decided:
     """Rank ``candidates`` for ``queries`` under ``policy`` (drawing by ``exploration``); the decisions
-    to record in ``store`` are in ``pending``. The caller has checked the caps."""
+    to record in ``store`` are in ``pending``, under ``ids`` if given (else new ones). The caller has
+    checked the caps."""
     model = served.model
     n = len(queries)
     explore = exploration_of(exploration)
     vectors = await served.batcher.embed(queries + candidates.new_texts)
     ranked = await scoring.run(served, n * candidates.size, model.rank, queries, vectors[:n], vectors[n:], candidates,
                                policy=policy, top_k=top_k, cost_weight=cost_weight, explore=explore, rng=np.random.default_rng())
-    ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
+    if ids is None:
+        ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
     served_with = [r.propensity if r.propensity is not None else (1.0 if store is not None else None) for r in ranked]
     pending = []
     if store is not None:

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,21 @@ class Upstream:
         await self.client.aclose()
 
 
+def _own_decision_id(request: Request, store) -> str | None:
+    """The decision id the client chose (header ``x-oirl-decision-id``, a UUID): a client that keeps
+    its own ids can send ``/v1/feedback`` with one of them later. None: the gateway makes one."""
+    value = request.headers.get(DECISION_HEADER)
+    if value is None:
+        return None
+    where = ("header", DECISION_HEADER)
+    if store is None:
+        raise RequestRefused("this server records no decisions (start it with 'oirl serve --decisions PATH')", "no_store", where)
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise RequestRefused(f"{value[:80]!r} is not a UUID", "uuid_parsing", where) from None
+
+
 def _fault(exc: httpx.HTTPError, request_id: str | None, headers: dict[str, str]) -> JSONResponse:
     """502 (no connection, a broken answer) or 504 (no answer in time), one log line."""
     timeout = isinstance(exc, httpx.TimeoutException)
@@ -144,6 +160,7 @@ async def chat_completions(request: Request, store: Store, limits: Limits, scori
             upstream.in_flight -= 1
 
     try:
+        own_id = _own_decision_id(request, store)
         body = await _read_json(request)
         index, message = last_user_message(body)
         query = message[:MAX_TEXT_CHARS]  # what the recommender sees and records; the upstream gets the whole message
@@ -153,12 +170,17 @@ async def chat_completions(request: Request, store: Store, limits: Limits, scori
             check_size(limits, candidates.size, f"1 query x the bundle's {candidates.size:,} prompts", [query])
             policy = model.check_policy(None, candidates)
             decided = await choose(served, store, scoring, [query], candidates, policy=policy, top_k=1, cost_weight=None,
-                                   exploration=request.app.state.default_explore)
+                                   exploration=request.app.state.default_explore, ids=None if own_id is None else [own_id])
             pick, arm = decided.ranked[0], model.arm(decided.ranked[0].prompt_id)
             decision = {"decision_id": decided.ids[0], "prompt_id": pick.prompt_id, "model_version": model.version}
         # The commit runs while the upstream works (it takes longer); nothing is answered before it is done.
-        recording = asyncio.ensure_future(record(request, store, decided))
-        recording.add_done_callback(lambda task: task.cancelled() or task.exception())  # awaited below; never "unretrieved"
+        # A client's own id may have been used before: that is found out first, at no cost of an upstream call.
+        recording = None
+        if own_id is not None:
+            await record(request, store, decided)
+        else:
+            recording = asyncio.ensure_future(record(request, store, decided))
+            recording.add_done_callback(lambda task: task.cancelled() or task.exception())  # awaited below; never "unretrieved"
         forwarded = upstream_body(body, index, pick.prompt, arm)
         headers = {DECISION_HEADER: decision["decision_id"]} if decision["decision_id"] else {}
         request_id = request_id_of(request.scope)
@@ -167,7 +189,8 @@ async def chat_completions(request: Request, store: Store, limits: Limits, scori
         else:
             response = await _stream(upstream, forwarded, decision, headers, request_id, release)
         try:
-            await recording  # a store that cannot write: 503 (problems.py), and the upstream's answer is not passed on
+            if recording is not None:
+                await recording  # a store that cannot write: 503 (problems.py), and the upstream's answer is not passed on
         except BaseException:
             if isinstance(response, UpstreamStream):
                 await response.answer.aclose()
