@@ -49,6 +49,14 @@ class StandIn:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 stand_in.received.append((body, {k.lower(): v for k, v in self.headers.items()}))
                 text = body["messages"][-1]["content"]
+                if "rate limit me" in text:
+                    self.send_response(429)
+                    data = json.dumps({"error": {"message": "slow down", "type": "rate_limit"}}).encode()
+                    for name, value in (("content-type", "application/json"), ("content-length", str(len(data))), ("retry-after", "7"),
+                                        ("x-ratelimit-remaining-requests", "0"), ("x-internal-hop", "private")):
+                        self.send_header(name, value)
+                    self.end_headers()
+                    return self.wfile.write(data)
                 if "no such model" in text:
                     return self.answer(404, {"error": {"message": "The model `no-such-model` does not exist", "type": "invalid_request_error"}})
                 if "slowly" in text:
@@ -273,6 +281,11 @@ def test_upstream_refusals_pass_through_with_their_status(gateway):
     with pytest.raises(openai.NotFoundError) as refused:
         ask(client, "Is 91 prime? (no such model)")
     assert refused.value.status_code == 404 and "no-such-model" in str(refused.value)
+    with pytest.raises(openai.RateLimitError) as limited:  # what a client acts on comes along: Retry-After, the limits
+        ask(client, "Please rate limit me.")
+    headers = limited.value.response.headers
+    assert headers["retry-after"] == "7" and headers["x-ratelimit-remaining-requests"] == "0" and "x-internal-hop" not in headers
+    assert headers["x-oirl-decision-id"]
 
 
 def test_the_gateway_needs_the_key_before_reading_the_body_and_never_echoes_the_upstream_key(gateway):

@@ -120,6 +120,14 @@ def _own_decision_id(request: Request, store) -> str | None:
         raise RequestRefused(f"{value[:80]!r} is not a UUID", "uuid_parsing", where) from None
 
 
+def _passed_on(upstream_headers: httpx.Headers, own: dict[str, str]) -> dict[str, str]:
+    """The upstream's headers a client acts on (``Retry-After`` on a 429, rate limits, its request id),
+    with the gateway's own; the rest (lengths, encodings, connection) belong to each hop."""
+    kept = {k: v for k, v in upstream_headers.items()
+            if k.lower() in ("retry-after", "retry-after-ms", "x-request-id") or k.lower().startswith(("x-ratelimit-", "openai-"))}
+    return {**kept, **own}
+
+
 def _fault(exc: httpx.HTTPError, request_id: str | None, headers: dict[str, str]) -> JSONResponse:
     """502 (no connection, a broken answer) or 504 (no answer in time), one log line."""
     timeout = isinstance(exc, httpx.TimeoutException)
@@ -215,8 +223,9 @@ async def _complete(upstream: Upstream, forwarded: dict[str, Any], decision: dic
         except ValueError:
             data = None
         if isinstance(data, dict):
-            return JSONResponse({**data, "oirl": decision}, status_code=answer.status_code, headers=headers)
-    return Response(answer.content, status_code=answer.status_code, media_type=media_type, headers=headers)  # as it came
+            return JSONResponse({**data, "oirl": decision}, status_code=answer.status_code, headers=_passed_on(answer.headers, headers))
+    return Response(answer.content, status_code=answer.status_code, media_type=media_type,
+                    headers=_passed_on(answer.headers, headers))  # as it came
 
 
 async def _stream(upstream: Upstream, forwarded: dict[str, Any], decision: dict[str, Any], headers: dict[str, str],
@@ -233,8 +242,9 @@ async def _stream(upstream: Upstream, forwarded: dict[str, Any], decision: dict[
             return _fault(exc, request_id, headers)
         finally:
             await answer.aclose()
-        return Response(content, status_code=answer.status_code, media_type=answer.headers.get("content-type"), headers=headers)
-    return UpstreamStream(answer, headers, decision, request_id, release)
+        return Response(content, status_code=answer.status_code, media_type=answer.headers.get("content-type"),
+                        headers=_passed_on(answer.headers, headers))
+    return UpstreamStream(answer, _passed_on(answer.headers, headers), decision, request_id, release)
 
 
 class UpstreamStream(Response):
@@ -268,8 +278,9 @@ class UpstreamStream(Response):
             self.release()
 
     async def _pump(self, send) -> None:
-        prelude = f": oirl {json.dumps(self.decision, separators=(',', ':'))}\n\n".encode()
-        await send({"type": "http.response.body", "body": prelude, "more_body": True})
+        if self.answer.headers.get("content-type", "text/event-stream").startswith("text/event-stream"):  # not into a JSON answer
+            prelude = f": oirl {json.dumps(self.decision, separators=(',', ':'))}\n\n".encode()
+            await send({"type": "http.response.body", "body": prelude, "more_body": True})
         pending = b""  # the start of an event not yet complete: it goes out with its end
         try:
             async for chunk in self.answer.aiter_raw():
