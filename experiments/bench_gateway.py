@@ -1,7 +1,7 @@
 """The gateway's overhead: the same chat completions, straight to a stand-in upstream and through `oirl serve --upstream`.
 
     python experiments/bench_gateway.py [--embedder hashing:384|minilm-static|minilm] [--decisions] [--requests 200]
-                                        [--streams 32] [--delay-ms 20]
+                                        [--streams 32] [--delay-ms 20] [--out REPORT.json]
 
 A stand-in OpenAI-compatible upstream (stdlib, threaded, in this process) answers each
 chat completion after a fixed ``--delay-ms``, as JSON, or with ``"stream": true`` as five
@@ -22,7 +22,7 @@ hit). Measured:
   (each must end with ``[DONE]`` and carry every event), and the p50 time to the first
   event, direct and through the gateway.
 
-Writes experiments/results/bench_gateway[-EMBEDDER][-decisions].json.
+Writes experiments/results/bench_gateway[-EMBEDDER][-decisions].json (or ``--out``).
 """
 
 from __future__ import annotations
@@ -145,14 +145,15 @@ def embedding_ms(embedder: str, n: int, gap: float) -> float:
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="hashing:384")
     parser.add_argument("--decisions", action="store_true", help="Record every decision (oirl serve --decisions).")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=20.0)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="Report file [default: experiments/results/bench_gateway….json].")
+    args = parser.parse_args(argv)
     upstream = stand_in(args.delay_ms / 1000)
     direct = f"http://127.0.0.1:{upstream.server_address[1]}/v1/chat/completions"
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,10 +209,12 @@ def main() -> None:
                     "p50_first_event_gateway_ms": round(1000 * statistics.median(f for _, f, ok in through if ok), 2)},
         "tracebacks_in_server_log": server_log.count("Traceback"),
     }
-    RESULTS.mkdir(exist_ok=True)
     name = "bench_gateway" + ("" if args.embedder == "hashing:384" else f"-{args.embedder}") + ("-decisions" if args.decisions else "")
-    (RESULTS / f"{name.replace(':', '')}.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or RESULTS / f"{name.replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":
