@@ -21,6 +21,11 @@ class BundleError(OirlError):
     """A model bundle directory that is missing, incomplete or corrupt."""
 
 
+class CannotFit(OirlError):
+    """A reward model that cannot be fitted on these rows (too few, or one outcome only):
+    model selection leaves that candidate out with a note instead of failing."""
+
+
 class UnknownPromptError(OirlError):
     """Prompt ids asked for that the model bundle does not know."""
 

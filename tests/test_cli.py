@@ -264,3 +264,44 @@ def test_evaluate_says_which_rows_it_evaluated_and_keeps_foreign_files(trained, 
     (tmp_path / "notes.json").write_text('{"mine": true}')
     refused = run("evaluate", work / "model", no_split, "--out", tmp_path / "notes.json", "--cache-dir", work / "emb", ok=False)
     assert refused.exit_code == 2 and json.loads((tmp_path / "notes.json").read_text()) == {"mine": True}
+
+
+@pytest.fixture(scope="module")
+def tiny_log(data_dir, tmp_path_factory):
+    """6 real GSM8K questions x 2 prompts (CoT, APE), both outcomes in every fold."""
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+
+    logs = build_logs(data_dir, "gsm8k", TRAINING_PROMPTS)
+    train = logs[logs["split"] == "train"]
+    rows = train[train["query_id"].isin(pd.unique(train["query_id"])[:6]) & train["prompt_id"].isin(["CoT", "APE"])]
+    first_half = rows["query_id"].isin(pd.unique(rows["query_id"])[:3])
+    rows = rows.assign(reward=((rows["prompt_id"] == "CoT") == first_half).astype(float)).drop(columns="split")
+    work = tmp_path_factory.mktemp("tiny")
+    return work, write_logs(rows.reset_index(drop=True), work / "tiny.parquet")
+
+
+def test_a_tiny_log_trains_without_the_candidates_it_cannot_fit(tiny_log):
+    """Issue 21, item 4: on 6 questions x 2 prompts the MLP's early-stopping split has fewer
+    rows than outcomes; it is left out with one warning line and the others compete."""
+    work, log = tiny_log
+    result = run("train", log, "--out", work / "auto", "--embedder", "hashing", "--cache-dir", work / "emb")
+    assert "Traceback" not in result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "mlp left out of model selection, it cannot be fitted on this log" in warned[0]
+    metrics = load_bundle(work / "auto", cache_dir=work / "emb").metadata["metrics"]
+    assert set(metrics["left_out"]) == {"mlp"} and not any(r["option"].startswith("mlp") for r in metrics["model_selection"])
+    assert json.loads(result.stdout)["training"]["query_instances"] == 6
+
+
+@pytest.mark.parametrize("extra, questions, message", [
+    (("--model", "mlp"), 6, "no reward model can be fitted on this log (6 query instances, 3 folds); mlp: too few training rows"),
+    ((), 2, "cross-validation needs at least 3 distinct query texts, got 2"),
+])
+def test_a_log_too_small_for_its_model_or_for_cross_validation_is_one_line(tiny_log, extra, questions, message):
+    work, log = tiny_log
+    rows = read_logs(log)
+    small = write_logs(rows[rows["query_id"].isin(pd.unique(rows["query_id"])[:questions])], work / f"small{questions}.parquet")
+    result = run("train", small, "--out", work / "refused", *extra, "--embedder", "hashing", "--cache-dir", work / "emb", ok=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and not (work / "refused").exists()

@@ -71,7 +71,7 @@ class FakeTime:
 def logged(minilm_bundle, tmp_path_factory):
     """``oirl serve`` with --decisions behind a key: (base URL, decision file)."""
     decisions = tmp_path_factory.mktemp("client-decisions") / "decisions.sqlite"
-    process, base = start_server(minilm_bundle, api_key=KEY, extra_args=("--decisions", decisions))
+    process, base = start_server(minilm_bundle, api_key=KEY, extra_args=("--decisions", decisions, "--explore", "none"))
     yield base, decisions
     stop(process)
 
@@ -463,3 +463,19 @@ def test_importing_the_client_stays_light():
     code = "import sys, oirl.client; print(sorted(m for m in ('numpy', 'pandas', 'fastapi', 'torch', 'sklearn', 'pydantic') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_client_reads_a_cold_server(tmp_path):
+    """Issue 21, item 3: a server running an ``oirl init`` bundle has no reward model
+    (``"model": null`` in /v1/model); the client reads it instead of a TypeError."""
+    from oirl.recommender.cold import cold_start
+    from oirl.recommender.recommender import Candidate as BundlePrompt
+    from oirl.serve.app import create_app
+
+    cold = cold_start([BundlePrompt(PROMPTS[i], i) for i in BUNDLE_IDS], default="CoT", embedder="hashing",
+                      cache_dir=tmp_path / "emb")
+    with serving(create_app(cold, api_key="")) as base, Client(base) as c:
+        info = c.model()
+        assert info.model_kind is None and info.default_prompt_id == "CoT" and info.raw["model"] is None
+        assert not info.records_decisions and info.limits["queries"] == 256
+        assert c.recommend(QUERIES[0]).prompt_id == "CoT"

@@ -93,7 +93,7 @@ def test_decision_fields_round_trip_through_the_table(store):
         "candidate_prompts": '["Let\'s think step by step: ", "The answer is:", "Answer with one number."]',
         "prompt_id": "nan", "prompt": "The answer is:", "propensity": 0.5, "policy": "argmax",
         "explore": '{"arms": [1, 2], "epsilon": 0.2}', "model_version": "v1", "score": 0.41,
-        "reward": None, "feedback_at": None,
+        "reward": None, "feedback_at": None, "online": None,
     }
 
 
@@ -164,8 +164,8 @@ def test_schema_pragmas_and_migrations(store):
     assert db.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
     columns = [row[1] for row in db.execute("PRAGMA table_info(decisions)")]
     assert columns == ["decision_id", "created_at", "query", "candidate_ids", "candidate_prompts", "prompt_id", "prompt",
-                       "propensity", "policy", "explore", "model_version", "score", "reward", "feedback_at"]
-    assert [row[0] for row in db.execute("SELECT name FROM _oirl_migrations")] == ["m001_decisions"]
+                       "propensity", "policy", "explore", "model_version", "score", "reward", "feedback_at", "online"]
+    assert [row[0] for row in db.execute("SELECT name FROM _oirl_migrations")] == ["m001_decisions", "m002_online"]
     store.record([make_decision()])
     DecisionStore(store.path).close()  # reopening migrates nothing and keeps the rows
     assert store.stats()["decisions"] == 1

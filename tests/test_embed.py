@@ -301,3 +301,49 @@ def test_a_warm_cache_needs_no_model_load(tmp_path):
     warm = get_embedder("minilm")
     np.testing.assert_array_equal(CachedEmbedder(warm, tmp_path).embed(["What is 7 times 8?"]), vectors)
     assert warm._model is None
+
+
+#: Run in a fresh interpreter: the file lock held by the embedding store, checked from a
+#: second lock object that may not wait. With ``fcntl`` hidden (as off POSIX) the old lock
+#: silently locked nothing, and the static embedder's module did not import at all.
+_LOCK_PROBE = """
+import sys
+if sys.argv[1] == "no-fcntl":
+    sys.modules["fcntl"] = None  # import fcntl now raises ImportError, as on Windows
+import filelock
+import oirl.embed.static  # imports without fcntl too
+from oirl.embed.store import _file_lock
+path = sys.argv[2]
+with _file_lock(path):
+    try:
+        filelock.FileLock(path).acquire(timeout=0)
+    except filelock.Timeout:
+        print("held")
+    else:
+        print("not held")
+with filelock.FileLock(path).acquire(timeout=0):
+    print("released")
+"""
+
+
+@pytest.mark.parametrize("platform", ["posix", "no-fcntl"])
+def test_the_store_lock_is_a_real_lock_with_or_without_fcntl(platform, tmp_path):
+    """Issue 21, item 16: the embedding store's lock is ``filelock``'s, never no lock."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", _LOCK_PROBE, platform, str(tmp_path / "x.lock")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["held", "released"]
+
+
+def test_pyproject_declares_the_versions_the_code_needs():
+    """scikit-learn 1.6 brought GroupKFold(shuffle=) and validate_data; filelock is imported."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    dependencies = text[text.index("dependencies = ["):text.index("]", text.index("dependencies = ["))]
+    sklearn = re.search(r'"scikit-learn>=(\d+)\.(\d+)', dependencies)
+    assert sklearn and (int(sklearn[1]), int(sklearn[2])) >= (1, 6)
+    assert re.search(r'"filelock>=', dependencies)

@@ -114,6 +114,91 @@ def test_promptfoo_query_vars_and_scaled_scores(tmp_path):
     assert set(scaled["reward"]) == {0.0, 0.25, 0.5}
 
 
+def promptfoo_exports(raw: dict, directory: Path, csv_layout: str = "cell", glued_jsonl: bool = False) -> dict[str, Path]:
+    """The run of one results.json written as promptfoo writes its three ``--output`` formats:
+    JSON as is; JSONL one result object per line (``glued_jsonl``: promptfoo 0.92, batches of
+    10 appended without a newline between them); CSV with a column per var, then per prompt
+    ``[provider] label`` holding ``[PASS] (1.00)\n\noutput\n\nPass Reason: ...`` (promptfoo
+    0.92 to 0.123, ``csv_layout="cell"``) or the output followed by Status, Score, Named
+    Scores, Grader Reason and Comment columns (later versions, ``"columns"``)."""
+    import csv
+
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = raw["results"]
+    paths = {"json": directory / "results.json", "jsonl": directory / "results.jsonl", "csv": directory / "results.csv"}
+    paths["json"].write_text(json.dumps(raw, indent=2))
+    lines = [json.dumps(r) for r in summary["results"]]
+    if glued_jsonl:
+        paths["jsonl"].write_text("".join("\n".join(lines[i:i + 10]) for i in range(0, len(lines), 10)))
+    else:
+        paths["jsonl"].write_text("\n".join(lines) + "\n")
+    var_names = list(dict.fromkeys(k for r in summary["results"] for k in r["vars"]))
+    prompts = summary["prompts"]
+    by_test: dict[int, dict[int, dict]] = {}
+    for r in summary["results"]:
+        by_test.setdefault(r["testIdx"], {})[r["promptIdx"]] = r
+
+    def status(r):
+        return "PASS" if r["success"] else "FAIL" if r.get("failureReason", 1) == 1 else "ERROR"
+
+    with paths["csv"].open("w", newline="") as out:
+        writer = csv.writer(out)
+        if csv_layout == "cell":
+            writer.writerow([*var_names, *(f"[{p['provider']}] {p['label']}" for p in prompts)])
+        else:
+            writer.writerow(["Description", *var_names, *(c for p in prompts for c in (f"[{p['provider']}] {p['label']}", "Status", "Score",
+                                                                                      "Named Scores", "Grader Reason", "Comment"))])
+        for test in sorted(by_test):
+            results = by_test[test]
+            first = next(iter(results.values()))
+            cells = [first["vars"][name] for name in var_names]
+            for index in range(len(prompts)):
+                r = results[index]
+                output, reason = (r.get("response") or {}).get("output", ""), (r.get("gradingResult") or {}).get("reason")
+                if csv_layout == "cell":
+                    grade = f"\n\n{'Pass' if r['success'] else 'Fail'} Reason: {reason}" if r.get("gradingResult") else ""
+                    cells.append(f"[{status(r)}] ({r['score']:.2f})\n\n{output}{grade}")
+                else:
+                    cells += [output, status(r), f"{r['score']:.2f}", "", reason or "", ""]
+            writer.writerow(cells if csv_layout == "cell" else [first["testCase"]["description"], *cells])
+    return paths
+
+
+@pytest.mark.parametrize("version, csv_layout", [("0.123.1", "cell"), ("0.92.2", "cell"), ("0.123.1", "columns")])
+def test_promptfoo_json_jsonl_and_csv_exports_of_one_run_import_to_the_same_rows(version, csv_layout, tmp_path):
+    """Issue 21, item 5: ``-o results.jsonl`` and ``-o results.csv`` were refused as "not valid
+    JSON". One run (a real promptfoo results file, one result turned into a provider error)
+    written in all three formats imports to the same rows; the CSV records no templates, no
+    cost and no test index, so it needs --query-vars when several vars could be the query."""
+    raw = json.loads(unpacked(FIXTURES / "promptfoo" / version / "results.json.gz", tmp_path / "raw").read_text())
+    broken = raw["results"]["results"][5]
+    broken.update(success=False, score=0, gradingResult=None, error="provider crashed", failureReason=2)
+    paths = promptfoo_exports(raw, tmp_path / "run", csv_layout, glued_jsonl=version == "0.92.2")
+    key = ["query_id", "prompt_id"]
+    for reward in ("pass", "score"):
+        with pytest.warns(UserWarning, match="1 result"):
+            from_json, _ = read_promptfoo(paths["json"], reward=reward)
+        assert len(from_json) == 95
+        with pytest.warns(UserWarning, match="1 result"):
+            from_jsonl, summary = read_promptfoo(paths["jsonl"], reward=reward)
+        assert summary["format"] == "jsonl" and summary["query_vars"] == ["question"]
+        pd.testing.assert_frame_equal(from_jsonl.sort_values(key).reset_index(drop=True), from_json.sort_values(key).reset_index(drop=True))
+        with pytest.warns(UserWarning, match="1 result"):
+            from_csv, _ = read_promptfoo(paths["csv"], reward=reward, query_vars=["question"])
+        assert "cost" not in from_csv.columns
+        shared = ["query_id", "query", "prompt_id", "reward", "llm"]
+        pd.testing.assert_frame_equal(from_csv.sort_values(key).reset_index(drop=True)[shared],
+                                      from_json.sort_values(key).reset_index(drop=True)[shared])
+        assert set(from_csv["prompt"]) == {f"provider: {p}\n\nprompt: {label}" for p in ("mock-high", "mock-low")
+                                           for label in ("plain", "step-by-step")}
+    with pytest.raises(LogFormatError, match=r"results\.csv: this export does not record the prompt templates, .* --query-vars "
+                                             r"\(vars: answer, question\)"):
+        read_promptfoo(paths["csv"])
+    result = run("import", "promptfoo", paths["csv"], "--query-vars", "question", "--out", tmp_path / "csv.parquet")
+    assert result.exit_code == 0, result.output
+    assert len(read_logs(tmp_path / "csv.parquet")) == 95
+
+
 # --------------------------------------------------------------------------- lm-eval
 
 

@@ -78,6 +78,38 @@ def test_several_logs_train_together_with_the_harness_log_weighed_as_uniform(maw
     assert refused.exit_code == 2 and "cannot be combined with logs that have one" in refused.stderr
 
 
+def test_two_logs_numbering_their_cases_alike_keep_their_questions_apart(mawps, data_dir):
+    """Issue 21, item 2: promptfoo numbers its cases test-0, test-1, ... in every suite. Two
+    suites (60 MAWPS and 60 GSM8K questions, the same two prompts) under the same ids are
+    120 query instances, not 60 averaged ones; one log holding both is refused in one line."""
+    from oirl.data.importers.prompt_oirl import TRAINING_PROMPTS, build_logs
+
+    work, train, _, _ = mawps
+    gsm8k = build_logs(data_dir, "gsm8k", TRAINING_PROMPTS)
+    gsm8k = gsm8k[gsm8k["split"] == "train"]
+
+    def suite(frame: pd.DataFrame) -> pd.DataFrame:
+        rows = frame[frame["query_id"].isin(pd.unique(frame["query_id"])[:60]) & frame["prompt_id"].isin(["CoT", "APE"])]
+        number = {q: f"test-{i}" for i, q in enumerate(pd.unique(rows["query_id"]))}
+        return rows.assign(query_id=rows["query_id"].map(number)).drop(columns="split").reset_index(drop=True)
+
+    first, second = suite(train), suite(gsm8k)
+    assert set(first["query_id"]) == set(second["query_id"]) and not set(first["query"]) & set(second["query"])
+    a, b = write_logs(first, work / "suite_a.parquet"), write_logs(second, work / "suite_b.parquet")
+    result = run("train", a, b, "--out", work / "two-suites", "--model", "knn", "--embedder", "hashing", "--cache-dir", work / "emb")
+    training = json.loads(result.stdout)["training"]
+    assert training["query_instances"] == 120 and training["distinct_queries"] == 120 and training["rows"] == 240
+    assert "60 query id(s) name different questions in different logs (e.g. 'test-0'); each log's are kept apart as '<log>/<id>' " \
+           "(logs: suite_a, suite_b)" in result.stderr and "averaged" not in result.stderr
+    same = run("train", a, write_logs(first, work / "suite_a_again.parquet"), "--out", work / "same-suite", "--model", "knn",
+               "--embedder", "hashing", "--cache-dir", work / "emb")
+    assert json.loads(same.stdout)["training"]["query_instances"] == 60 and "kept apart" not in same.stderr  # the same questions: shared ids
+    both = write_logs(pd.concat([first, second], ignore_index=True), work / "both_suites.parquet")
+    refused = run("train", both, "--out", work / "x", "--embedder", "hashing", ok=False)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.exit_code == 2 and len(errors) == 1 and "column 'query': query_id 'test-0' holds a different question here" in errors[0]
+
+
 def test_the_incumbent_stays_unless_an_option_beats_it(mawps):
     """A deployment that served the best prompt: its own traffic cannot show a better policy,
     so retraining on it keeps the incumbent and leaves --out as it was."""
@@ -186,6 +218,27 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     assert new.arms == {best: {"model": "small-llm", "params": {"temperature": 0.2}}}
     table = {r["option"]: r for r in new.metadata["metrics"]["model_selection"]}
     assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]
+
+
+def test_a_cold_incumbent_whose_default_is_the_clear_winner_is_replaced_without_a_crash(mawps):
+    """Issue 21, item 1: a cold bundle whose default ('CoT', reward 1) beats the only other
+    prompt ('APE', reward 0) on every question. No model beats the prior, the prior has the
+    best value in the table, and the new bundle must still carry a model (no KeyError)."""
+    work, train, _, _ = mawps
+    keep = pd.unique(train["query_id"])[:120]
+    rows = train[train["query_id"].isin(keep) & train["prompt_id"].isin(["CoT", "APE"])]
+    rows = rows.assign(reward=(rows["prompt_id"] == "CoT").astype(float))
+    prompts = work / "two-prompts.jsonl"
+    table = rows.drop_duplicates("prompt_id")
+    prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": t}) + "\n" for p, t in zip(table["prompt_id"], table["prompt"], strict=True)))
+    run("init", "--prompts", prompts, "--out", work / "cold-cot", "--default", "CoT", "--embedder", "hashing", "--cache-dir", work / "emb")
+    log = write_logs(rows.drop(columns="split"), work / "cot-wins.parquet")
+    result = run("train", log, "--out", work / "after-cot", "--incumbent", work / "cold-cot", "--model", "knn", "--embedder", "hashing",
+                 "--cache-dir", work / "emb")
+    summary = json.loads(result.stdout)
+    assert summary["chosen"]["option"] == "prior" and summary["reward_model"]["kind"] == "knn"
+    new = load_bundle(work / "after-cot", cache_dir=work / "emb")
+    assert new.model is not None and new.default_prompt_id == "CoT"
 
 
 def test_an_incumbent_trained_on_these_decisions_is_valued_by_its_recipe_out_of_fold(mawps):

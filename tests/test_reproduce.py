@@ -103,3 +103,36 @@ def test_reproduce_is_the_cli_path(data_dir, mawps, tmp_path):
     report16 = json.loads(run("evaluate", tmp_path / "model", log, "--cache-dir", tmp_path / "emb").stdout)
     assert heldout_row["oirl fallback (<0.5), all 16"] == pytest.approx(report16["policies"]["fallback"], abs=1e-12)
     assert heldout_row["oirl default policy, all 16"] == pytest.approx(report16["policies"][default], abs=1e-12)
+
+
+def test_other_seeds_hold_out_other_questions_of_the_same_share(mawps):
+    from oirl.data.questions import QuestionKey
+
+    six, heldout = mawps
+    key = QuestionKey(casefold=True)
+    tests = []
+    for seed in (0, 1, 2):
+        split = protocol_split("mawps", six, heldout, "disjoint", seed=seed)
+        train_keys, test_keys = set(key.keys(split.train["query"])), set(key.keys(split.test["query"]))
+        assert not train_keys & test_keys and len(split.train) + len(split.test) == len(six)
+        assert 0.17 < len(test_keys) / len(train_keys | test_keys) < 0.23
+        tests.append(test_keys)
+    assert len(tests[0] & tests[1]) < 0.4 * len(tests[0])  # independent draws overlap by about 20%
+
+
+def test_the_generalization_ablation_runs_at_toy_size(data_dir, tmp_path):
+    """One split through `oirl reproduce --benchmark generalize`: a row per family, the
+    shipped default among them, values on the held-out questions."""
+    result = CliRunner().invoke(cli, ["reproduce", "--benchmark", "generalize", "--datasets", "mawps", "--seeds", "1", "--limit", "120",
+                                      "--data-dir", str(data_dir), "--out", str(tmp_path / "g"), "--cache-dir", str(tmp_path / "emb")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "g" / "generalize.json").read_text())["rows"]
+    families = [r["family"] for r in rows]
+    assert families[0] == "default" and {"knn", "lexical", "lowrank", "lightgbm"} <= set(families)
+    for r in rows:
+        assert 0 <= r["test value"] <= 1 and r["gain low"] <= r["test gain"] + 1e-12 <= r["gain high"] + 2e-12
+        assert r["test gain"] == pytest.approx(r["test value"] - r["best prompt (test)"])
+    assert rows[0]["clears 3 SE"] or rows[0]["option (best by CV)"] == "prior"  # the default ships the prior unless an option clears it
+    assert (tmp_path / "g" / "generalize_gains.png").is_file() and (tmp_path / "g" / "generalize.md").is_file()
+    bad = CliRunner().invoke(cli, ["reproduce", "--benchmark", "generalize", "--seeds", "one", "--data-dir", str(data_dir)])
+    assert bad.exit_code == 2 and "--seeds" in bad.output

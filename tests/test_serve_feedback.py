@@ -84,7 +84,9 @@ def test_recorded_decisions_export_with_the_propensities_served(logged, tmp_path
         assert row["propensity"] == pytest.approx(answer["propensity"]) and row["prompt_id"] == answer["prompt_id"]
         assert row["query_id"] == decision_id
     model = client.get("/v1/model").json()
+    online = model["feedback"].pop("online")
     assert model["feedback"] == {"decisions": "decisions.sqlite", "explore": {"method": "epsilon", "epsilon": 0.5}}
+    assert online["feedback"] == sum(online["counts"].values()) >= len(served)  # learned from every outcome so far
     assert str(decisions.parent) not in json.dumps(model)  # no server path
 
 

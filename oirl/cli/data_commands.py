@@ -87,7 +87,7 @@ SCORE_RANGE_OPTION = click.option("--score-range", default=None, metavar="LO:HI"
 @click.option("--query-vars", default=None, help="Comma-separated test vars that make the query [default: the vars the prompts use].")
 @FORCE_OPTION
 def import_promptfoo_command(results: Path, out_file: Path, reward: str, score_range: str | None, query_vars: str | None, force: bool) -> None:
-    """promptfoo's results file (promptfoo eval --output results.json): one row per (test case, prompt or provider x prompt)."""
+    """promptfoo's results file (promptfoo eval --output results.json, .jsonl or .csv): one row per (test case, prompt or provider x prompt)."""
     from oirl.data.importers.eval_tools import check_output_file, parse_score_range, write_import
     from oirl.data.importers.promptfoo import read_promptfoo
 

@@ -14,9 +14,10 @@ from oirl.embed.base import DEFAULT_EMBEDDER
 
 
 @click.command()
-@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope", "loop"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation; 'loop': serve, learn from the feedback, redeploy, beside Vowpal Wabbit).")
+@click.option("--benchmark", type=click.Choice(["prompt-oirl", "cruxeval-input", "ope", "loop", "generalize"]), default="prompt-oirl", show_default=True, help="Which tables to reproduce ('ope': partial feedback, by simulation; 'loop': serve, learn from the feedback, redeploy, beside Vowpal Wabbit; 'generalize': each reward-model family on questions never trained on).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"), show_default=True, help="Folder of the released data (see ../shared/data/README.md).")
-@click.option("--datasets", default=None, help="Comma-separated datasets [default: gsm8k,svamp,mawps; for ope: svamp,mawps,cruxeval; for loop: mawps,gsm8k,svamp].")
+@click.option("--datasets", default=None, help="Comma-separated datasets [default: gsm8k,svamp,mawps; for ope: svamp,mawps,cruxeval; for loop: mawps,gsm8k,svamp; for generalize: mawps,svamp,gsm8k,cruxeval].")
+@click.option("--seeds", default="0,1,2", show_default=True, help="generalize: hash seeds of the question-disjoint SVAMP and MAWPS splits (0 is the README's).")
 @click.option("--protocol", type=click.Choice(["paper", "disjoint", "both"]), default="both", show_default=True, help="Splits: the paper's (--cv-groups instance), question-disjoint (every default), or both.")
 @click.option("--embedder", default=DEFAULT_EMBEDDER, show_default=True, help="Embedder, as for 'oirl train'.")
 @click.option("--authors-config/--no-authors-config", default=False, show_default=True, help="Also time the authors' XGBoost configuration on MAWPS (about 10 minutes).")
@@ -32,7 +33,7 @@ from oirl.embed.base import DEFAULT_EMBEDDER
 @CACHE_OPTION
 def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: str, embedder: str, authors_config: bool, n_boot: int | None,
               limit: int | None, repetitions: int, learn_repetitions: int, learn_datasets: str, rounds: int, explore: str, loop_cv_groups: str | None,
-              out_dir: Path, cache_dir: Path) -> None:
+              out_dir: Path, cache_dir: Path, seeds: str) -> None:
     """Regenerate the benchmark tables through 'oirl train' + 'oirl evaluate' (Markdown, CSV, PNG under --out)."""
     from oirl.data.importers.prompt_oirl import DATASETS
     from oirl.reproduce.prompt_oirl import PROTOCOLS
@@ -61,6 +62,20 @@ def reproduce(benchmark: str, data_dir: Path, datasets: str | None, protocol: st
         for name in result["datasets"]:
             click.echo((out_dir / f"loop_{name}.md").read_text())
         click.echo(f"tables, CSVs and plots in {out_dir}")
+        return
+    if benchmark == "generalize":
+        from oirl.reproduce.generalize import DATASETS as GENERALIZE_DATASETS
+        from oirl.reproduce.generalize import reproduce_generalize
+
+        chosen = _names(datasets, GENERALIZE_DATASETS, GENERALIZE_DATASETS, "--datasets")
+        try:
+            seed_values = tuple(int(s) for s in seeds.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{seeds!r}: comma-separated integers", param_hint="--seeds") from None
+        result = reproduce_generalize(data_dir, out_dir, datasets=tuple(chosen), seeds=seed_values, cache_dir=cache_dir, embedder=embedder,
+                                      limit=limit)
+        click.echo((out_dir / "generalize.md").read_text())
+        click.echo(f"tables, CSV and plot in {out_dir}; total {result['total_seconds']:.0f} s")
         return
     if benchmark == "cruxeval-input":
         from oirl.reproduce.cruxeval import reproduce_cruxeval

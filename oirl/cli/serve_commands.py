@@ -15,6 +15,11 @@ import click
 from oirl.errors import OirlError
 
 WORKER_START_SECONDS = 180  # a worker started by a reload must be serving within this
+#: What a service that records decisions explores with unless told otherwise: the policy's
+#: pick with probability .9 + .1 / K, every other prompt .1 / K. Bounded around the
+#: default (a cold bundle's too), and what lets its own traffic teach it (users forget
+#: --explore; a service that never explores learns nothing about the prompts it does not serve).
+RECORDING_EXPLORE = "epsilon:0.1"
 
 # --------------------------------------------------------------------------- serve
 
@@ -24,9 +29,10 @@ WORKER_START_SECONDS = 180  # a worker started by a reload must be serving withi
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes (each loads the bundle and the embedding model).")
-@click.option("--explore", default=None, metavar="epsilon:E|softmax:T|squarecb:G", help="Default exploration of /v1/recommend, e.g. epsilon:0.1, softmax:0.05 or squarecb:50 (a request's 'explore' overrides it).")
+@click.option("--explore", default=None, metavar="epsilon:E|softmax:T|squarecb:G|none", help=f"Default exploration of /v1/recommend, e.g. epsilon:0.1, softmax:0.05 or squarecb:50 (a request's 'explore' overrides it) [default: {RECORDING_EXPLORE} with --decisions, else none].")
 @click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
+@click.option("--online/--no-online", default=True, show_default=True, help="With --decisions: the feedback since the bundle was trained moves what is served before the next retrain (per-prompt offsets, kept in the decision file).")
 @click.option("--upstream", default=None, metavar="URL",
               help="Also be an OpenAI-compatible gateway: POST /v1/chat/completions picks the prompt (and the arm's model) for "
                    "the last user message and forwards the call to this base URL (e.g. http://127.0.0.1:8080/v1).")
@@ -36,8 +42,8 @@ WORKER_START_SECONDS = 180  # a worker started by a reload must be serving withi
               help="Requests with the upstream at once, per worker; one more gets a 503 at once.")
 @click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True, metavar="SECONDS",
               help="Longest wait for each read from the upstream (a stream's next event included); then a 504.")
-def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None, upstream: str | None,
-          upstream_key_env: str | None, upstream_concurrency: int, upstream_timeout: float) -> None:
+def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None, online: bool,
+          upstream: str | None, upstream_key_env: str | None, upstream_concurrency: int, upstream_timeout: float) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key.
 
     SIGHUP (or POST /v1/admin/reload) swaps in the bundle now at MODEL_DIR: requests under
@@ -52,6 +58,9 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
         import uvicorn
     except ImportError:
         raise OirlError("the service needs the [serve] extra: pip install 'oirl[serve]'") from None
+    if explore is None and decisions is not None:
+        explore = RECORDING_EXPLORE
+    explore = None if explore == "none" else explore
     if explore:
         parse_exploration(explore)  # a bad setting fails here, in one line
     if upstream_key_env is not None and upstream is None:
@@ -71,6 +80,7 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     os.environ["OIRL_EXPLORE"] = explore or ""
     os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
     os.environ["OIRL_WORKERS"] = str(workers)
+    os.environ["OIRL_ONLINE"] = "1" if online else "0"
     # the gateway's settings; the key stays in the variable it is in (only its name is passed on)
     os.environ["OIRL_UPSTREAM"] = upstream or ""
     os.environ["OIRL_UPSTREAM_KEY_ENV"] = upstream_key_env or ""

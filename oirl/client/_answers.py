@@ -71,7 +71,7 @@ class ModelInfo:
     """What ``GET /v1/model`` says that a client acts on; everything else is in ``raw``."""
 
     model_version: str
-    model_kind: str
+    model_kind: str | None  # None: a cold bundle (``oirl init``), no reward model yet
     embedder: str
     default_policy: str
     default_prompt_id: str

@@ -159,7 +159,9 @@ class Client:
         answer = self._call("GET", "/v1/model", None, idempotent=True)
         with _reading(answer) as raw:
             policy, feedback = raw["policy"], raw.get("feedback") or {}
-            return ModelInfo(model_version=raw["model_version"], model_kind=raw["model"]["kind"], embedder=str(raw["embedder"]),
+            reward_model = raw["model"]  # null on a cold bundle (`oirl init`): it serves its default prompt
+            return ModelInfo(model_version=raw["model_version"], model_kind=None if reward_model is None else reward_model["kind"],
+                             embedder=str(raw["embedder"]),
                              default_policy=policy["default"], default_prompt_id=policy["default_prompt_id"],
                              records_decisions=feedback.get("decisions") is not None, explore=feedback.get("explore"),
                              limits=raw.get("limits", {}), raw=raw)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from oirl.data.questions import QuestionKey
 from oirl.errors import LogFormatError
 
 REQUIRED_COLUMNS = ("query", "prompt", "reward")
@@ -89,6 +90,7 @@ def validate_logs(
         out[column] = raw[column].astype(str)
 
     _check_prompt_ids(out, source, where)
+    _check_query_ids(out, source, where)
     out = average_duplicates(out, source, ["query_id", "prompt_id"] + (["split"] if "split" in out.columns else []))
     if "propensity" in out.columns:
         _check_propensity_sums(out, source)
@@ -144,6 +146,27 @@ def _check_prompt_ids(frame: pd.DataFrame, source: str, where: Callable[[int], s
             f"{source}, {where(int(other))}, column 'prompt': prompt_id {prompt_id!r} has a different text "
             f"here than in {where(int(rows[0]))}; one id must name one prompt text"
         )
+
+
+def _check_query_ids(frame: pd.DataFrame, source: str, where: Callable[[int], str]) -> None:
+    """One query instance (a query_id, per split), one question: its rows must hold the same
+    text, up to Unicode form and whitespace. Otherwise its rewards would be averaged across
+    two questions (two suites whose cases are both numbered test-0, ...)."""
+    keys = ["query_id"] + (["split"] if "split" in frame.columns else [])
+    texts = frame.groupby(keys, sort=False)["query"].nunique()
+    if not (texts > 1).any():
+        return
+    question = QuestionKey(casefold=False)
+    for key in texts[texts > 1].index:
+        values = key if isinstance(key, tuple) else (key,)
+        mask = np.logical_and.reduce([frame[k].to_numpy() == v for k, v in zip(keys, values, strict=True)])
+        rows = frame.index[mask]
+        normalized = frame.loc[rows, "query"].map(question)
+        if normalized.nunique() > 1:
+            other = rows[int((normalized != normalized.iloc[0]).to_numpy().argmax())]
+            raise LogFormatError(f"{source}, {where(int(other))}, column 'query': query_id {values[0]!r} holds a different question here "
+                                 f"than in {where(int(rows[0]))}; one id must name one question (two suites or tasks numbered alike? "
+                                 "import them as separate logs, or give their ids a prefix)")
 
 
 def average_duplicates(frame: pd.DataFrame, source: str, keys: list[str]) -> pd.DataFrame:

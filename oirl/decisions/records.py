@@ -99,6 +99,8 @@ class Decision:
     model_version: str
     propensity: float = 1.0
     explore: Any = field(default=None, hash=False)
+    #: The online state that served it (``oirl.decisions.online``: feedback counted, offsets), any JSON value.
+    online: Any = field(default=None, hash=False)
     decision_id: str = field(default_factory=new_decision_id)
     created_at: str = field(default_factory=utc_now)
 
@@ -143,6 +145,10 @@ def _check_decision(d: Decision) -> dict[str, Any]:
         explore = None if d.explore is None else json.loads(to_json(d.explore))
     except (TypeError, ValueError) as exc:
         _bad("explore", f"is not JSON-serialisable: {exc}")
+    try:
+        online = None if d.online is None else json.loads(to_json(d.online))
+    except (TypeError, ValueError) as exc:
+        _bad("online", f"is not JSON-serialisable: {exc}")
     return {
         "decision_id": canonical_id(d.decision_id, lambda why: _bad("decision_id", why)),
         "created_at": _canonical_time(d.created_at),
@@ -151,6 +157,7 @@ def _check_decision(d: Decision) -> dict[str, Any]:
         "propensity": propensity,
         "score": score,
         "explore": explore,
+        "online": online,
     }
 
 

@@ -127,7 +127,13 @@ def m001_decisions(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX decisions_by_time ON decisions (created_at, decision_id)")
 
 
-_MIGRATIONS = [Migration("m001_decisions", m001_decisions)]
+def m002_online(db: sqlite3.Connection) -> None:
+    """The online state each decision was served with (JSON; NULL before online learning)."""
+    db.execute("ALTER TABLE decisions ADD COLUMN online TEXT")
+    db.execute("CREATE INDEX decisions_by_model ON decisions (model_version, prompt_id)")  # what arm_outcomes reads
+
+
+_MIGRATIONS = [Migration("m001_decisions", m001_decisions), Migration("m002_online", m002_online)]
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -283,7 +289,7 @@ class DecisionStore:
             rows.append((
                 d.decision_id, d.created_at, d.query, to_json(list(d.candidate_ids)), to_json(list(d.candidate_prompts)),
                 d.prompt_id, d.prompt, d.propensity, d.policy, None if d.explore is None else to_json(d.explore),
-                d.model_version, d.score,
+                d.model_version, d.score, None if d.online is None else to_json(d.online),
             ))
         if not rows:
             return
@@ -302,7 +308,7 @@ class DecisionStore:
                     raise DuplicateDecisionError(found[0])
             db.executemany(
                 "INSERT INTO decisions (decision_id, created_at, query, candidate_ids, candidate_prompts, prompt_id,"
-                " prompt, propensity, policy, explore, model_version, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " prompt, propensity, policy, explore, model_version, score, online) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -333,6 +339,14 @@ class DecisionStore:
         return FeedbackResult(decision_id, recorded, feedback_at, duplicate=True)
 
     # -- reading
+
+    def arm_outcomes(self, model_version: str) -> dict[str, tuple[int, float, float]]:
+        """Per served prompt id, over the decisions of ``model_version`` whose reward is known:
+        (count, sum of rewards, sum of the scores they were served with), in one snapshot."""
+        with self._transaction("DEFERRED") as db:
+            rows = db.execute("SELECT prompt_id, count(reward), sum(reward), sum(score) FROM decisions"
+                              " WHERE reward IS NOT NULL AND model_version = ? GROUP BY prompt_id", (model_version,)).fetchall()
+        return {str(p): (int(n), float(r), float(s)) for p, n, r, s in rows}
 
     def stats(self) -> dict[str, int]:
         """``{"decisions": n, "with_feedback": k}``, counted in one snapshot."""

@@ -30,7 +30,7 @@ def _eval_scores(block: dict[str, Any], model_dir: str, cache_dir: str, candidat
     """Scores (n_i, m) of the block's instances and whether each one's text was trained on (n_i,)."""
 
     rec = worker_recommender(model_dir, cache_dir)
-    text_scores = rec.score_vectors(block["vectors"], candidate_vectors)
+    text_scores = rec.score_vectors(block["vectors"], candidate_vectors, texts=list(block["texts"]))
     return text_scores[block["inst_text"]], _member(block["texts"], rec.train_text_hashes)[block["inst_text"]]
 
 

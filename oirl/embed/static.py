@@ -22,7 +22,6 @@ is imported until then.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
@@ -199,9 +198,8 @@ def build_static_model(
     with _file_lock(parent / f"{folder}.lock"):
         if _complete(target):
             return target  # another process built it while we waited
-        if fcntl is not None:  # we hold the lock, so temp folders left here are from crashed builds
-            for stale in parent.glob(f".{folder}.*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
+        for stale in parent.glob(f".{folder}.*.tmp"):  # we hold the lock: temp folders left here are from crashed builds
+            shutil.rmtree(stale, ignore_errors=True)
         if target.exists():
             warnings.warn(f"static embedder folder {target} is incomplete; building it again", stacklevel=2)
             shutil.rmtree(target)

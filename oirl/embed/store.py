@@ -26,11 +26,6 @@ import numpy as np
 from oirl._sqlite import Migration, is_migrated, migrate
 from oirl.errors import OirlError
 
-try:  # file locks guard recovery and migration; SQLite does its own locking
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
-
 CACHE_FILE = "embeddings.sqlite"
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction
 LEASE_S = 120.0  # how long a claim on texts being embedded holds (dead holders are detected sooner)
@@ -67,14 +62,16 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (and threads, each opening its own descriptor)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    """An exclusive lock between processes (and threads: each call is its own lock object).
+
+    File locks guard recovery and migration (SQLite does its own locking). ``filelock``
+    takes an OS lock wherever there is one (``flock`` on POSIX, ``msvcrt`` on Windows), a
+    lock file where there is not: never no lock at all, which a missing ``fcntl`` used to give.
+    """
+    from filelock import FileLock
+
+    with FileLock(path):  # default mode: 0o666 less the umask, as before
         yield
-    finally:
-        os.close(fd)
 
 
 def _chunks(items: Sequence, size: int = _SQL_VARIABLES) -> Iterator[Sequence]:

@@ -41,13 +41,17 @@ def spec(model: str, complexity: int = 1, layout: str | None = None, **params: A
     return ModelSpec(model, tuple(sorted(params.items())), layout, complexity)
 
 
-#: ``--model auto``: the neighbour model over its grid, LightGBM pointwise and on
-#: per-query-centred rewards, logistic regression and an MLP on a layout where they
-#: can personalise. Complexity orders them for the one-standard-error rule.
+#: ``--model auto``: the neighbour model over its grid, the lexical model (ridge heads on
+#: the query's words) over its penalty, the low-rank factorisation of the outcomes over
+#: the query vectors, LightGBM pointwise and on per-query-centred
+#: rewards, logistic regression and an MLP on a layout where they can personalise.
+#: Complexity orders them for the one-standard-error rule.
 AUTO_CANDIDATES: tuple[ModelSpec, ...] = (
     *(spec("knn", 1, k=k, query_tau=t, alpha=a) for k in (5, 20, 50) for t in (0.02, 0.05, 0.1) for a in (0.5, 2.0)),
-    spec("logistic", 2),
-    spec("lightgbm", 3),
-    spec("lightgbm-centred", 4),
-    spec("mlp", 5),
+    *(spec("lexical", 2, alpha=a) for a in (10.0, 30.0, 100.0, 300.0)),
+    *(spec("lowrank", 3, rank=4, alpha=a) for a in (10.0, 30.0, 100.0)),
+    spec("logistic", 4),
+    spec("lightgbm", 5),
+    spec("lightgbm-centred", 6),
+    spec("mlp", 7),
 )

@@ -58,7 +58,8 @@ def cross_fit(spec: ModelSpec, matrix: LogMatrix, folds: list[tuple[np.ndarray, 
     for train, test in folds:
         part = matrix.subset(train)
         model = fit_on(spec.make(), part, layout)
-        scores[test] = model.predict_grid(matrix.query_vectors[matrix.text_index[test]], matrix.prompt_vectors, layout)
+        rows = matrix.text_index[test]
+        scores[test] = model.predict_grid(matrix.query_vectors[rows], matrix.prompt_vectors, layout, texts=matrix.texts[rows])
         priors[test] = part.prompt_means()
     check_predictions(scores, spec.label)
     return CrossFit(spec, scores, priors, folds)
@@ -69,7 +70,7 @@ def fit_on(model: RewardModel, matrix: LogMatrix, layout: str) -> RewardModel:
     if layout != "concat" and model.get_params().get("dimension", 0) is None:  # its query part is not half of [q, p, q*p]
         model.set_params(dimension=matrix.query_vectors.shape[1])
     return model.fit_matrix(matrix.query_vectors, matrix.text_index, matrix.prompt_vectors, matrix.rewards, layout,
-                            sample_weight=matrix.sample_weight)
+                            sample_weight=matrix.sample_weight, texts=matrix.texts)
 
 
 # --------------------------------------------------------------------------- selection values

@@ -116,7 +116,7 @@ class Engine(ABC):
         return with_propensities(matrix, options.cv_folds)
 
     def tune_new_prompt_width(self, model: RewardModel, matrix: LogMatrix, folds) -> dict[float, float] | None:
-        """For the neighbour model: its width for prompts never trained on, set on ``model``;
+        """For a model with a width for prompts never trained on (``new_prompt_tau``): that width, set on ``model``;
         returns each width's Brier score (None where the engine does not tune it)."""
         return None
 
@@ -149,7 +149,7 @@ class InMemoryEngine(Engine):
         return fit_on(candidate.make(), matrix, candidate.layout_for())
 
     def tune_new_prompt_width(self, model, matrix, folds):
-        if model.name != "knn":
+        if "new_prompt_tau" not in model.get_params():
             return None
         tau, widths = choose_new_prompt_tau(matrix, model, folds)
         model.set_params(new_prompt_tau=tau)

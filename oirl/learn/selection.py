@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from oirl.data.matrix import LogMatrix
-from oirl.errors import OirlError
+from oirl.errors import CannotFit, OirlError, one_line
 from oirl.learn.candidates import CV_GROUPS, ModelSpec
 from oirl.learn.crossfit import (
     CrossFit,
@@ -110,6 +110,7 @@ class Selection:
     table: list[dict[str, Any]] = field(default_factory=list)
     values: dict[str, np.ndarray] = field(default_factory=dict)  # per-instance CV values of each option
     margin_values: dict[float, float] = field(default_factory=dict)  # CV value of each margin, chosen model
+    left_out: dict[str, str] = field(default_factory=dict)  # candidates that could not be fitted on this log: why
 
 
 def select_model(
@@ -141,9 +142,13 @@ def select_model(
     if cv_groups not in CV_GROUPS:
         raise OirlError(f"unknown --cv-groups {cv_groups!r} (choose from {', '.join(CV_GROUPS)})")
     folds = make_folds(matrix, n_folds, cv_groups) if folds is None else folds
-    fits, margins, values, picks, complexity, rows = {}, {}, {}, {}, {}, []
+    fits, margins, values, picks, complexity, rows, left_out = {}, {}, {}, {}, {}, [], {}
     for candidate in tqdm(candidates, desc="model selection", unit="model", disable=not progress):
-        fit = fitter(candidate, matrix, folds)
+        try:
+            fit = fitter(candidate, matrix, folds)
+        except CannotFit as exc:  # e.g. the MLP on a tiny log: the candidates that can be fitted still compete
+            left_out[candidate.label] = one_line(exc)
+            continue
         fits[candidate.label] = fit
         margin, margin_values = margins[candidate.label] = choose_margin(fit, matrix)
         for policy, policy_margin, rank in (("conservative", margin, 2 * candidate.complexity - 1), ("argmax", 0.0, 2 * candidate.complexity)):
@@ -153,7 +158,11 @@ def select_model(
             complexity[key] = rank
             rows.append({"option": key, "model": candidate.model, "params": dict(candidate.params), "layout": candidate.layout_for(),
                          "policy": policy, "margin": None if np.isinf(policy_margin) else policy_margin})
-    first = fits[candidates[0].label]
+    if not fits:
+        reasons = "; ".join(f"{label}: {why}" for label, why in left_out.items())
+        raise OirlError(f"no reward model can be fitted on this log ({len(matrix.query_ids):,} query instances, "
+                        f"{len(folds)} folds); {reasons}")
+    first = next(iter(fits.values()))
     values["prior"] = prior_values(first, matrix)
     picks["prior"] = policy_picks(first, "conservative", float("inf"))
     complexity["prior"] = 0
@@ -184,11 +193,15 @@ def select_model(
     if chosen == "prior":
         # No per-query signal worth its noise: always the best training prompt. The bundle
         # still carries the best model, so rankings and --policy argmax stay informative.
-        label = max((r for r in rows[1:]), key=lambda r: r["value"])["option"].rsplit(" ", 1)[0]
-        return Selection(fits[label].spec, "conservative", float("inf"), fits[label], rows, values, margins[label][1])
+        # Only model options name a fit: with an incumbent the table's fixed rows (prior,
+        # incumbent) are not first alone, and the prior may well be the best value there.
+        models = [r for r in rows if r["option"] not in ("prior", "incumbent")]
+        label = max(models, key=lambda r: r["value"])["option"].rsplit(" ", 1)[0]
+        return Selection(fits[label].spec, "conservative", float("inf"), fits[label], rows, values, margins[label][1], left_out)
     label, policy = chosen.rsplit(" ", 1)
     margin = next(r["margin"] for r in rows if r["option"] == chosen)
-    return Selection(fits[label].spec, policy, float("inf") if margin is None else margin, fits[label], rows, values, margins[label][1])
+    return Selection(fits[label].spec, policy, float("inf") if margin is None else margin, fits[label], rows, values, margins[label][1],
+                     left_out)
 
 
 def choose_option(
@@ -269,7 +282,8 @@ def departure_support(picks: np.ndarray, prior_picks: np.ndarray, matrix: LogMat
 
 
 def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tuple[float, ...] = NEW_PROMPT_TAU_GRID) -> tuple[float, dict[float, float]]:
-    """The neighbour model's width for prompts never trained on, by leave-one-prompt-out CV.
+    """The width for prompts never trained on (``new_prompt_tau`` of the neighbour and
+    lexical models), by leave-one-prompt-out CV.
 
     In each fold, each training prompt in turn is dropped from the training rows and
     scored on the held-out rows as if it were new; the width with the lowest Brier
@@ -284,12 +298,13 @@ def choose_new_prompt_tau(matrix: LogMatrix, model: RewardModel, folds, grid: tu
         for j in range(m):
             keep = [c for c in range(m) if c != j]
             sub = part.with_prompts(keep)
-            fitted = fit_on(make_reward_model("knn", **model.get_params()), sub, "concat")
+            fitted = fit_on(make_reward_model(model.name, **model.get_params()), sub, "concat")
             truth = matrix.rewards[test, j]
             logged = ~np.isnan(truth)
             for tau in grid:
                 fitted.set_params(new_prompt_tau=tau)
-                predicted = fitted.predict_grid(matrix.query_vectors[matrix.text_index[test]], matrix.prompt_vectors[[j]])[:, 0]
+                rows = matrix.text_index[test]
+                predicted = fitted.predict_grid(matrix.query_vectors[rows], matrix.prompt_vectors[[j]], "concat", texts=matrix.texts[rows])[:, 0]
                 errors[tau].append((predicted[logged] - truth[logged]) ** 2)
     brier = {tau: float(np.concatenate(e).mean()) for tau, e in errors.items()}
     return min(brier, key=brier.get), brier

@@ -70,6 +70,8 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions, *, incumbent: R
                              progress=options.progress, incumbent_picks=None if incumbent is None else incumbent_picks(incumbent, matrix),
                              incumbent_recipe=None if incumbent is None else incumbent_recipe(incumbent, matrix))
     timings["cross_validation"] = time.perf_counter() - tick
+    for label, why in selection.left_out.items():
+        warnings.warn(f"{options.source}: {label} left out of model selection, it cannot be fitted on this log ({why})", stacklevel=2)
     tick = time.perf_counter()
     fitted = engine.fit(selection.spec, matrix)
     new_prompt_widths = engine.tune_new_prompt_width(fitted, matrix, folds)
@@ -82,6 +84,7 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions, *, incumbent: R
         "seconds": round(time.perf_counter() - started, 2),
     }
     metrics = {"cross_validation": cv_metrics(selection, matrix, new_prompt_widths), "model_selection": selection.table,
+               "left_out": selection.left_out,
                "engine": {"name": type(engine).__name__, "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
                           "candidates": [c.label for c in candidates], **prepared.notes}}
     return Recommender(

@@ -229,19 +229,26 @@ class Recommender:
                 position += 1
         return out
 
-    def score_vectors(self, query_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
-        """Predicted rewards from vectors: (n_q, d) and (n_c, d) -> (n_q, n_c)."""
+    def score_vectors(self, query_vectors: np.ndarray, candidate_vectors: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        """Predicted rewards from vectors: (n_q, d) and (n_c, d) -> (n_q, n_c); ``texts``
+        are the queries themselves, which a model that ``reads_texts`` needs."""
         if self.model is None:
             return np.tile(self._prior_scores(candidate_vectors), (len(query_vectors), 1))
-        scores = self.model.predict_grid(query_vectors, candidate_vectors, self.layout)
+        scores = self.model.predict_grid(query_vectors, candidate_vectors, self.layout, texts=texts)
         check_predictions(scores, f"{self.model.name} model")
         return scores
 
-    def score_pairs(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray) -> np.ndarray:
-        """Predicted reward of row-aligned (query, prompt) pairs: (n, d), (n, d) -> (n,)."""
+    def score_pairs(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        """Predicted reward of row-aligned (query, prompt) pairs: (n, d), (n, d) -> (n,)
+        (``texts``: the queries, for a model that ``reads_texts``)."""
         if self.model is None:
             return self._prior_scores(prompt_vectors)
-        scores = self.model.predict_reward(pair_features(query_vectors, prompt_vectors, self.layout))
+        if self.model.reads_texts:  # each query against the distinct prompts, then its own pair
+            prompts, which = np.unique(np.asarray(prompt_vectors, dtype=np.float32), axis=0, return_inverse=True)
+            grid = self.model.predict_grid(query_vectors, prompts, self.layout, texts=texts)
+            scores = grid[np.arange(len(grid)), which.ravel()]
+        else:
+            scores = self.model.predict_reward(pair_features(query_vectors, prompt_vectors, self.layout))
         check_predictions(scores[None, :], f"{self.model.name} model")
         return scores
 
@@ -257,7 +264,7 @@ class Recommender:
         """Predicted reward of every candidate for every query, shape (n_queries, n_candidates)."""
         check_queries(queries)
         candidates = candidates if candidates is not None else self.prompts
-        return self.score_vectors(self.query_embedder.embed(list(queries)), self.candidate_vectors(candidates))
+        return self.score_vectors(self.query_embedder.embed(list(queries)), self.candidate_vectors(candidates), texts=list(queries))
 
     def policy(self, name: str | None = None, candidates: list[Candidate] | None = None, *, costs: dict[str, float] | None = None,
                cost_weight: float | None = None) -> Policy:

@@ -21,6 +21,7 @@ the subset's rows; for other models it reuses the model chosen for the fold.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -86,22 +87,29 @@ def dataset_logs(data_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]
     return build_logs(data_dir, name, TRAINING_PROMPTS), build_logs(data_dir, name, HELDOUT_PROMPTS)
 
 
-def in_test_fraction(texts: pd.Series, fraction: float = DISJOINT_TEST_FRACTION) -> pd.Series:
+def in_test_fraction(texts: pd.Series, fraction: float = DISJOINT_TEST_FRACTION, seed: int = 0) -> pd.Series:
     """A fixed, order-free choice of held-out questions: by a hash of the question key
-    (:mod:`oirl.data.questions`), so that variants of one question fall on one side."""
-    hashes = QuestionKey(casefold=True).hashes(texts.tolist())
+    (:mod:`oirl.data.questions`), so that variants of one question fall on one side.
+    ``seed`` 0 is the README's split; another seed hashes ``"<seed>:<key>"`` instead."""
+    key = QuestionKey(casefold=True)
+    if seed == 0:
+        hashes = key.hashes(texts.tolist())
+    else:
+        hashes = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{key(t)}".encode()).digest()[:8], "little") for t in texts], dtype="<u8")
     return pd.Series(hashes / 2**64 < fraction, index=texts.index)
 
 
-def protocol_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, protocol: str, *, limit: int | None = None) -> Split:
+def protocol_split(name: str, six: pd.DataFrame, heldout: pd.DataFrame, protocol: str, *, limit: int | None = None,
+                   seed: int = 0) -> Split:
     """The train/test rows of a protocol (see the module docstring). ``limit`` keeps the
-    first N training and N test query instances (for toy-size runs)."""
+    first N training and N test query instances (for toy-size runs); ``seed`` picks
+    another question-disjoint split of SVAMP and MAWPS (:func:`in_test_fraction`)."""
     if protocol not in PROTOCOLS:
         raise OirlError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     if protocol == "paper" or name == "gsm8k":
         train, test = six[six["split"] == "train"], six[six["split"] == "test"]
     else:
-        held = in_test_fraction(six["query"])
+        held = in_test_fraction(six["query"], seed=seed)
         train, test = six[~held], six[held]
     if limit is not None:
         train = train[train["query_id"].isin(pd.unique(train["query_id"])[:limit])]

@@ -56,6 +56,9 @@ class RewardModel(RegressorMixin, BaseEstimator, ABC):
     model_file: ClassVar[str]
     #: Feature layout the model can personalise with (see :mod:`oirl.reward.features`).
     default_layout: ClassVar[str] = "concat"
+    #: Whether the model reads the query *texts* too (passed as ``texts`` to
+    #: :meth:`fit_matrix` and :meth:`predict_grid`), not only their vectors.
+    reads_texts: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> RewardModel: ...
@@ -72,19 +75,21 @@ class RewardModel(RegressorMixin, BaseEstimator, ABC):
 
     def fit_matrix(
         self, query_vectors: np.ndarray, text_index: np.ndarray, prompt_vectors: np.ndarray, rewards: np.ndarray,
-        layout: str, sample_weight: np.ndarray | None = None,
+        layout: str, sample_weight: np.ndarray | None = None, texts: np.ndarray | None = None,
     ) -> RewardModel:
         """Fit on logged cells. ``query_vectors`` (n_texts, d) are the distinct query
-        texts, ``text_index`` (n,) maps each query instance to its text, ``rewards``
-        (n, m) holds NaN where prompt j was not logged for instance i, and
-        ``sample_weight`` (n, m) optionally weights the logged cells."""
+        texts (``texts``, (n_texts,), the texts themselves: a model that
+        :attr:`reads_texts` needs them), ``text_index`` (n,) maps each query instance to
+        its text, ``rewards`` (n, m) holds NaN where prompt j was not logged for instance
+        i, and ``sample_weight`` (n, m) optionally weights the logged cells."""
         rows, cols = np.nonzero(~np.isnan(rewards))
         X = pair_features(query_vectors[text_index[rows]], prompt_vectors[cols], layout)
         weight = None if sample_weight is None else sample_weight[rows, cols]
         return self.fit(X, rewards[rows, cols], sample_weight=weight)
 
-    def predict_grid(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, layout: str) -> np.ndarray:
-        """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p)."""
+    def predict_grid(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, layout: str, texts=None) -> np.ndarray:
+        """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p)
+        (``texts``, the n_q query texts, for a model that :attr:`reads_texts`)."""
         out = np.empty((len(query_vectors), len(prompt_vectors)))
         step = max(1, 65_536 // max(1, len(prompt_vectors)))  # bounded feature memory
         for start in range(0, len(query_vectors), step):

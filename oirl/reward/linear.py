@@ -9,7 +9,7 @@ from abc import abstractmethod
 
 import numpy as np
 
-from oirl.errors import OirlError
+from oirl.errors import CannotFit, one_line
 from oirl.reward.base import RewardModel, _fit_data, _predict_data, npz_arrays, npz_bytes, store_parameters
 
 # --------------------------------------------------------------------------- scikit-learn models as weights
@@ -47,7 +47,7 @@ class _NumpyForwardReward(RewardModel):
         w2 = np.concatenate([weight * y, weight * (1.0 - y)])
         keep = w2 > 0
         if len(np.unique(y2[keep])) < 2:
-            raise OirlError("the training rewards are all 0 or all 1; a reward model needs both outcomes")
+            raise CannotFit("the training rewards are all 0 or all 1; a reward model needs both outcomes")
         estimator = self._fit_estimator(X2[keep], y2[keep], w2[keep])
         self.weights_ = self._weights_from(estimator)
         self.n_iter_ = int(np.max(estimator.n_iter_))
@@ -113,7 +113,13 @@ class MLPReward(_NumpyForwardReward):
 
         with warnings.catch_warnings():  # early stopping decides; max_iter is only a cap
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return self._make_estimator().fit(X, y, sample_weight=weight)
+            try:
+                return self._make_estimator().fit(X, y, sample_weight=weight)
+            except ValueError as exc:
+                # Early stopping holds out a stratified tenth of the rows: on a tiny log that
+                # is fewer rows than outcomes (scikit-learn's "test_size = 1 should be ...").
+                # The data were checked before, so this is the rows being too few.
+                raise CannotFit(f"too few training rows ({len(y):,}) for its early-stopping split ({one_line(exc)})") from exc
 
     def _weights_from(self, estimator):
         layers = {f"coef_{i}": w for i, w in enumerate(estimator.coefs_)}

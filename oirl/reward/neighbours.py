@@ -18,6 +18,7 @@ from oirl.reward.base import (
     npz_bytes,
     store_parameters,
 )
+from oirl.reward.prompts import borrowed_weights
 
 # --------------------------------------------------------------------------- neighbours
 
@@ -69,7 +70,7 @@ class NeighbourReward(ReadsQueryPart, RewardModel):
         np.add.at(counts, (qi, pi), weight)
         return self.fit_counts(queries, prompts, sums, counts)
 
-    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None):
+    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None, texts=None):
         logged = ~np.isnan(rewards)
         weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
         sums = np.zeros((len(query_vectors), rewards.shape[1]))
@@ -120,17 +121,9 @@ class NeighbourReward(ReadsQueryPart, RewardModel):
 
     def prompt_weights(self, prompt_vectors: np.ndarray) -> np.ndarray:
         """(n_prompts, n_train_prompts) weights ``v`` of the training prompts, rows summing to one."""
-        cos = np.asarray(prompt_vectors, dtype=np.float32) @ self.prompts_.T
-        exact = cos > 1 - 1e-5
-        known = exact.any(axis=1, keepdims=True)
-        tau = np.where(known, self.prompt_tau, self.new_prompt_tau)
-        logits = (cos.astype(np.float64) - 1) / np.maximum(tau, 1e-6)
-        soft = np.exp(logits - logits.max(axis=1, keepdims=True))
-        soft /= soft.sum(axis=1, keepdims=True)
-        one_hot = exact / np.maximum(exact.sum(axis=1, keepdims=True), 1)
-        return np.where(known & (tau <= 0), one_hot, soft)
+        return borrowed_weights(prompt_vectors, self.prompts_, known_tau=self.prompt_tau, new_tau=self.new_prompt_tau)
 
-    def predict_grid(self, query_vectors, prompt_vectors, layout="concat", neighbours=None):
+    def predict_grid(self, query_vectors, prompt_vectors, layout="concat", texts=None, neighbours=None):
         """Scores of every query with every prompt: (n_q, d) and (n_p, d) -> (n_q, n_p).
 
         ``neighbours`` (from :meth:`neighbours`, at least ``k`` wide) saves the search

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from oirl.errors import OirlError
 from oirl.reward.base import RewardModel
+from oirl.reward.lexical import LexicalReward
 from oirl.reward.linear import LogisticReward, MLPReward
+from oirl.reward.lowrank import LowRankReward
 from oirl.reward.neighbours import NeighbourReward
 from oirl.reward.trees import CentredLightGBMReward, LightGBMReward, XGBoostReward
 
 #: Backends by name; the keys are the CLI's ``--model`` choices (besides ``auto``).
 REWARD_MODELS: dict[str, type[RewardModel]] = {
-    cls.name: cls for cls in (LightGBMReward, CentredLightGBMReward, XGBoostReward, LogisticReward, MLPReward, NeighbourReward)
+    cls.name: cls for cls in (LightGBMReward, CentredLightGBMReward, XGBoostReward, LogisticReward, MLPReward, NeighbourReward, LexicalReward,
+                LowRankReward)
 }
 
 

@@ -39,6 +39,7 @@ from typing import Any
 from fastapi import FastAPI, Security
 from fastapi.responses import JSONResponse
 
+from oirl.decisions.online import OnlineOffsets
 from oirl.decisions.store import DecisionStore
 from oirl.errors import OirlError, one_line
 from oirl.policy.explore import parse_exploration
@@ -62,7 +63,7 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
                explore: tuple[str, float] | None = None, decisions: str | os.PathLike[str] | DecisionStore | None = None,
                model_dir: str | os.PathLike[str] | None = None, reload_on_sighup: bool = False,
                restart_workers: Callable[[], None] | None = None, timer: Callable[[], float] | None = None,
-               clock: Callable[[], float] | None = None, upstream: UpstreamSettings | None = None) -> FastAPI:
+               clock: Callable[[], float] | None = None, online: bool = True, upstream: UpstreamSettings | None = None) -> FastAPI:
     """Build the service around a loaded bundle (a Recommender, or a :class:`ServedModel`).
 
     ``api_key`` (or ``$OIRL_API_KEY``) turns on bearer auth for everything but
@@ -74,7 +75,9 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
     its outcome. ``model_dir`` is where ``POST /v1/admin/reload`` (and ``SIGHUP``, with
     ``reload_on_sighup``) finds the next bundle; ``restart_workers`` replaces that in-place
     swap by a restart of every worker (several uvicorn workers). ``timer`` times the
-    fast-path check and ``clock`` the embedding batcher (both for tests). ``upstream`` turns on
+    fast-path check and ``clock`` the embedding batcher (both for tests). With ``online``
+    (the default) and a decision store, the feedback since the bundle was trained moves
+    what is served before the next retrain (:mod:`oirl.decisions.online`). ``upstream`` turns on
     the gateway, ``POST /v1/chat/completions`` (:mod:`oirl.serve.gateway`).
     """
     api_key = (api_key if api_key is not None else os.environ.get("OIRL_API_KEY")) or None  # "": no auth
@@ -116,6 +119,7 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
     app.add_middleware(RequestIds)
     app.state.api_key, app.state.limits, app.state.gate, app.state.store = api_key, limits, gate, store
     app.state.default_explore = exploration_setting(explore)
+    app.state.online = OnlineOffsets(store) if online and store is not None else None
     app.state.scoring = Scoring(pools, limits)
     app.state.usage = ServedCounts()
     app.state.upstream = gateway
@@ -184,6 +188,7 @@ def app_from_env() -> FastAPI:
         log.setLevel(logging.INFO)
         log.propagate = False
     explore = os.environ.get("OIRL_EXPLORE") or None
+    online = os.environ.get("OIRL_ONLINE", "1") != "0"
     several = int(os.environ.get("OIRL_WORKERS") or 1) > 1
     try:
         model = ServedModel.load(os.environ["OIRL_MODEL_DIR"])
@@ -191,7 +196,7 @@ def app_from_env() -> FastAPI:
         log.error("cannot start a worker: %s", one_line(exc))
         sys.exit(3)
     return create_app(model, explore=parse_exploration(explore) if explore else None, decisions=os.environ.get("OIRL_DECISIONS") or None,
-                      model_dir=os.environ["OIRL_MODEL_DIR"], reload_on_sighup=True,
+                      model_dir=os.environ["OIRL_MODEL_DIR"], reload_on_sighup=True, online=online,
                       restart_workers=(lambda: os.kill(os.getppid(), signal.SIGHUP)) if several else None, upstream=upstream_from_env())
 
 

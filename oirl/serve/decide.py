@@ -49,24 +49,28 @@ async def decide(request: Request, served: Serving, store: DecisionStore | None,
                  candidates: CandidateSet, *, policy: str, top_k: int, cost_weight: float | None,
                  exploration: EpsilonGreedy | Softmax | SquareCB | None) -> Decided:
     """:func:`choose`, then :func:`record`: the decisions are committed when it returns."""
-    decided = await choose(served, store, scoring, queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight,
+    decided = await choose(request, served, store, scoring, queries, candidates, policy=policy, top_k=top_k, cost_weight=cost_weight,
                            exploration=exploration)
     await record(request, store, decided)
     return decided
 
 
-async def choose(served: Serving, store: DecisionStore | None, scoring: Scoring, queries: list[str], candidates: CandidateSet, *,
-                 policy: str, top_k: int, cost_weight: float | None, exploration: EpsilonGreedy | Softmax | SquareCB | None,
-                 ids: list[str] | None = None) -> Decided:
-    """Rank ``candidates`` for ``queries`` under ``policy`` (drawing by ``exploration``); the decisions
-    to record in ``store`` are in ``pending``, under ``ids`` if given (else new ones). The caller has
-    checked the caps."""
+async def choose(request: Request, served: Serving, store: DecisionStore | None, scoring: Scoring, queries: list[str],
+                 candidates: CandidateSet, *, policy: str, top_k: int, cost_weight: float | None,
+                 exploration: EpsilonGreedy | Softmax | SquareCB | None, ids: list[str] | None = None) -> Decided:
+    """Rank ``candidates`` for ``queries`` under ``policy`` (drawing by ``exploration``), the scores moved
+    by the service's online offsets (:mod:`oirl.decisions.online`) when it learns between retrains; the
+    decisions to record in ``store`` are in ``pending``, under ``ids`` if given (else new ones). The
+    caller has checked the caps."""
     model = served.model
     n = len(queries)
     explore = exploration_of(exploration)
     vectors = await served.batcher.embed(queries + candidates.new_texts)
+    learner = request.app.state.online
+    online = None if learner is None else await asyncio.to_thread(learner.state, model.version)
     ranked = await scoring.run(served, n * candidates.size, model.rank, queries, vectors[:n], vectors[n:], candidates,
-                               policy=policy, top_k=top_k, cost_weight=cost_weight, explore=explore, rng=np.random.default_rng())
+                               policy=policy, top_k=top_k, cost_weight=cost_weight, explore=explore, rng=np.random.default_rng(),
+                               offsets=None if online is None else online.for_candidates(candidates.ids()))
     if ids is None:
         ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
     served_with = [r.propensity if r.propensity is not None else (1.0 if store is not None else None) for r in ranked]
@@ -74,9 +78,10 @@ async def choose(served: Serving, store: DecisionStore | None, scoring: Scoring,
     if store is not None:
         explore_json = None if exploration is None else exploration.model_dump()
         offered_ids, offered_prompts = candidates.ids(), candidates.prompts()  # shared by every query
+        online_json = None if online is None else online.record(offered_ids)
         pending = [Decision(query=q, candidate_ids=offered_ids, candidate_prompts=offered_prompts, prompt_id=r.prompt_id, prompt=r.prompt,
                             score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
-                            decision_id=ids[i])
+                            online=online_json, decision_id=ids[i])
                    for i, (q, r) in enumerate(zip(queries, ranked, strict=True))]
     return Decided(ranked, ids, served_with, pending)
 

@@ -177,7 +177,7 @@ async def chat_completions(request: Request, store: Store, limits: Limits, scori
             candidates = model.candidate_set([], None)
             check_size(limits, candidates.size, f"1 query x the bundle's {candidates.size:,} prompts", [query])
             policy = model.check_policy(None, candidates)
-            decided = await choose(served, store, scoring, [query], candidates, policy=policy, top_k=1, cost_weight=None,
+            decided = await choose(request, served, store, scoring, [query], candidates, policy=policy, top_k=1, cost_weight=None,
                                    exploration=request.app.state.default_explore, ids=None if own_id is None else [own_id])
             pick, arm = decided.ranked[0], model.arm(decided.ranked[0].prompt_id)
             decision = {"decision_id": decided.ids[0], "prompt_id": pick.prompt_id, "model_version": model.version}

@@ -78,12 +78,14 @@ _FEEDBACK_RESPONSES = responses(400, 409, 413, 422, 503, _404={
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, responses=_FEEDBACK_RESPONSES)
-async def feedback(body: FeedbackRequest, store: Store) -> FeedbackResponse:
+async def feedback(body: FeedbackRequest, request: Request, store: Store) -> FeedbackResponse:
     """Record the outcome of a decision, once: the same reward again is a success, another one a 409."""
     if store is None:
         return JSONResponse({"detail": "this server records no decisions (start it with 'oirl serve --decisions PATH')"},
                             status_code=404)
     result = await asyncio.to_thread(store.feedback, body.decision_id, body.reward)
+    if request.app.state.online is not None and not result.duplicate:
+        request.app.state.online.invalidate()  # what this worker serves next rests on this outcome
     return FeedbackResponse(decision_id=result.decision_id, reward=result.reward, duplicate=result.duplicate)
 
 
@@ -94,7 +96,8 @@ async def score(body: ScoreRequest, served: Served, limits: Limits, scoring: Sco
     prompts, new_texts = model.pair_prompts([p.prompt for p in body.pairs])
     check_size(limits, len(queries), "`pairs`", queries + new_texts)
     vectors = await served.batcher.embed(queries + new_texts)
-    scores = await scoring.run(served, len(queries), model.score_pairs, vectors[: len(queries)], prompts, vectors[len(queries):])
+    scores = await scoring.run(served, len(queries), model.score_pairs, vectors[: len(queries)], prompts, vectors[len(queries):],
+                                 queries)
     return ScoreResponse(model_version=model.version, scores=scores)
 
 
@@ -111,10 +114,15 @@ async def model(request: Request, served: Served, store: Store, limits: Limits) 
     what it has served since it started (``live``: calls and shares per prompt, :mod:`oirl.serve.usage`)."""
     default_explore = request.app.state.default_explore
     described = served.model.describe()
+    learner = request.app.state.online
+    online = None
+    if learner is not None:
+        state = await asyncio.to_thread(learner.state, served.model.version)
+        online = {"feedback": state.feedback, "strength": learner.strength, "offsets": state.offsets, "counts": state.counts}
     return {
         **described,
         "feedback": {"decisions": Path(store.path).name if store is not None else None,
-                     "explore": None if default_explore is None else default_explore.model_dump()},
+                     "explore": None if default_explore is None else default_explore.model_dump(), "online": online},
         "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
                    "id_chars": MAX_ID_CHARS, **asdict(limits)},
         "fast_path": dict(served.fast_path),

@@ -119,17 +119,30 @@ class ServedModel:
 
     def rank(self, queries: list[str], query_vectors: np.ndarray, new_vectors: np.ndarray, candidates: CandidateSet, *,
              policy: str, top_k: int, cost_weight: float | None, explore: tuple[str, float] | None,
-             rng: np.random.Generator) -> list[Ranked]:
+             rng: np.random.Generator, offsets: np.ndarray | None = None) -> list[Ranked]:
         """Score ``queries`` (vectors (n, d)) against the candidates (``new_vectors``: (len(new_texts), d)),
-        apply ``policy`` or draw from the exploration around it, and rank the top ``top_k``."""
+        apply ``policy`` or draw from the exploration around it, and rank the top ``top_k``.
+
+        ``offsets`` (n_candidates,), the online corrections learned from feedback since the
+        bundle was trained (:mod:`oirl.decisions.online`), are added to the model's scores
+        before the policy and its exploration choose; the scores answered and recorded stay
+        the model's own (the residuals the offsets are learned from)."""
         rec = self._rec
-        scores = rec.score_vectors(query_vectors, rec.candidate_vectors(candidates.items, new_vectors))
+        scores = rec.score_vectors(query_vectors, rec.candidate_vectors(candidates.items, new_vectors), texts=queries)
         rule = rec.policy(policy, candidates.items, costs=candidates.costs, cost_weight=cost_weight)
+        online = offsets is not None and bool(np.any(offsets != 0))
+        chosen_on = scores + offsets[None, :] if online else scores
         picks = propensity = reasons = None
         if explore is not None:
-            picks, propensity = draw(explorer(*explore, rule).probabilities(scores), rng)
+            picks, propensity = draw(explorer(*explore, rule).probabilities(chosen_on), rng)
             reasons = [None if r[p] >= r.max() else f"explored ({explore[0]} {explore[1]:g}): drawn with probability {q:.3g}"
-                       for r, p, q in zip(scores, picks, propensity, strict=True)]
+                       for r, p, q in zip(chosen_on, picks, propensity, strict=True)]
+        elif online:
+            picks = rule.choose(chosen_on)
+            reasons = [rule.explain(r, int(p)) for r, p in zip(chosen_on, picks, strict=True)]
+        if online and reasons is not None:
+            reasons = [reason if reason is not None or s[p] >= s.max() else "online: the feedback since training moved it up"
+                       for reason, s, p in zip(reasons, scores, picks, strict=True)]
         ranked = rec.rank(queries, scores, candidates.items, rule, top_k=top_k, picks=picks, reasons=reasons)
         return [Ranked(r.prompt_id, r.prompt, r.score, r.ranking, None if propensity is None else float(propensity[i]), r.reason)
                 for i, r in enumerate(ranked)]
@@ -141,10 +154,10 @@ class ServedModel:
         resolved = [self._rec.as_candidate(p) for p in prompts]
         return resolved, self._rec.texts_to_embed(resolved)
 
-    def score_pairs(self, query_vectors: np.ndarray, prompts: list, new_vectors: np.ndarray) -> list[float]:
+    def score_pairs(self, query_vectors: np.ndarray, prompts: list, new_vectors: np.ndarray, queries: list[str]) -> list[float]:
         """Predicted reward of each (query, prompt) pair, in order."""
         prompt_vectors = self._rec.candidate_vectors(prompts, new_vectors)
-        return [float(s) for s in self._rec.score_pairs(query_vectors, prompt_vectors)]
+        return [float(s) for s in self._rec.score_pairs(query_vectors, prompt_vectors, texts=queries)]
 
     # ------------------------------------------------------------------ describe
 
@@ -228,9 +241,11 @@ class ServedModel:
         rec = self._rec
         prompts = np.asarray(rec.prompt_vectors, dtype=np.float32)
         queries = np.resize(embed(texts[:2]), (inline_pairs, prompts.shape[1]))  # distinct rows do not matter to the timing
-        shapes = [(rec.score_vectors, queries, prompts[:1]),
-                  (rec.score_vectors, queries[: max(1, inline_pairs // len(prompts))], prompts),
-                  (rec.score_pairs, queries, np.resize(prompts, (inline_pairs, prompts.shape[1])))]
+        query_texts = [texts[i % len(texts)] for i in range(inline_pairs)]  # for a model that reads texts
+        wide = max(1, inline_pairs // len(prompts))
+        shapes = [(rec.score_vectors, queries, prompts[:1], query_texts),
+                  (rec.score_vectors, queries[:wide], prompts, query_texts[:wide]),
+                  (rec.score_pairs, queries, np.resize(prompts, (inline_pairs, prompts.shape[1])), query_texts)]
         score_seconds = max(min(seconds(function, *args) for _ in range(3)) for function, *args in shapes)
         limit = inline_call_ms / 1000
         return {"embed_inline": embed_seconds < limit, "score_inline": score_seconds < limit}
