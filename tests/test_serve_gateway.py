@@ -296,6 +296,9 @@ def test_the_gateway_needs_the_key_before_reading_the_body_and_never_echoes_the_
     bad = httpx.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "system", "content": "x"}]},
                      headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["type"] == "no_user_message"
+    table = httpx.get(f"{base}/v1/prompts", headers={"Authorization": f"Bearer {KEY}"}).json()["prompts"]
+    assert [(p["prompt_id"], p.get("model"), p.get("params")) for p in table] == [("fill", "arm-model", {"temperature": 0.2}),
+                                                                                  ("plain", None, None)]
     model = httpx.get(f"{base}/v1/model", headers={"Authorization": f"Bearer {KEY}"})
     assert model.json()["gateway"]["upstream"] == upstream.url.removesuffix("/v1") and UPSTREAM_KEY not in model.text
 
