@@ -125,3 +125,11 @@ def test_bench_serve_client_reconnects_after_connection_close_and_counts_bad_sta
 
     latencies, errors, elapsed = asyncio.run(scenario())
     assert len(latencies) == 20 and len(served) == 20 and errors == 4 and elapsed > 0
+
+
+def test_bench_gateway_runs_at_toy_size(tmp_path):
+    out = tmp_path / "gateway.json"
+    report = load("bench_gateway").main(["--requests", "5", "--streams", "2", "--decisions", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["streams"]["requests_through_gateway"] == 8 and report["streams"]["errors"] == 0
+    assert report["tracebacks_in_server_log"] == 0 and report["p50_gateway_ms"] > report["upstream_delay_ms"]

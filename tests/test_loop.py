@@ -298,7 +298,11 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     uniform = pd.concat([served_log(train, {q: names[rng.integers(6)] for q in pd.unique(train["query_id"])}, 1 / 6)
                          .assign(query_id=lambda f, k=k: f["query_id"] + f"-{k}") for k in range(3)])
     best = uniform.groupby("prompt_id")["reward"].mean().idxmax()
-    run("init", "--prompts", prompts, "--out", work / "cold-best", "--default", best, "--embedder", "hashing", "--cache-dir", work / "emb")
+    arms = work / "arms-best.jsonl"  # the best arm names a model: the retrained bundle keeps it (the log cannot say it)
+    arms.write_text("".join(json.dumps({**json.loads(line), **({"model": "small-llm", "params": {"temperature": 0.2}}
+                                                                if json.loads(line)["prompt_id"] == best else {})}) + "\n"
+                            for line in prompts.read_text().splitlines()))
+    run("init", "--prompts", arms, "--out", work / "cold-best", "--default", best, "--embedder", "hashing", "--cache-dir", work / "emb")
     log = write_logs(uniform, work / "uniform3.parquet")
     result = run("train", log, "--out", work / "cold-best", "--incumbent", work / "cold-best", "--embedder", "hashing",
                  "--cache-dir", work / "emb")
@@ -307,6 +311,7 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     assert summary["chosen"]["option"] == "prior"
     new = load_bundle(work / "cold-best", cache_dir=work / "emb")
     assert new.model is not None and new.default_prompt_id == best
+    assert new.arms == {best: {"model": "small-llm", "params": {"temperature": 0.2}}}
     table = {r["option"]: r for r in new.metadata["metrics"]["model_selection"]}
     assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]
 
@@ -359,3 +364,25 @@ def test_an_incumbent_trained_on_these_decisions_is_valued_by_its_recipe_out_of_
     same = next(r for r in table if r["option"] == f"knn {deployed.default_policy}")
     if deployed.default_policy == "argmax":
         assert incumbent["value"] == pytest.approx(same["value"])  # the same recipe on the same folds
+
+
+def test_arms_carry_a_model_and_generation_parameters_through_init_and_the_bundle(mawps, tmp_path):
+    """`oirl init --prompts` takes "model" and "params"; the bundle keeps them; bad ones are one line naming the record."""
+    work, *_ = mawps
+    arms = tmp_path / "arms.jsonl"
+    arms.write_text(json.dumps({"prompt_id": "cot-cold", "prompt": "Let's think step by step: ", "model": "small-llm",
+                                "params": {"temperature": 0.2, "max_tokens": 64}}) + "\n"
+                    + json.dumps({"prompt_id": "cot-warm", "prompt": "Let's think step by step: ", "params": {"temperature": 1}}) + "\n"
+                    + json.dumps({"prompt_id": "plain", "prompt": "The answer is:"}) + "\n")
+    result = run("init", "--prompts", arms, "--out", tmp_path / "b", "--embedder", "hashing", "--cache-dir", work / "emb")
+    assert json.loads(result.stdout)["arms"] == {"cot-cold": {"model": "small-llm", "params": {"temperature": 0.2, "max_tokens": 64}},
+                                                 "cot-warm": {"params": {"temperature": 1.0}}}
+    bundle = load_bundle(tmp_path / "b", cache_dir=work / "emb")
+    assert bundle.arms == json.loads(result.stdout)["arms"] and "plain" not in bundle.arms
+    entries = json.loads((tmp_path / "b" / "bundle.json").read_text())["prompts"]
+    assert "model" not in entries[2] and "params" not in entries[2]  # an arm without settings: the entry as before
+    for bad, needle in (({"params": {"temperature": 3}}, "field 'params.temperature'"), ({"params": {"seed": 1}}, "field 'params.seed'"),
+                        ({"model": ""}, "field 'model'")):
+        arms.write_text(json.dumps({"prompt_id": "x", "prompt": "Answer: ", **bad}) + "\n")
+        refused = run("init", "--prompts", arms, "--out", tmp_path / "x", "--embedder", "hashing", ok=False)
+        assert refused.exit_code == 2 and f"arms.jsonl, record 1, {needle}" in refused.stderr and "Traceback" not in refused.output

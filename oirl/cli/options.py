@@ -68,7 +68,11 @@ def read_costs(path: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items()}
 
 
-def read_candidates(path: Path):
+def read_candidates(path: Path, *, arms: bool = False):
+    """Candidates from a JSONL file of ``{"prompt_id"?, "prompt", "cost"?}``; with ``arms``
+    also ``"model"?`` and ``"params"?`` (:mod:`oirl.recommender.arms`), returned as
+    ``(candidates, {prompt_id: arm})``."""
+    from oirl.recommender.arms import arm_settings
     from oirl.recommender.recommender import Candidate
 
     records = read_jsonl_records(path, required=("prompt",))
@@ -76,4 +80,9 @@ def read_candidates(path: Path):
         cost = record.get("cost")
         if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < float("inf")):
             raise OirlError(f"{path}, record {number}, field 'cost': {cost!r} is not a finite number >= 0")
-    return [Candidate(r["prompt"], str(r.get("prompt_id") or ""), r.get("cost")) for r in records]
+    candidates = [Candidate(r["prompt"], str(r.get("prompt_id") or ""), r.get("cost")) for r in records]
+    if not arms:
+        return candidates
+    settings = {c.prompt_id: arm_settings(r.get("model"), r.get("params"), where=f"{path}, record {number}")
+                for number, (c, r) in enumerate(zip(candidates, records, strict=True), start=1)}
+    return candidates, settings

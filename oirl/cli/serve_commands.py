@@ -33,11 +33,22 @@ RECORDING_EXPLORE = "epsilon:0.1"
 @click.option("--decisions", "decisions", is_flag=False, flag_value="logs/decisions.sqlite", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Record every recommendation in this SQLite file before answering, and take outcomes at /v1/feedback [flag alone: logs/decisions.sqlite].")
 @click.option("--online/--no-online", default=True, show_default=True, help="With --decisions: the feedback since the bundle was trained moves what is served before the next retrain (per-prompt offsets, kept in the decision file).")
-def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None, online: bool) -> None:
+@click.option("--upstream", default=None, metavar="URL",
+              help="Also be an OpenAI-compatible gateway: POST /v1/chat/completions picks the prompt (and the arm's model) for "
+                   "the last user message and forwards the call to this base URL (e.g. http://127.0.0.1:8080/v1).")
+@click.option("--upstream-key-env", default=None, metavar="NAME",
+              help="The environment variable holding the upstream's API key (never the key itself on the command line).")
+@click.option("--upstream-concurrency", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Requests with the upstream at once, per worker; one more gets a 503 at once.")
+@click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True, metavar="SECONDS",
+              help="Longest wait for each read from the upstream (a stream's next event included); then a 504.")
+def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | None, decisions: Path | None, online: bool,
+          upstream: str | None, upstream_key_env: str | None, upstream_concurrency: int, upstream_timeout: float) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn). Set OIRL_API_KEY to require a bearer key.
 
     SIGHUP (or POST /v1/admin/reload) swaps in the bundle now at MODEL_DIR: requests under
     way finish on the old one, a missing or corrupt one is refused and the old one keeps serving.
+    With --upstream it is also a drop-in gateway for OpenAI clients (base_url=http://HOST:PORT/v1).
     """
 
     from oirl.policy.explore import parse_exploration
@@ -52,6 +63,12 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     explore = None if explore == "none" else explore
     if explore:
         parse_exploration(explore)  # a bad setting fails here, in one line
+    if upstream_key_env is not None and upstream is None:
+        raise OirlError("--upstream-key-env needs --upstream URL")
+    if upstream is not None:
+        from oirl.serve.gateway import UpstreamSettings
+
+        UpstreamSettings(upstream, key_env=upstream_key_env, max_in_flight=upstream_concurrency, timeout_seconds=upstream_timeout)
     ServedModel.load(model_dir)  # fail here, with a clear message, before any worker starts
     if decisions is not None:
         from oirl.decisions.store import DecisionStore
@@ -64,6 +81,11 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     os.environ["OIRL_DECISIONS"] = str(decisions.resolve()) if decisions is not None else ""
     os.environ["OIRL_WORKERS"] = str(workers)
     os.environ["OIRL_ONLINE"] = "1" if online else "0"
+    # the gateway's settings; the key stays in the variable it is in (only its name is passed on)
+    os.environ["OIRL_UPSTREAM"] = upstream or ""
+    os.environ["OIRL_UPSTREAM_KEY_ENV"] = upstream_key_env or ""
+    os.environ["OIRL_UPSTREAM_CONCURRENCY"] = str(upstream_concurrency)
+    os.environ["OIRL_UPSTREAM_TIMEOUT"] = str(upstream_timeout)
     settings = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": "info"}
     # On SIGHUP uvicorn's supervisor gives a new worker this long to start before it keeps the old
     # one and aborts the restart; its default (5 s) is less than loading torch and MiniLM takes.

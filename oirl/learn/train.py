@@ -96,7 +96,16 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions, *, incumbent: R
         metadata={"training": training, "metrics": metrics}, train_text_hashes=prepared.text_hashes,
         train_instance_hashes=prepared.instance_hashes, question_key=prepared.question_key, cache_dir=options.cache_dir,
         embedder_bundle_files=prepared.embedder["bundle_files"],
+        arms=None if incumbent is None else incumbent_arms(incumbent, matrix),
     )
+
+
+def incumbent_arms(incumbent: Recommender, matrix: LogMatrix) -> dict[str, dict[str, Any]]:
+    """The incumbent's arm settings (model, generation parameters) for the prompts trained on
+    that it also serves with the same text: the log does not say them, the deployment does."""
+    by_id = {p.prompt_id: p.prompt for p in incumbent.prompts}
+    return {p: incumbent.arms[p] for p, text in zip(matrix.prompt_ids, matrix.prompt_texts, strict=True)
+            if p in incumbent.arms and by_id.get(p) == text}
 
 
 def train_recommender(logs: pd.DataFrame, *, incumbent: Recommender | None = None, **options: Any) -> Recommender:

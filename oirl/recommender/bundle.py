@@ -38,6 +38,7 @@ from oirl._outputs import check_output_directory as check_directory
 from oirl.data.questions import QuestionKey
 from oirl.errors import BundleError, one_line
 from oirl.policy.policies import POLICIES
+from oirl.recommender.arms import ArmParams, ArmSettings, ModelName, as_dict
 from oirl.recommender.calibration import CalibrationSection
 from oirl.recommender.recommender import Candidate, Recommender
 from oirl.reward.features import FEATURE_LAYOUTS, feature_dimension
@@ -98,6 +99,8 @@ class PromptEntry(_Strict):
     prompt: Text
     train_mean_reward: UnitFloat
     cost: NonNegative | None = None
+    model: ModelName | None = None  # the arm's model and generation parameters (oirl.recommender.arms), when it sets them
+    params: ArmParams | None = None
 
 
 class PolicySection(_Strict):
@@ -232,7 +235,7 @@ def save_bundle(rec: Recommender, directory: str | os.PathLike[str]) -> Path:
         "features": {"layout": rec.layout, "dimension": feature_dimension(rec.layout, dimension)},
         "model": None if rec.model is None else {"kind": rec.model.name, "file": rec.model.model_file, "params": rec.model.get_params()},
         "prompts": [{"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": rec.prior[p.prompt_id],
-                     "cost": rec.costs.get(p.prompt_id)} for p in rec.prompts],
+                     "cost": rec.costs.get(p.prompt_id), **rec.arms.get(p.prompt_id, {})} for p in rec.prompts],
         "policy": {"default": rec.default_policy, "default_prompt_id": rec.default_prompt_id,
                    "conservative_margin": None if np.isinf(rec.margin) else rec.margin, "fallback_threshold": rec.threshold},
         "training": rec.metadata.get("training"),
@@ -326,6 +329,7 @@ def load_bundle(directory: str | os.PathLike[str], *, cache_dir: str | os.PathLi
         margin=float("inf") if schema.policy.conservative_margin is None else schema.policy.conservative_margin,
         default_policy=schema.policy.default, threshold=schema.policy.fallback_threshold,
         costs={p.prompt_id: p.cost for p in schema.prompts if p.cost is not None},
+        arms={p.prompt_id: as_dict(ArmSettings(model=p.model, params=p.params)) for p in schema.prompts},
         metadata={"training": None if schema.training is None else schema.training.model_dump(), "metrics": schema.metrics},
         train_text_hashes=text_hashes, train_instance_hashes=instance_hashes,
         question_key=QuestionKey(casefold=schema.training.question_key.casefold if schema.training else True), cache_dir=cache_dir, embedder_bundle_files=embedder_files,

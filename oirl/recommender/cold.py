@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,10 +30,11 @@ UNKNOWN_PRIOR = 0.5
 
 
 def cold_start(prompts: Sequence[Candidate], *, default: str | None = None, embedder: str = DEFAULT_EMBEDDER,
-               cache_dir: str | Path | None = None) -> Recommender:
+               cache_dir: str | Path | None = None, arms: dict[str, dict[str, Any]] | None = None) -> Recommender:
     """A recommender of ``prompts`` with no reward model; ``default`` (a prompt id) goes first.
 
-    Costs given with the prompts are kept (for the cost-aware policy)."""
+    Costs given with the prompts are kept (for the cost-aware policy), and so are ``arms``
+    (prompt id -> model and generation parameters, :mod:`oirl.recommender.arms`)."""
     prompts = list(prompts)
     if not prompts:
         raise OirlError("oirl init needs at least one prompt")
@@ -50,7 +52,7 @@ def cold_start(prompts: Sequence[Candidate], *, default: str | None = None, embe
         model=None, embedder_spec=embedder, embedder_id=live.model_id, embedder_revision=revision_of(live), layout="concat",
         prompts=[Candidate(p.prompt, p.prompt_id) for p in prompts], prompt_vectors=np.asarray(vectors),
         prior={p.prompt_id: UNKNOWN_PRIOR for p in prompts}, margin=float("inf"), default_policy="argmax",
-        costs={p.prompt_id: float(p.cost) for p in prompts if p.cost is not None},
+        costs={p.prompt_id: float(p.cost) for p in prompts if p.cost is not None}, arms=arms,
         metadata={"training": None, "metrics": {"cold_start": {"default_prompt_id": prompts[0].prompt_id,
                                                                "chosen_default": default is not None}}},
         question_key=QuestionKey(casefold=live.lowercases), cache_dir=cache_dir, embedder_bundle_files=bundle_files(live),

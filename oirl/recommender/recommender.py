@@ -79,7 +79,7 @@ class Recommender:
         metadata: dict[str, Any] | None = None, train_text_hashes: np.ndarray | None = None,
         train_instance_hashes: np.ndarray | None = None, cache_dir: str | Path | None = None, embedder_bundle_files: dict[str, bytes] | None = None,
         embedder_directory: str | Path | None = None, question_key: QuestionKey | None = None, fingerprint: str | None = None,
-        cost_weight: float | None = None, calibration: dict[str, Any] | None = None,
+        cost_weight: float | None = None, calibration: dict[str, Any] | None = None, arms: dict[str, dict[str, Any]] | None = None,
     ):
         set_ = super().__setattr__
         set_("model", model)
@@ -94,6 +94,7 @@ class Recommender:
         set_("default_policy", default_policy)
         set_("threshold", threshold)
         set_("costs", dict(costs or {}))  # prompt id -> cost of one call, for the cost-aware policy
+        set_("arms", {k: v for k, v in (arms or {}).items() if v})  # prompt id -> {"model"?, "params"?} (oirl.recommender.arms)
         set_("cost_weight", cost_weight)  # the cost-aware policy's lambda when none is asked for (None: 0)
         set_("calibration", calibration)  # how `oirl calibrate` chose it (oirl.recommender.calibration)
         set_("metadata", metadata or {})

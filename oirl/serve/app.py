@@ -4,7 +4,8 @@
 
 Endpoints (:mod:`oirl.serve.routes`, :mod:`oirl.serve.admin`): ``POST /v1/recommend``,
 ``POST /v1/score``, ``POST /v1/feedback``, ``GET /v1/prompts``, ``GET /v1/model``,
-``POST /v1/admin/reload``, ``GET /health`` and the OpenAPI schema at ``/openapi.json``
+``POST /v1/admin/reload``, ``GET /health``, with ``--upstream`` the gateway's ``POST
+/v1/chat/completions`` (:mod:`oirl.serve.gateway`), and the OpenAPI schema at ``/openapi.json``
 (behind the key when one is set; ``/docs`` and ``/redoc`` are then off).
 
 Everything is bounded, and every bound is listed in ``/v1/model`` under ``limits``
@@ -44,6 +45,7 @@ from oirl.errors import OirlError, one_line
 from oirl.policy.explore import parse_exploration
 from oirl.serve.admin import admin_router
 from oirl.serve.dependencies import Scoring, require_key
+from oirl.serve.gateway import Upstream, UpstreamSettings, gateway_router
 from oirl.serve.limits import ServiceLimits
 from oirl.serve.middleware import BodySizeLimit, ConcurrencyLimit, Gate, KeyCheck, RequestIds
 from oirl.serve.problems import install_handlers, unauthorized_response
@@ -61,7 +63,7 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
                explore: tuple[str, float] | None = None, decisions: str | os.PathLike[str] | DecisionStore | None = None,
                model_dir: str | os.PathLike[str] | None = None, reload_on_sighup: bool = False,
                restart_workers: Callable[[], None] | None = None, timer: Callable[[], float] | None = None,
-               clock: Callable[[], float] | None = None, online: bool = True) -> FastAPI:
+               clock: Callable[[], float] | None = None, online: bool = True, upstream: UpstreamSettings | None = None) -> FastAPI:
     """Build the service around a loaded bundle (a Recommender, or a :class:`ServedModel`).
 
     ``api_key`` (or ``$OIRL_API_KEY``) turns on bearer auth for everything but
@@ -75,12 +77,14 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
     swap by a restart of every worker (several uvicorn workers). ``timer`` times the
     fast-path check and ``clock`` the embedding batcher (both for tests). With ``online``
     (the default) and a decision store, the feedback since the bundle was trained moves
-    what is served before the next retrain (:mod:`oirl.decisions.online`).
+    what is served before the next retrain (:mod:`oirl.decisions.online`). ``upstream`` turns on
+    the gateway, ``POST /v1/chat/completions`` (:mod:`oirl.serve.gateway`).
     """
     api_key = (api_key if api_key is not None else os.environ.get("OIRL_API_KEY")) or None  # "": no auth
     limits = limits or ServiceLimits()
     first = recommender if isinstance(recommender, ServedModel) else ServedModel(recommender, embedder=embedder)
     store = decisions if isinstance(decisions, DecisionStore) or decisions is None else DecisionStore(decisions)
+    gateway = Upstream(upstream) if upstream is not None else None
     pools = {size: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"oirl-score-{size}") for size in ("small", "large")}
 
     @asynccontextmanager
@@ -100,6 +104,8 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
                 pool.shutdown(wait=False, cancel_futures=True)
             if store is not None:
                 store.close()
+            if gateway is not None:
+                await gateway.close()
 
     open_docs = api_key is None
     app = FastAPI(title="oirl", version=first.version, summary="Recommend the best prompt per query.", lifespan=lifespan,
@@ -116,12 +122,15 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
     app.state.online = OnlineOffsets(store) if online and store is not None else None
     app.state.scoring = Scoring(pools, limits)
     app.state.usage = ServedCounts()
+    app.state.upstream = gateway
     install_handlers(app, limits.retry_after_seconds)
 
     guard = [Security(require_key)] if api_key else []
     unauthorized = unauthorized_response() if api_key else None
     app.include_router(router, dependencies=guard, responses=unauthorized)
     app.include_router(admin_router, dependencies=guard, responses=unauthorized)
+    if gateway is not None:
+        app.include_router(gateway_router, dependencies=guard, responses=unauthorized)
     app.include_router(health_router)
 
     def openapi() -> dict[str, Any]:
@@ -169,7 +178,8 @@ def _reload_on_hangup(reloader: Reloader) -> Callable[[], None] | None:
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (what ``oirl serve`` runs): the bundle directory comes from
     ``$OIRL_MODEL_DIR``, the default exploration from ``$OIRL_EXPLORE``, the decision file from
-    ``$OIRL_DECISIONS`` and the number of workers from ``$OIRL_WORKERS``. Reloads on SIGHUP."""
+    ``$OIRL_DECISIONS``, the number of workers from ``$OIRL_WORKERS`` and the gateway's upstream as
+    :func:`upstream_from_env` reads it. Reloads on SIGHUP."""
 
     if not log.handlers:  # beside uvicorn's lines, in its style
         handler = logging.StreamHandler()
@@ -187,4 +197,15 @@ def app_from_env() -> FastAPI:
         sys.exit(3)
     return create_app(model, explore=parse_exploration(explore) if explore else None, decisions=os.environ.get("OIRL_DECISIONS") or None,
                       model_dir=os.environ["OIRL_MODEL_DIR"], reload_on_sighup=True, online=online,
-                      restart_workers=(lambda: os.kill(os.getppid(), signal.SIGHUP)) if several else None)
+                      restart_workers=(lambda: os.kill(os.getppid(), signal.SIGHUP)) if several else None, upstream=upstream_from_env())
+
+
+def upstream_from_env() -> UpstreamSettings | None:
+    """The gateway's settings from ``$OIRL_UPSTREAM`` (the base URL), ``$OIRL_UPSTREAM_KEY_ENV`` (the *name*
+    of the variable holding the key), ``$OIRL_UPSTREAM_CONCURRENCY`` and ``$OIRL_UPSTREAM_TIMEOUT``."""
+    url = os.environ.get("OIRL_UPSTREAM") or None
+    if url is None:
+        return None
+    return UpstreamSettings(url, key_env=os.environ.get("OIRL_UPSTREAM_KEY_ENV") or None,
+                            max_in_flight=int(os.environ.get("OIRL_UPSTREAM_CONCURRENCY") or 64),
+                            timeout_seconds=float(os.environ.get("OIRL_UPSTREAM_TIMEOUT") or 300))

@@ -8,7 +8,7 @@
    clients without the key (malformed, oversize or slow bodies) cannot crowd out those
    with it.
 3. :class:`ConcurrencyLimit`: a 503 with ``Retry-After`` for a ``/v1`` request beyond the
-   number under way. uvicorn's ``--limit-concurrency`` does not fit here: it counts every
+   number under way (the gateway's ``/v1/chat/completions`` has its own bound instead). uvicorn's ``--limit-concurrency`` does not fit here: it counts every
    connection and task (``/health``, requests without the key) before our key check, and
    answers a plain-text 503 without ``Retry-After``.
 4. :class:`BodySizeLimit`: a 413 for a body over the limit, declared or streamed.
@@ -24,6 +24,9 @@ from fastapi.responses import JSONResponse
 
 log = logging.getLogger("oirl.serve")
 OPEN_PATHS = ("/health",)
+#: Bounded by their own limit (the gateway's requests with the upstream, oirl.serve.gateway), not by the service's:
+#: a slow upstream must not fill the slots /v1/recommend needs.
+UNGATED_PATHS = ("/v1/chat/completions",)
 
 
 def unavailable(detail: str, retry_after: int, request_id: str | None = None) -> JSONResponse:
@@ -112,7 +115,7 @@ class ConcurrencyLimit:
         self.retry_after = retry_after
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["path"] in UNGATED_PATHS:
             return await self.app(scope, receive, send)
         if self.gate.in_flight >= self.gate.limit:
             response = unavailable(f"{self.gate.limit} requests under way; try again shortly", self.retry_after)

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from oirl.decisions.records import ConflictingFeedbackError, DecisionStoreError, UnknownDecisionError
+from oirl.decisions.records import ConflictingFeedbackError, DecisionStoreError, DuplicateDecisionError, UnknownDecisionError
 from oirl.errors import OirlError
 from oirl.serve.middleware import request_id_of, unavailable
 from oirl.serve.runtime import EmbeddingFailed, Overloaded
@@ -99,6 +99,10 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(ConflictingFeedbackError)
     async def _conflicting_feedback(request: Request, exc: ConflictingFeedbackError):
         return _detail(409, str(exc))
+
+    @app.exception_handler(DuplicateDecisionError)
+    async def _duplicate_decision(request: Request, exc: DuplicateDecisionError):  # a client-chosen id used before (the gateway)
+        return _detail(409, f"decision_id {cut(exc.decision_id, PREVIEW_CHARS)!r} is already recorded; choose a new one")
 
     @app.exception_handler(RequestRefused)
     async def _refused(request: Request, exc: RequestRefused):

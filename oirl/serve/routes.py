@@ -10,13 +10,11 @@ import asyncio
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from oirl.decisions.records import Decision, new_decision_id
+from oirl.serve.decide import check_size, decide
 from oirl.serve.dependencies import Limits, Scorer, Served, Store
-from oirl.serve.limits import ServiceLimits
 from oirl.serve.middleware import has_key
 from oirl.serve.problems import RequestRefused, responses
 from oirl.serve.reload import Serving
@@ -38,22 +36,10 @@ from oirl.serve.schemas import (
     RecommendResult,
     ScoreRequest,
     ScoreResponse,
-    exploration_of,
 )
 
 router = APIRouter()
 health_router = APIRouter()
-
-
-def check_size(limits: ServiceLimits, pairs: int, pairs_label: str, texts: list[str]) -> None:
-    """The per-request caps, checked before anything is embedded."""
-    if pairs > limits.scored_pairs:
-        raise RequestRefused(f"{pairs_label} = {pairs:,} pairs to score exceeds the cap of {limits.scored_pairs:,} per request",
-                             "too_many_pairs")
-    distinct = len(set(texts))
-    if distinct > limits.texts_to_embed:
-        raise RequestRefused(f"{distinct:,} distinct texts to embed (queries and new prompts) exceeds the cap of "
-                             f"{limits.texts_to_embed:,} per request", "too_many_texts")
 
 
 @router.post("/v1/recommend", response_model=RecommendResponse, responses=responses(400, 404, 409, 413, 422, 503))
@@ -74,25 +60,9 @@ async def recommend(body: RecommendRequest, request: Request, served: Served, st
                              "`top_k` or send fewer queries per request", "too_much_prompt_text")
     policy = model.check_policy(body.policy, candidates)  # cost-aware without costs: refused before embedding
     exploration = body.explore or request.app.state.default_explore
-    explore = exploration_of(exploration)
-    vectors = await served.batcher.embed(body.queries + candidates.new_texts)
-    learner = request.app.state.online
-    online = None if learner is None else await asyncio.to_thread(learner.state, model.version)
-    ranked = await scoring.run(served, n * candidates.size, model.rank, body.queries, vectors[:n], vectors[n:], candidates,
-                               policy=policy, top_k=body.top_k, cost_weight=body.cost_weight, explore=explore,
-                               rng=np.random.default_rng(), offsets=None if online is None else online.for_candidates(candidates.ids()))
-    ids = [new_decision_id() if store is not None else None for _ in ranked]  # only what /v1/feedback can take
-    served_with = [r.propensity if r.propensity is not None else (1.0 if store is not None else None) for r in ranked]
-    if store is not None:  # committed before the answer leaves: nothing acknowledged is lost
-        explore_json = None if exploration is None else exploration.model_dump()
-        offered_ids, offered_prompts = candidates.ids(), candidates.prompts()  # shared by every query
-        online_json = None if online is None else online.record(offered_ids)
-        await asyncio.to_thread(store.record, [
-            Decision(query=q, candidate_ids=offered_ids, candidate_prompts=offered_prompts, prompt_id=r.prompt_id, prompt=r.prompt,
-                     score=r.score, policy=policy, model_version=model.version, propensity=served_with[i], explore=explore_json,
-                     online=online_json, decision_id=ids[i])
-            for i, (q, r) in enumerate(zip(body.queries, ranked, strict=True))])
-    request.app.state.usage.add(r.prompt_id for r in ranked)  # served (and recorded, if recording): the live shares
+    decided = await decide(request, served, store, scoring, body.queries, candidates, policy=policy, top_k=body.top_k,
+                           cost_weight=body.cost_weight, exploration=exploration)
+    ranked, ids, served_with = decided.ranked, decided.ids, decided.propensities
     flags = candidates.in_bundle
     results = [RecommendResult(index=i, prompt_id=r.prompt_id, prompt=r.prompt, score=r.score, in_bundle=flags[r.prompt_id],
                                ranking=[RankedPrompt(**item, in_bundle=flags[item["prompt_id"]]) for item in r.ranking],
@@ -131,7 +101,7 @@ async def score(body: ScoreRequest, served: Served, limits: Limits, scoring: Sco
     return ScoreResponse(model_version=model.version, scores=scores)
 
 
-@router.get("/v1/prompts", response_model=PromptsResponse, responses=responses(413, 503))
+@router.get("/v1/prompts", response_model=PromptsResponse, response_model_exclude_none=True, responses=responses(413, 503))
 async def prompts(served: Served) -> PromptsResponse:
     entries, default_prompt_id = served.model.prompt_table()
     return PromptsResponse(model_version=served.model.version, prompts=[PromptEntry(**e) for e in entries],
@@ -156,6 +126,7 @@ async def model(request: Request, served: Served, store: Store, limits: Limits) 
         "limits": {"queries": MAX_QUERIES, "candidates": MAX_CANDIDATES, "pairs": MAX_PAIRS, "text_chars": MAX_TEXT_CHARS,
                    "id_chars": MAX_ID_CHARS, **asdict(limits)},
         "fast_path": dict(served.fast_path),
+        "gateway": None if request.app.state.upstream is None else request.app.state.upstream.describe(),
         "live": request.app.state.usage.report(served.model.prompt_costs(), described["policy"]["calibration"]),
     }
 

@@ -209,6 +209,9 @@ class PromptEntry(BaseModel):
     prompt_id: str
     prompt: str
     train_mean_reward: float
+    model: str | None = Field(None, description="The model the gateway calls with this arm (absent: the request's).")
+    params: dict[str, float | int] | None = Field(None, description="Generation parameters the gateway sets with this arm "
+                                                                    "(`temperature`, `top_p`, `max_tokens`).")
 
 
 class PromptsResponse(BaseModel):

@@ -164,8 +164,13 @@ class ServedModel:
     def prompt_table(self) -> tuple[list[dict[str, Any]], str]:
         """The bundle's prompts with their mean training reward, and the default prompt's id."""
         rec = self._rec
-        entries = [{"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": rec.prior[p.prompt_id]} for p in rec.prompts]
+        entries = [{"prompt_id": p.prompt_id, "prompt": p.prompt, "train_mean_reward": rec.prior[p.prompt_id],
+                    **rec.arms.get(p.prompt_id, {})} for p in rec.prompts]
         return entries, rec.default_prompt_id
+
+    def arm(self, prompt_id: str) -> dict[str, Any]:
+        """The model and generation parameters the arm sets (``{}``: none, or not a bundle prompt)."""
+        return self._rec.arms.get(prompt_id, {})
 
     def describe(self) -> dict[str, Any]:
         """``/v1/model``'s account of the bundle, with no filesystem path in it (a path names only its file)."""
