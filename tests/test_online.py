@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from oirl._sqlite import migrate
 from oirl.cli.main import cli
 from oirl.decisions.online import OnlineOffsets
-from oirl.decisions.store import Decision, DecisionStore, m001_decisions
+from oirl.decisions.store import ArmOutcomes, Decision, DecisionStore, m001_decisions
 
 
 class Clock:
@@ -24,9 +24,9 @@ class Clock:
         return self.now
 
 
-def decision(prompt_id: str, score: float, version: str = "v1") -> Decision:
+def decision(prompt_id: str, score: float, version: str = "v1", propensity: float = 1.0) -> Decision:
     return Decision(query="What is 2 + 3?", candidate_ids=("A", "B"), candidate_prompts=("a", "b"), prompt_id=prompt_id,
-                    prompt=prompt_id.lower(), score=score, policy="argmax", model_version=version)
+                    prompt=prompt_id.lower(), score=score, policy="argmax", model_version=version, propensity=propensity)
 
 
 def test_offsets_are_shrunk_mean_residuals_per_prompt_and_version_read_at_most_every_refresh(tmp_path):
@@ -60,6 +60,22 @@ def test_offsets_are_shrunk_mean_residuals_per_prompt_and_version_read_at_most_e
     assert online.state("v0").counts == {"B": 1}  # each model version learns on its own
 
 
+def test_residuals_are_weighted_by_the_inverse_propensity_so_the_policy_s_choices_do_not_bias_them(tmp_path):
+    """The winner's curse: a policy serves B where the model over-predicts it (residual -0.5,
+    propensity .9); exploration's draws of B elsewhere (propensity .1) show B as predicted.
+    Weighted by 1 / propensity, each draw counts as nine served ones."""
+    store = DecisionStore(tmp_path / "d.sqlite")
+    served = [decision("B", 1.0, propensity=0.9) for _ in range(9)] + [decision("B", 0.5, propensity=0.1)]
+    store.record(served)
+    for d in served:
+        store.feedback(d.decision_id, 0.5)
+    state = OnlineOffsets(store, strength=1.0).state("v1")
+    weights = [1 / 0.9] * 9 + [1 / 0.1]
+    mean = sum(w * r for w, r in zip(weights, [-0.5] * 9 + [0.0], strict=True)) / sum(weights)
+    assert mean == pytest.approx(-0.25) and state.pooled == pytest.approx(mean)  # raw: -0.45
+    assert state.offsets["B"] == pytest.approx(mean)  # one prompt: shrunk toward itself
+
+
 def test_a_store_written_before_online_learning_opens_and_counts(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path, isolation_level=None)
@@ -71,7 +87,7 @@ def test_a_store_written_before_online_learning_opens_and_counts(tmp_path):
     old = decision("A", 0.5)
     store.record([old])
     store.feedback(old.decision_id, 1.0)
-    assert store.arm_outcomes("v1") == {"A": (1, 1.0, 0.5)}
+    assert store.arm_outcomes("v1") == {"A": ArmOutcomes(count=1, weight=1.0, weight_squared=1.0, weighted_residual=0.5)}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +146,7 @@ def test_a_cold_service_explores_by_default_and_moves_to_the_best_prompt_so_far(
         stop(process)
     with DecisionStore(decisions) as store:
         recorded = store.arm_outcomes(next(iter({v for (v,) in sqlite3.connect(decisions).execute("SELECT model_version FROM decisions")})))
-    assert sum(n for n, _, _ in recorded.values()) == 300
+    assert sum(o.count for o in recorded.values()) == 300
     last = sqlite3.connect(decisions).execute("SELECT online FROM decisions ORDER BY created_at DESC LIMIT 1").fetchone()[0]
     assert json.loads(last)["feedback"] == 300  # each decision records the online state that served it
     process, base = start_server(work / "cold", extra_args=("--decisions", decisions))

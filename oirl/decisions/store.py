@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,16 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True)
+class ArmOutcomes:
+    """What the feedback on one prompt adds up to (see :meth:`DecisionStore.arm_outcomes`)."""
+
+    count: int
+    weight: float  # sum of 1 / propensity
+    weight_squared: float  # sum of 1 / propensity^2
+    weighted_residual: float  # sum of (reward - served score) / propensity
 
 
 class DecisionStore:
@@ -340,13 +351,15 @@ class DecisionStore:
 
     # -- reading
 
-    def arm_outcomes(self, model_version: str) -> dict[str, tuple[int, float, float]]:
-        """Per served prompt id, over the decisions of ``model_version`` whose reward is known:
-        (count, sum of rewards, sum of the scores they were served with), in one snapshot."""
+    def arm_outcomes(self, model_version: str) -> dict[str, ArmOutcomes]:
+        """Per served prompt id, over the decisions of ``model_version`` whose reward is known,
+        in one snapshot: their count and, weighted by 1 / propensity, the sums of weights,
+        squared weights and residuals (reward - the score served with)."""
         with self._transaction("DEFERRED") as db:
-            rows = db.execute("SELECT prompt_id, count(reward), sum(reward), sum(score) FROM decisions"
+            rows = db.execute("SELECT prompt_id, count(reward), sum(1.0 / propensity), sum(1.0 / (propensity * propensity)),"
+                              " sum((reward - score) / propensity) FROM decisions"
                               " WHERE reward IS NOT NULL AND model_version = ? GROUP BY prompt_id", (model_version,)).fetchall()
-        return {str(p): (int(n), float(r), float(s)) for p, n, r, s in rows}
+        return {str(p): ArmOutcomes(int(n), float(w), float(w2), float(r)) for p, n, w, w2, r in rows}
 
     def stats(self) -> dict[str, int]:
         """``{"decisions": n, "with_feedback": k}``, counted in one snapshot."""
