@@ -112,3 +112,20 @@ def test_reproduction_holds_out_whole_samples_and_runs_at_toy_size(data_dir, tmp
     assert overall[f"oirl default policy ({result['default_policy']})"] == pytest.approx(report["policies"][result["default_policy"]])
     assert len(result["styles"]) == 9  # 8 models + their average
     assert (tmp_path / "out" / "cruxeval_reward_cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_keeps_each_arms_model_from_the_log(crux, tmp_path):
+    """CRUXEval's arms are (model, style): the bundle's arms name the model that earned their
+    outcomes (its `llm` column), which the gateway then calls; a prompt id logged with two
+    models names none."""
+    from oirl.recommender.bundle import load_bundle
+
+    arms = sorted(crux["prompt_id"].unique())[:3]
+    logs = crux[crux["prompt_id"].isin(arms) & crux["query_id"].isin(pd.unique(crux["query_id"])[:60])].copy()
+    mixed = logs["prompt_id"] == arms[2]
+    logs.loc[mixed & (logs.index % 2 == 0), "llm"] = "another-model"  # one prompt id, two models
+    rec = train_recommender(logs, model="knn", embedder="hashing", cache_dir=tmp_path / "emb")
+    expected = {a: {"model": logs.loc[logs["prompt_id"] == a, "llm"].iloc[0]} for a in arms[:2]}
+    assert rec.arms == expected
+    loaded = load_bundle(save_bundle(rec, tmp_path / "model"), cache_dir=tmp_path / "emb")
+    assert loaded.arms == expected

@@ -311,7 +311,9 @@ def test_a_cold_incumbent_is_replaced_by_a_bundle_with_the_same_choice_and_a_rew
     assert summary["chosen"]["option"] == "prior"
     new = load_bundle(work / "cold-best", cache_dir=work / "emb")
     assert new.model is not None and new.default_prompt_id == best
-    assert new.arms == {best: {"model": "small-llm", "params": {"temperature": 0.2}}}
+    # The incumbent's explicit arm stays; the other arms name the model the log says earned their outcomes.
+    assert new.arms == {p: {"model": "small-llm", "params": {"temperature": 0.2}} if p == best else {"model": "llama-2-7b-chat"}
+                        for p in names}
     table = {r["option"]: r for r in new.metadata["metrics"]["model_selection"]}
     assert not table["incumbent"]["chosen"] and table["prior"]["chosen"] and not table["prior"]["cleared_baseline"]
 

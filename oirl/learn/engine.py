@@ -88,6 +88,8 @@ class PreparedLogs:
     fingerprint: str
     costs: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: prompt id -> the model that produced every one of its logged outcomes (the log's ``llm`` column)
+    arm_models: dict[str, str] = field(default_factory=dict)
 
 
 class Engine(ABC):
@@ -137,6 +139,7 @@ class InMemoryEngine(Engine):
             matrix=matrix, embedder=embedder_facts(live, options.embedder), question_key=question_key,
             text_hashes=question_key.hashes(matrix.texts), instance_hashes=text_hashes64(matrix.query_ids), rows=int(len(logs)),
             fingerprint=fingerprint(logs), costs=logs.groupby("prompt_id")["cost"].mean().to_dict() if "cost" in logs.columns else {},
+            arm_models=models_by_prompt(logs),
         )
 
     def folds(self, prepared, options):
@@ -154,6 +157,18 @@ class InMemoryEngine(Engine):
         tau, widths = choose_new_prompt_tau(matrix, model, folds)
         model.set_params(new_prompt_tau=tau)
         return widths
+
+
+def models_by_prompt(logs) -> dict[str, str]:
+    """Each prompt id whose logged rows all name one model (``llm``) -> that model: the arm is
+    (prompt, model), and a gateway should call that model with it. A prompt logged with
+    several models, or none, sets no model."""
+    if "llm" not in logs.columns:
+        return {}
+    named = logs[logs["llm"].notna() & (logs["llm"].astype(str).str.strip() != "")]
+    models = named.groupby("prompt_id")["llm"].unique()
+    unnamed = set(logs.loc[~logs.index.isin(named.index), "prompt_id"])
+    return {str(p): str(m[0]) for p, m in models.items() if len(m) == 1 and p not in unnamed}
 
 
 def embedder_facts(embedder, spec_name: str) -> dict[str, Any]:

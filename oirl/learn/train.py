@@ -96,8 +96,18 @@ def fit_bundle(logs: Any, engine: Engine, options: TrainOptions, *, incumbent: R
         metadata={"training": training, "metrics": metrics}, train_text_hashes=prepared.text_hashes,
         train_instance_hashes=prepared.instance_hashes, question_key=prepared.question_key, cache_dir=options.cache_dir,
         embedder_bundle_files=prepared.embedder["bundle_files"],
-        arms=None if incumbent is None else incumbent_arms(incumbent, matrix),
+        arms=trained_arms(prepared.arm_models, None if incumbent is None else incumbent_arms(incumbent, matrix)),
     )
+
+
+def trained_arms(log_models: dict[str, str], incumbent: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """Each arm's settings: the incumbent's (a deployment's explicit model and generation
+    parameters win), else the model the log names for that prompt id (which model earned
+    its outcomes: CRUXEval's (model, style) arms, an eval tool's provider)."""
+    arms = {p: dict(a) for p, a in (incumbent or {}).items()}
+    for prompt_id, model in log_models.items():
+        arms.setdefault(prompt_id, {}).setdefault("model", model)
+    return arms
 
 
 def incumbent_arms(incumbent: Recommender, matrix: LogMatrix) -> dict[str, dict[str, Any]]:
