@@ -327,6 +327,41 @@ def test_sighup_to_the_supervisor_replaces_every_worker(hashing_bundles, tmp_pat
     assert output.count("Received SIGHUP, restarting processes") == 2
 
 
+def test_one_sighup_to_the_process_group_restarts_the_workers_once(hashing_bundles, tmp_path):
+    """--workers 2 and `kill -HUP -PGID` (a terminal hanging up, a service manager signalling the
+    group): the supervisor restarts the workers once; the workers, which get the signal too,
+    leave the restart to it (forwarding it would queue one more restart per worker)."""
+    import os
+
+    served = tmp_path / "served"
+    shutil.copytree(hashing_bundles["a"], served)
+    b = version_of(hashing_bundles["b"])
+    process, base = start_server(served, extra_args=("--workers", "2"), new_session=True)
+
+    def versions_seen() -> set[str]:
+        seen = set()
+        for _ in range(20):  # a new connection each time: the kernel spreads them over the workers
+            try:
+                seen.add(httpx.get(f"{base}/v1/model", headers={"Connection": "close"}).json()["model_version"])
+            except httpx.TransportError:  # a worker being replaced may drop a fresh connection (README)
+                continue
+        return seen
+
+    try:
+        put_bundle(hashing_bundles["b"], served)
+        os.killpg(process.pid, signal.SIGHUP)  # its own session: the group is the supervisor and its workers
+        deadline = time.monotonic() + 120  # a hang guard
+        while (seen := versions_seen()) != {b} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # a SIGHUP forwarded by a worker would be in the supervisor's queue by now, before the SIGTERM below
+    finally:
+        stop(process)
+    output = process.stdout.read()
+    assert seen == {b}
+    assert output.count("Received SIGHUP, restarting processes") == 1, output
+    assert "process died unexpectedly" not in output, output  # the supervisor's helper process survives the SIGHUP
+
+
 def test_serving_on_a_port_in_use_is_one_line_error(minilm_bundle):
     import socket
 

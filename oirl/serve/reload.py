@@ -9,8 +9,8 @@ serving. Two bundles with the same embedder share the live embedder, its batcher
 its vectors; otherwise the old batcher stops once no request on any bundle sharing it is
 under way (after A -> B -> C a request still on A keeps A's and B's batcher running).
 
-With several uvicorn workers the supervisor owns ``SIGHUP``: it replaces the workers one
-by one, each new one loading the bundle at the directory. ``POST /v1/admin/reload`` then
+With several uvicorn workers the supervisor owns ``SIGHUP`` (a worker ignores its own): it
+replaces the workers one by one, each new one loading the bundle at the directory. ``POST /v1/admin/reload`` then
 checks the new bundle in the worker that took the request and asks the supervisor to do
 the same (``restart_workers``).
 """
