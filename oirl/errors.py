@@ -26,6 +26,15 @@ class CannotFit(OirlError):
     model selection leaves that candidate out with a note instead of failing."""
 
 
+class BrokenModel(OirlError):
+    """A reward model that produced a non-finite score: a fault of the model, not of the
+    input (the CLI's one line, and a 500 naming ``model`` from the HTTP service, not a 422)."""
+
+    def __init__(self, message: str, model: str):
+        super().__init__(message)
+        self.model = model
+
+
 class UnknownPromptError(OirlError):
     """Prompt ids asked for that the model bundle does not know."""
 

@@ -24,7 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, api_key=None, extra_args=(), port=None):
+def start_server(model_dir, api_key=None, extra_args=(), port=None, new_session=False):
+    """``oirl serve`` in a subprocess, once /health answers; ``new_session``: in a process group of
+    its own (for a signal to the whole group that must not reach pytest)."""
     port = port or free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("OIRL_API_KEY", None)
@@ -32,7 +34,7 @@ def start_server(model_dir, api_key=None, extra_args=(), port=None):
         env["OIRL_API_KEY"] = api_key
     process = subprocess.Popen(
         [sys.executable, "-m", "oirl.cli", "serve", str(model_dir), "--port", str(port), *map(str, extra_args)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=new_session,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300  # a hang guard, not a speed claim: a loaded machine starts slowly

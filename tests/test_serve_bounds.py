@@ -256,6 +256,34 @@ def test_an_unexpected_failure_is_a_500_with_a_request_id_and_no_internals(bundl
     assert health.status_code == 200
 
 
+def test_a_reward_model_giving_nan_is_a_terse_500_naming_it(gsm8k_slice, tmp_path, caplog):
+    """A broken model is the server's fault: 500 naming the model, one log line, no traceback (not a 422)."""
+    from oirl.data.logs import training_rows
+    from oirl.learn.train import train_recommender
+    from oirl.recommender.bundle import save_bundle
+    from oirl.serve.app import ServiceLimits, create_app
+
+    train = training_rows(gsm8k_slice, "split", "train", source="slice")
+    rows = train[train["query_id"].isin(train["query_id"].drop_duplicates().head(60))]
+    rec = load_bundle(save_bundle(train_recommender(rows, model="logistic", embedder="hashing:64", cache_dir=tmp_path / "emb"), tmp_path / "b"))
+    rec.model.weights_["coef"][0] = np.nan  # e.g. weights that diverged: every score is NaN
+    app = create_app(rec, api_key="", limits=ServiceLimits(inline_call_ms=0.0))  # no fast-path timing: it would score at startup
+
+    async def scenario(client):
+        return (await client.post("/v1/recommend", json={"queries": ["What is 2 + 2?"]}),
+                await client.post("/v1/score", json={"pairs": [{"query": "What is 2 + 2?", "prompt": "Think step by step."}]}))
+
+    with caplog.at_level(logging.INFO, logger="oirl.serve"):
+        answers = run_app(app, scenario)
+    for answer in answers:
+        body = answer.json()
+        assert answer.status_code == 500, answer.text
+        assert set(body) == {"detail", "request_id"} and body["detail"] == "the logistic model produced a non-finite score"
+        [record] = [r for r in caplog.records if body["request_id"] in r.getMessage()]
+        assert record.levelno == logging.ERROR and record.exc_info is None and "\n" not in record.getMessage()
+        assert "logistic model" in record.getMessage() and "non-finite score (nan)" in record.getMessage()
+
+
 def test_the_model_description_names_no_server_path(minilm_bundle):
     import copy
 

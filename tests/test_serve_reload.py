@@ -115,6 +115,41 @@ def test_a_bundle_with_another_embedder_gets_its_own_batcher(hashing_bundles, tm
     assert second is not first and first._task.done()  # the old batcher stopped once nothing used it
 
 
+def test_a_request_on_a_bundle_two_reloads_back_finishes_on_it(hashing_bundles, tmp_path):
+    """A -> B (same embedder: one batcher) -> C (another embedder) while a request on A is in its
+    model call: B's retirement must not stop the batcher A's request still waits on."""
+    from oirl.serve.app import ServiceLimits, create_app
+
+    served = tmp_path / "served"
+    shutil.copytree(hashing_bundles["a"], served)
+    versions = {name: version_of(hashing_bundles[name]) for name in ("a", "b", "small")}
+    embedder = GatedEmbedder()
+    app = create_app(load_bundle(served), api_key="", embedder=embedder, model_dir=served, limits=ServiceLimits(inline_call_ms=0.0))
+
+    async def scenario(client):
+        shared = app.state.slot.current.batcher
+        embedder.gate.clear()
+        in_flight = asyncio.create_task(client.post("/v1/recommend", json={"queries": ["asked of bundle A"]}))
+        await until(lambda: shared.call_seconds() is not None, "the request on A is in its model call")
+        put_bundle(hashing_bundles["b"], served)
+        to_b = await client.post("/v1/admin/reload")
+        app.state.reloader.embedder = None  # the next bundle comes with its own embedder (hashing:64): a batcher of its own
+        put_bundle(hashing_bundles["small"], served)
+        to_c = await client.post("/v1/admin/reload")
+        running_after_c = not shared._task.done()
+        embedder.gate.set()
+        on_a = await in_flight
+        on_c = await client.post("/v1/recommend", json={"queries": ["asked of bundle C"]})
+        return to_b, to_c, running_after_c, on_a, on_c, shared._task.done()
+
+    to_b, to_c, running_after_c, on_a, on_c, shared_stopped = run_app(app, scenario)
+    assert to_b.json()["status"] == "reloaded" and to_c.json()["status"] == "reloaded"
+    assert on_a.status_code == 200, on_a.text
+    assert running_after_c  # A's request still used it
+    assert on_a.json()["model_version"] == versions["a"] and on_c.json()["model_version"] == versions["small"]
+    assert shared_stopped  # and it stopped once A's request was done
+
+
 def test_a_missing_or_corrupt_bundle_is_refused_and_the_old_one_keeps_serving(hashing_bundles, tmp_path, caplog):
     from oirl.serve.app import create_app
 
@@ -290,6 +325,41 @@ def test_sighup_to_the_supervisor_replaces_every_worker(hashing_bundles, tmp_pat
     assert reload.status_code == 202 and reload.json() == {"status": "restarting", "model_version": a, "previous_version": b}
     assert refused.status_code == 409 and "no such model bundle directory" in refused.json()["detail"]
     assert output.count("Received SIGHUP, restarting processes") == 2
+
+
+def test_one_sighup_to_the_process_group_restarts_the_workers_once(hashing_bundles, tmp_path):
+    """--workers 2 and `kill -HUP -PGID` (a terminal hanging up, a service manager signalling the
+    group): the supervisor restarts the workers once; the workers, which get the signal too,
+    leave the restart to it (forwarding it would queue one more restart per worker)."""
+    import os
+
+    served = tmp_path / "served"
+    shutil.copytree(hashing_bundles["a"], served)
+    b = version_of(hashing_bundles["b"])
+    process, base = start_server(served, extra_args=("--workers", "2"), new_session=True)
+
+    def versions_seen() -> set[str]:
+        seen = set()
+        for _ in range(20):  # a new connection each time: the kernel spreads them over the workers
+            try:
+                seen.add(httpx.get(f"{base}/v1/model", headers={"Connection": "close"}).json()["model_version"])
+            except httpx.TransportError:  # a worker being replaced may drop a fresh connection (README)
+                continue
+        return seen
+
+    try:
+        put_bundle(hashing_bundles["b"], served)
+        os.killpg(process.pid, signal.SIGHUP)  # its own session: the group is the supervisor and its workers
+        deadline = time.monotonic() + 120  # a hang guard
+        while (seen := versions_seen()) != {b} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # a SIGHUP forwarded by a worker would be in the supervisor's queue by now, before the SIGTERM below
+    finally:
+        stop(process)
+    output = process.stdout.read()
+    assert seen == {b}
+    assert output.count("Received SIGHUP, restarting processes") == 1, output
+    assert "process died unexpectedly" not in output, output  # the supervisor's helper process survives the SIGHUP
 
 
 def test_serving_on_a_port_in_use_is_one_line_error(minilm_bundle):

@@ -98,6 +98,7 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
     if workers > 1:  # as uvicorn.run does, on the socket bound here
         from uvicorn.supervisors import Multiprocess
 
+        _start_resource_tracker_deaf_to_hangup()
         click.echo(f"INFO:     oirl serving on http://{host}:{listener.getsockname()[1]} with {workers} workers", err=True)
         Multiprocess(config, sockets=[listener]).run()
     else:
@@ -105,6 +106,22 @@ def serve(model_dir: Path, host: str, port: int, workers: int, explore: str | No
         server.run(sockets=[listener])
         if not server.started:
             sys.exit(3)  # the app failed to start; uvicorn has said why
+
+
+def _start_resource_tracker_deaf_to_hangup() -> None:
+    """Start multiprocessing's resource tracker (the supervisor's helper process) with SIGHUP
+    blocked, which it keeps: a SIGHUP to the process group would otherwise kill it ("resource_tracker:
+    process died unexpectedly ... resources might leak") on each reload."""
+    import signal
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "SIGHUP"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _listen(host: str, port: int):

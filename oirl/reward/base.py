@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from oirl.errors import BundleError, OirlError
+from oirl.errors import BrokenModel, BundleError
 from oirl.reward.features import grid_features, pair_features
 
 
@@ -185,4 +185,4 @@ def check_predictions(scores: np.ndarray, where: str) -> None:
     bad = ~np.isfinite(scores)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise OirlError(f"{where}: the reward model produced a non-finite score ({scores[row, col]}) for query {row}, prompt {col}")
+        raise BrokenModel(f"{where}: the reward model produced a non-finite score ({scores[row, col]}) for query {row}, prompt {col}", where)

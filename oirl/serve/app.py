@@ -154,7 +154,8 @@ def create_app(recommender, *, api_key: str | None = None, limits: ServiceLimits
 
 
 def _reload_on_hangup(reloader: Reloader) -> Callable[[], None] | None:
-    """Reload on SIGHUP (from the event loop); returns the undo, or None where signals cannot be caught here."""
+    """Reload on SIGHUP (from the event loop), or with several workers take it and do nothing;
+    returns the undo, or None where signals cannot be caught here."""
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task] = set()
 
@@ -164,6 +165,11 @@ def _reload_on_hangup(reloader: Reloader) -> Callable[[], None] | None:
             log.error("reload (SIGHUP) failed", exc_info=task.exception())
 
     def hangup() -> None:
+        # Several workers: the supervisor owns SIGHUP. One sent to the process group reaches it too,
+        # and a worker forwarding it would queue one more restart of every worker per worker.
+        if reloader.restart_workers is not None:
+            log.debug("SIGHUP in a worker: left to the supervisor")
+            return
         task = loop.create_task(reloader.reload("SIGHUP"))
         running.add(task)
         task.add_done_callback(finished)

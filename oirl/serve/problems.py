@@ -1,7 +1,7 @@
 """How the service answers what goes wrong: status, body, and what is logged.
 
 Client mistakes get plain words and the input as sent (cut short, never echoed whole);
-server-side failures (a failed model call, a decision store that cannot write) get a
+server-side failures (a failed model call, a reward model scoring NaN, a decision store that cannot write) get a
 short detail and a ``request_id`` under which the server logged the cause: no exception
 text and no filesystem path reaches a client.
 """
@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from oirl.decisions.records import ConflictingFeedbackError, DecisionStoreError, DuplicateDecisionError, UnknownDecisionError
-from oirl.errors import OirlError
+from oirl.errors import BrokenModel, OirlError, one_line
 from oirl.serve.middleware import request_id_of, unavailable
 from oirl.serve.runtime import EmbeddingFailed, Overloaded
 from oirl.serve.schemas import ErrorResponse, UnknownIdsResponse, ValidationErrorResponse, unicode_text
@@ -117,6 +117,12 @@ def install_handlers(app: FastAPI, retry_after: int) -> None:
         request_id = request_id_of(request.scope)
         log.error("request %s: %s", request_id, exc)
         return unavailable("the decision store is unavailable; try again later", retry_after, request_id)
+
+    @app.exception_handler(BrokenModel)
+    async def _broken_model(request: Request, exc: BrokenModel):  # the server's fault, whatever the request asked
+        request_id = request_id_of(request.scope)
+        log.error("request %s: %s", request_id, one_line(exc))
+        return JSONResponse({"detail": f"the {exc.model} produced a non-finite score", "request_id": request_id}, status_code=500)
 
     @app.exception_handler(OirlError)
     async def _bad_input(request: Request, exc: OirlError):

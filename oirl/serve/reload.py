@@ -6,10 +6,11 @@ the old bundle and later ones use the new one. A reload (``SIGHUP`` or ``POST
 /v1/admin/reload``) loads and checks the new bundle beside the old one and swaps only a
 sound one; a missing or corrupt bundle is refused in one log line and the old one keeps
 serving. Two bundles with the same embedder share the live embedder, its batcher and
-its vectors; otherwise the old batcher stops once its last request is done.
+its vectors; otherwise the old batcher stops once no request on any bundle sharing it is
+under way (after A -> B -> C a request still on A keeps A's and B's batcher running).
 
-With several uvicorn workers the supervisor owns ``SIGHUP``: it replaces the workers one
-by one, each new one loading the bundle at the directory. ``POST /v1/admin/reload`` then
+With several uvicorn workers the supervisor owns ``SIGHUP`` (a worker ignores its own): it
+replaces the workers one by one, each new one loading the bundle at the directory. ``POST /v1/admin/reload`` then
 checks the new bundle in the worker that took the request and asks the supervisor to do
 the same (``restart_workers``).
 """
@@ -48,6 +49,7 @@ class ModelSlot:
 
     def __init__(self, serving: Serving):
         self.current = serving
+        self._draining: set[Serving] = set()  # retired bundles that requests still use
 
     @asynccontextmanager
     async def use(self) -> AsyncIterator[Serving]:
@@ -59,19 +61,27 @@ class ModelSlot:
         finally:
             serving.users -= 1
             if serving.retired and serving.users == 0:
+                self._draining.discard(serving)
                 await self._close(serving)
 
     async def swap(self, serving: Serving) -> Serving:
         """Make ``serving`` current; the previous one closes once no request uses it."""
         previous, self.current = self.current, serving
         previous.retired = True
-        if previous.users == 0:
+        if previous.users:
+            self._draining.add(previous)
+        else:
             await self._close(previous)
         return previous
 
     async def _close(self, serving: Serving) -> None:
-        if serving.batcher is not self.current.batcher:
-            await serving.batcher.stop()
+        """Stop ``serving``'s batcher unless a bundle still in use shares it. The users are
+        counted per bundle but a batcher serves every bundle with its embedder: after A -> B
+        -> C (C on another embedder), B retiring unused must not stop the batcher that a
+        request still running on A waits on."""
+        if serving.batcher is self.current.batcher or any(other.batcher is serving.batcher for other in self._draining):
+            return
+        await serving.batcher.stop()
 
 
 async def load_serving(directory: str | os.PathLike[str] | None, *, limits: ServiceLimits, embedder=None,
