@@ -145,7 +145,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
     if (query_text is None) == (queries_file is None):
         raise OirlError("give exactly one of --query TEXT or --queries FILE")
     if out_dir is not None or dask_spec:
-        from oirl.recommender.batch import recommend_to_parquet
+        from oirl.data.batch import recommend_to_parquet
 
         if out_dir is None or queries_file is None or top_k is not None:
             raise OirlError("--dask needs --out DIR" if out_dir is None else "--out needs --queries FILE and writes the pick only (no --top-k)")
@@ -167,7 +167,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
     elif queries_file.suffix.lower() == ".jsonl":
         queries = [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
     else:  # a Parquet file, directory or glob
-        from oirl.recommender.batch import query_sources, read_query_partition
+        from oirl.data.batch import query_sources, read_query_partition
 
         queries = [q for source in query_sources(queries_file) for q in read_query_partition(source)["query"]]
     candidates = read_candidates(candidates_file) if candidates_file else None
