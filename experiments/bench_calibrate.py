@@ -90,10 +90,10 @@ def router_metrics(model: Path, log: Path, cache_dir: Path) -> dict:
 
 def repeated(model: Path, texts: list[str], splits: int, target, cache_dir: Path) -> dict:
     """The same over ``splits`` random halvings: the spread of the measure on half B."""
+    from oirl.learn.calibration import check_target
     from oirl.policy.budget import weight_for_limit
     from oirl.policy.policies import CostAware
     from oirl.recommender.bundle import load_bundle
-    from oirl.recommender.calibration import check_target
 
     rec = load_bundle(model, cache_dir=cache_dir)
     cost = check_target(rec, target)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     from oirl._atomic import write_text_atomic
     from oirl.data.importers.cruxeval import build_logs
     from oirl.data.logs import write_logs
-    from oirl.recommender.calibration import Budget, ShareCap
+    from oirl.learn.calibration import Budget, ShareCap
     from oirl.reproduce.cruxeval import sample_split
 
     logs = build_logs(args.data_dir, 0.2)

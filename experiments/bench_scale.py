@@ -300,9 +300,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from oirl._atomic import write_text_atomic
+    from oirl.data.batch import recommend_to_parquet
     from oirl.distributed.cluster import dask_client
     from oirl.distributed.evaluate import evaluate_distributed
-    from oirl.recommender.batch import recommend_to_parquet
 
     partitions = args.partitions or max(4, round(args.rows / 62_500))
     result: dict = {"command": "python experiments/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),

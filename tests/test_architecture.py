@@ -112,7 +112,7 @@ def test_the_plain_cli_imports_no_dask_code():
     code = ("import sys; from oirl.cli.main import cli\n"
             "for name in ('train', 'recommend', 'evaluate', 'serve', 'export-decisions'):\n"
             "    cli.get_command(None, name)\n"
-            "import oirl.learn.train, oirl.evaluation.report, oirl.recommender.batch\n"
+            "import oirl.learn.train, oirl.evaluation.report, oirl.data.batch\n"
             "bad = sorted(m for m in sys.modules if m.startswith(('oirl.distributed', 'dask', 'distributed')))\n"
             "print(','.join(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

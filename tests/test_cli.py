@@ -305,3 +305,35 @@ def test_a_log_too_small_for_its_model_or_for_cross_validation_is_one_line(tiny_
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and not (work / "refused").exists()
+
+
+# --------------------------------------------------------------------------- the trainer reads the logs it is given
+
+
+def test_train_reads_and_validates_each_log_once_and_the_api_takes_the_paths_the_cli_does(tiny_log, monkeypatch, tmp_path):
+    """Issue 21, item 13: `oirl train A B` passes the paths to the trainer, which reads each
+    log, parses each row once (combining reruns only the checks across rows), keeps the
+    train split; the Python API given the same paths trains on the same rows."""
+    import oirl.data.schema as schema
+    from oirl.learn.train import train_recommender
+
+    work, log = tiny_log
+    rows = read_logs(log)
+    first = rows["query_id"].isin(pd.unique(rows["query_id"])[:3])
+    held_out = rows[first].head(1).assign(query_id="held-out", split="test")  # a test row: never trained on
+    a = write_logs(pd.concat([rows[first].assign(split="train"), held_out], ignore_index=True), tmp_path / "a.parquet")
+    b = write_logs(rows[~first], tmp_path / "b.parquet")  # no split column: all training rows
+    parsed = []
+    real = schema._parse_rewards
+    monkeypatch.setattr(schema, "_parse_rewards", lambda values, *args: parsed.append(len(values)) or real(values, *args))
+    result = run("train", a, b, "--out", tmp_path / "cli", "--model", "knn", "--embedder", "hashing", "--cache-dir", work / "emb")
+    assert sum(parsed) == len(rows) + 1  # every row of both files, once
+    training = json.loads(result.stdout)["training"]
+    assert training["rows"] == len(rows) and training["query_instances"] == 6 and training["source"] == f"{a} + {b}"
+    rec = train_recommender([a, b], split_column="split", model="knn", embedder="hashing", cache_dir=work / "emb")
+    assert {k: rec.metadata["training"][k] for k in ("rows", "fingerprint", "source")} == {k: training[k] for k in ("rows", "fingerprint", "source")}
+    # Frames are still taken (one or several) and give the same rows; a frame that is not a log is one line.
+    frames = train_recommender([read_logs(a), read_logs(b)], split_column="split", model="knn", embedder="hashing", cache_dir=work / "emb")
+    assert frames.metadata["training"]["fingerprint"] == training["fingerprint"]
+    with pytest.raises(OirlError, match=r"^<logs>: missing column\(s\) query_id, prompt_id; pass the log's path"):
+        train_recommender(pd.DataFrame({"query": ["q"], "prompt": ["p"], "reward": [1.0]}), embedder="hashing")

@@ -135,7 +135,7 @@ def test_evaluate_on_the_workers_gives_the_in_memory_report(client, dask_bundle,
 
 
 def test_batch_recommend_writes_ordered_partitions(client, dask_bundle, synthetic, tmp_path):
-    from oirl.recommender.batch import recommend_to_parquet
+    from oirl.data.batch import recommend_to_parquet
 
     _, path = dask_bundle
     work, _ = synthetic
@@ -167,7 +167,7 @@ def test_batch_recommend_writes_ordered_partitions(client, dask_bundle, syntheti
 
 
 def test_batch_recommend_takes_the_costs_given_with_the_candidates(dask_bundle, synthetic, tmp_path):
-    from oirl.recommender.batch import recommend_to_parquet
+    from oirl.data.batch import recommend_to_parquet
     from oirl.recommender.recommender import Candidate
 
     _, path = dask_bundle

@@ -1,4 +1,4 @@
-"""``oirl calibrate``: routing on a budget (:mod:`oirl.recommender.calibration`).
+"""``oirl calibrate``: routing on a budget (:mod:`oirl.learn.calibration`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from oirl.errors import OirlError
 def calibrate(model_dir: Path, queries_file: Path, max_share: str | None, budget: float | None, out_dir: Path | None, cache_dir: Path) -> None:
     """Choose the cost-aware policy's cost weight from a sample of your queries so that the dearest prompt gets at most
     a share of the calls (--max-share) or the mean cost per query stays within --budget, and make that policy the bundle's default."""
-    from oirl.recommender.batch import query_sources, read_query_partition
+    from oirl.data.batch import query_sources, read_query_partition
+    from oirl.learn.calibration import Budget, calibrate, check_target, parse_share_cap
     from oirl.recommender.bundle import check_output_directory, load_bundle, save_bundle
-    from oirl.recommender.calibration import Budget, calibrate, check_target, parse_share_cap
 
     if (max_share is None) == (budget is None):
         raise OirlError("give exactly one of --max-share ARM=SHARE or --budget COST")

@@ -37,8 +37,6 @@ def train(log_files: tuple[Path, ...], out_dir: Path, model: str, embedder: str,
           cv_folds: int, cv_groups: str, importance_weights: bool, incumbent_dir: Path | None, dask_spec: str | None, cache_dir: Path) -> None:
     """Train a reward model on LOG... (files, or directories or globs of Parquet files; several logs are combined, e.g. a
     harness's full log and a deployment's exported decisions) and save it as a bundle in --out."""
-    from oirl.data.combine import combine_logs
-    from oirl.data.logs import read_logs, training_rows
     from oirl.embed.registry import get_embedder
     from oirl.learn.selection import IncumbentKept
     from oirl.learn.train import train_recommender
@@ -46,7 +44,6 @@ def train(log_files: tuple[Path, ...], out_dir: Path, model: str, embedder: str,
 
     check_output_directory(out_dir)  # refuse before hours of work, not after
     get_embedder(embedder)  # an unknown name fails here, offline, naming the valid ones
-    source = " + ".join(map(str, log_files))
     incumbent = load_bundle(incumbent_dir, cache_dir=cache_dir) if incumbent_dir else None
     try:
         if dask_spec:
@@ -61,11 +58,10 @@ def train(log_files: tuple[Path, ...], out_dir: Path, model: str, embedder: str,
                 rec = train_distributed(client, log_files[0], model=model, embedder=embedder, layout=layout, split_column=split_column,
                                         train_split=train_split, cv_folds=cv_folds, cv_groups=cv_groups, cache_dir=cache_dir, progress=True)
         else:
-            rows = combine_logs([training_rows(read_logs(f), split_column, train_split, source=str(f)) for f in log_files],
-                                [str(f) for f in log_files])
-            rec = train_recommender(rows, model=model, embedder=embedder, layout=layout, cv_folds=cv_folds, cv_groups=cv_groups,
-                                    cache_dir=cache_dir, progress=True, source=source, importance_weights=importance_weights,
-                                    incumbent=incumbent)
+            # The paths go through: the trainer reads and validates each log once, and combines them.
+            rec = train_recommender(list(log_files), split_column=split_column, train_split=train_split, model=model, embedder=embedder,
+                                    layout=layout, cv_folds=cv_folds, cv_groups=cv_groups, cache_dir=cache_dir, progress=True,
+                                    importance_weights=importance_weights, incumbent=incumbent)
     except IncumbentKept as kept:  # the deployment stays as it is: nothing to write
         click.echo(model_selection_table(kept.rows, cv_groups), err=True)
         click.echo(json.dumps({"kept": "incumbent", "incumbent": str(incumbent_dir), "bundle": str(out_dir), "written": False,
@@ -145,7 +141,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
     if (query_text is None) == (queries_file is None):
         raise OirlError("give exactly one of --query TEXT or --queries FILE")
     if out_dir is not None or dask_spec:
-        from oirl.recommender.batch import recommend_to_parquet
+        from oirl.data.batch import recommend_to_parquet
 
         if out_dir is None or queries_file is None or top_k is not None:
             raise OirlError("--dask needs --out DIR" if out_dir is None else "--out needs --queries FILE and writes the pick only (no --top-k)")
@@ -167,7 +163,7 @@ def recommend(model_dir: Path, query_text: str | None, queries_file: Path | None
     elif queries_file.suffix.lower() == ".jsonl":
         queries = [r["query"] for r in read_jsonl_records(queries_file, required=("query",))]
     else:  # a Parquet file, directory or glob
-        from oirl.recommender.batch import query_sources, read_query_partition
+        from oirl.data.batch import query_sources, read_query_partition
 
         queries = [q for source in query_sources(queries_file) for q in read_query_partition(source)["query"]]
     candidates = read_candidates(candidates_file) if candidates_file else None

@@ -20,12 +20,14 @@ from pathlib import Path
 import pandas as pd
 
 from oirl.data.questions import QuestionKey
-from oirl.data.schema import coverage, validate_logs
+from oirl.data.schema import check_rows, coverage
 from oirl.errors import LogFormatError
 
 
 def combine_logs(frames: Sequence[pd.DataFrame], sources: Sequence[str]) -> pd.DataFrame:
-    """Canonical frames (one per log, already validated) as one canonical frame."""
+    """Canonical frames (one per log, already validated) as one canonical frame. Each row's
+    cells were parsed when its log was read; only the checks across rows run again, on the
+    merge (one id one text, duplicates across logs averaged, propensity sums)."""
     frames = list(frames)
     if len(frames) == 1:
         return frames[0]
@@ -39,7 +41,7 @@ def combine_logs(frames: Sequence[pd.DataFrame], sources: Sequence[str]) -> pd.D
     merged = pd.concat(frames, ignore_index=True)
     text = [c for c in merged.columns if c not in ("reward", "cost", "propensity")]
     merged[text] = merged[text].fillna("")  # a column of some logs only
-    return validate_logs(merged, source=" + ".join(sources))
+    return check_rows(merged, source=" + ".join(sources))
 
 
 def _ids_apart(frames: list[pd.DataFrame], sources: Sequence[str]) -> list[pd.DataFrame]:

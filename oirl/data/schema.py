@@ -89,13 +89,23 @@ def validate_logs(
     for column in extras:
         out[column] = raw[column].astype(str)
 
-    _check_prompt_ids(out, source, where)
-    _check_query_ids(out, source, where)
-    out = average_duplicates(out, source, ["query_id", "prompt_id"] + (["split"] if "split" in out.columns else []))
-    if "propensity" in out.columns:
-        _check_propensity_sums(out, source)
-    ordered = [c for c in CANONICAL_COLUMNS if c in out.columns] + extras
-    return out[ordered].reset_index(drop=True)
+    return check_rows(out, source=source, where=where)
+
+
+def check_rows(frame: pd.DataFrame, *, source: str, where: Callable[[int], str] | None = None) -> pd.DataFrame:
+    """The checks that span rows, on rows whose cells are parsed already (by
+    :func:`validate_logs`, or several validated logs concatenated): one prompt id one text,
+    one query id one question, duplicate keys averaged, propensities of one instance within
+    a distribution; canonical columns first, the others after them in order."""
+    where = where or (lambda i: f"row {i + 1}")
+    frame = frame.reset_index(drop=True)
+    _check_prompt_ids(frame, source, where)
+    _check_query_ids(frame, source, where)
+    frame = average_duplicates(frame, source, ["query_id", "prompt_id"] + (["split"] if "split" in frame.columns else []))
+    if "propensity" in frame.columns:
+        _check_propensity_sums(frame, source)
+    ordered = [c for c in CANONICAL_COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in CANONICAL_COLUMNS]
+    return frame[ordered].reset_index(drop=True)
 
 
 def _parse_rewards(values: pd.Series, column: str, source: str, where: Callable[[int], str]) -> pd.Series:

@@ -1,6 +1,6 @@
 """Batch recommendations on the workers (``oirl recommend --out --dask``): each query
 partition is scored and written by a worker, into the directory the driver renames
-into place (:func:`oirl.recommender.batch.recommend_to_parquet`)."""
+into place (:func:`oirl.data.batch.recommend_to_parquet`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import pandas as pd
 
+from oirl.data.batch import PartWriter, read_query_partition, recommend_frame, write_part
 from oirl.distributed.blocks import worker_recommender
 from oirl.embed.base import default_cache_dir
-from oirl.recommender.batch import PartWriter, _write_part, read_query_partition, recommend_frame
 
 
 def _recommend_part(source: Any, index: int, model_dir: str, cache_dir: str, directory: str, options: dict[str, Any]) -> int:
     rec = worker_recommender(model_dir, cache_dir)
-    return _write_part(recommend_frame(rec, read_query_partition(source), **options), directory, index)
+    return write_part(recommend_frame(rec, read_query_partition(source), **options), directory, index)
 
 
 def part_writer(client, model_dir: str | Path, cache_dir: str | Path | None) -> PartWriter:

@@ -6,13 +6,14 @@ steps: embed the logs (:mod:`oirl.embed`) and pivot them into a
 :class:`~oirl.data.matrix.LogMatrix`, estimate the logging policy of a partial log
 without propensities (:mod:`oirl.learn.logging_policy`), let cross-validation choose the
 reward model and the policy (:mod:`oirl.learn.selection` over :mod:`oirl.learn.crossfit`),
-and fit the chosen model on every training row::
+and fit the chosen model on every training row. The trainer reads the logs it is given
+(:func:`read_training_logs`: paths are read and validated here, once; frames are taken as
+the canonical frames :func:`oirl.data.logs.read_logs` returns)::
 
-    from oirl.data.logs import read_logs, training_rows
     from oirl.learn.train import train_recommender
     from oirl.recommender.bundle import load_bundle, save_bundle
 
-    rec = train_recommender(training_rows(read_logs("logs/mawps.parquet"), "split", "train", source="mawps"))
+    rec = train_recommender("logs/mawps.parquet", split_column="split")   # read, validated once, its train rows
     save_bundle(rec, "models/mawps")
     rec = load_bundle("models/mawps")
     [r] = rec.recommend(["Tom has 3 apples ..."])          # the bundle's default policy
@@ -22,12 +23,16 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from oirl.data.combine import combine_logs
+from oirl.data.logs import read_logs, training_rows
 from oirl.data.matrix import LogMatrix
 from oirl.errors import OirlError
 from oirl.learn.candidates import ModelSpec
@@ -118,10 +123,52 @@ def incumbent_arms(incumbent: Recommender, matrix: LogMatrix) -> dict[str, dict[
             if p in incumbent.arms and by_id.get(p) == text}
 
 
-def train_recommender(logs: pd.DataFrame, *, incumbent: Recommender | None = None, **options: Any) -> Recommender:
-    """Train in this process on a canonical frame of training rows; ``options`` are
-    :class:`TrainOptions`' fields (``model``, ``embedder``, ``cv_groups``, ...)."""
-    return fit_bundle(logs, InMemoryEngine(), TrainOptions(**options), incumbent=incumbent)
+#: The columns every canonical frame has (ids are filled in from the texts when a file lacks them).
+CANONICAL_REQUIRED = ("query_id", "query", "prompt_id", "prompt", "reward")
+
+#: One log (a file, a directory or glob of Parquet files, or a canonical frame) or several.
+Logs = str | Path | pd.DataFrame | Sequence[str | Path | pd.DataFrame]
+
+
+def read_training_logs(logs: Logs, *, split_column: str | None = None, train_split: str = "train") -> tuple[pd.DataFrame, str]:
+    """The training rows of ``logs`` as one canonical frame, and the name of the logs.
+
+    A path is read and validated here, once (:func:`~oirl.data.logs.read_logs`); a frame is
+    taken as canonical (what ``read_logs`` returns: it is not parsed again) once it has the
+    columns one needs. With ``split_column`` each log keeps its rows whose column equals
+    ``train_split`` (a log without the column is all training data); without it every row
+    is trained on, as a frame always was. Several logs are combined
+    (:func:`~oirl.data.combine.combine_logs`)."""
+    items = [logs] if isinstance(logs, (str, Path, pd.DataFrame)) else list(logs)
+    if not items:
+        raise OirlError("no training logs given")
+    frames, sources = [], []
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, pd.DataFrame):
+            source = "<logs>" if len(items) == 1 else f"<logs {number}>"
+            missing = [c for c in CANONICAL_REQUIRED if c not in item.columns]
+            if missing:  # a frame not from read_logs: say what to do, not a KeyError deep in the pivot
+                raise OirlError(f"{source}: missing column(s) {', '.join(missing)}; pass the log's path, or a frame from "
+                                "oirl.data.logs.read_logs (or oirl.data.schema.validate_logs)")
+            frame = item
+        elif isinstance(item, (str, Path)):
+            source, frame = str(item), read_logs(item)
+        else:
+            raise OirlError(f"training logs: expected paths or frames, got {type(item).__name__}")
+        frames.append(frame if split_column is None else training_rows(frame, split_column, train_split, source=source))
+        sources.append(source)
+    return combine_logs(frames, sources), " + ".join(sources)
+
+
+def train_recommender(logs: Logs, *, incumbent: Recommender | None = None, split_column: str | None = None, train_split: str = "train",
+                      **options: Any) -> Recommender:
+    """Train in this process on ``logs``: paths (read and validated once, here) or canonical
+    frames, one or several (:func:`read_training_logs`, which ``split_column`` and
+    ``train_split`` are passed to); ``options`` are :class:`TrainOptions`' fields
+    (``model``, ``embedder``, ``cv_groups``, ...; ``source`` defaults to the logs' names)."""
+    rows, source = read_training_logs(logs, split_column=split_column, train_split=train_split)
+    options.setdefault("source", source)
+    return fit_bundle(rows, InMemoryEngine(), TrainOptions(**options), incumbent=incumbent)
 
 
 def incumbent_picks(incumbent: Recommender, matrix: LogMatrix) -> np.ndarray:

@@ -39,7 +39,6 @@ from oirl.data.questions import QuestionKey
 from oirl.errors import BundleError, one_line
 from oirl.policy.policies import POLICIES
 from oirl.recommender.arms import ArmParams, ArmSettings, ModelName, as_dict
-from oirl.recommender.calibration import CalibrationSection
 from oirl.recommender.recommender import Candidate, Recommender
 from oirl.reward.features import FEATURE_LAYOUTS, feature_dimension
 from oirl.reward.registry import REWARD_MODELS
@@ -57,6 +56,23 @@ Text = Annotated[str, StringConstraints(min_length=1)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
+
+
+class CalibrationSection(BaseModel):
+    """``policy.calibration`` in ``bundle.json``: how the cost weight was chosen (the search:
+    :func:`oirl.learn.calibration.calibrate`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: Literal["max_share", "budget"]
+    prompt_id: Text | None = None  # max_share: the prompt whose share of calls is capped
+    limit: NonNegative  # the share cap, or the mean cost per query
+    measured: NonNegative  # that share, or the mean cost, on the calibration queries at the chosen weight
+    queries: Annotated[int, Field(gt=0)]
+    source: str  # the calibration queries' file name
+    mean_cost: NonNegative
+    shares: dict[Text, UnitFloat]  # the share of calls of each prompt on the calibration queries
+    seen_in_training: Annotated[int, Field(ge=0)] = 0  # calibration queries that were training questions (warned about)
 
 
 class _Strict(BaseModel):

@@ -96,7 +96,7 @@ class Recommender:
         set_("costs", dict(costs or {}))  # prompt id -> cost of one call, for the cost-aware policy
         set_("arms", {k: v for k, v in (arms or {}).items() if v})  # prompt id -> {"model"?, "params"?} (oirl.recommender.arms)
         set_("cost_weight", cost_weight)  # the cost-aware policy's lambda when none is asked for (None: 0)
-        set_("calibration", calibration)  # how `oirl calibrate` chose it (oirl.recommender.calibration)
+        set_("calibration", calibration)  # how `oirl calibrate` chose it (oirl.learn.calibration)
         set_("metadata", metadata or {})
         set_("question_key", question_key or QuestionKey())  # how training texts were hashed (same question, same hash)
         set_("train_text_hashes", _sorted_hashes(train_text_hashes))

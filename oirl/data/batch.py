@@ -1,4 +1,9 @@
 """Batch recommendations: a file of queries in, Parquet partitions of picks out.
+
+IO, not the fitted artifact: it reads query files and writes Parquet, and takes the
+recommender as any object with its ``recommend`` (and the checks it runs before any work),
+so it sits with the readers and writers, below :mod:`oirl.recommender`. The Dask engine
+scores the same partitions on its workers (:mod:`oirl.distributed.batch`).
 """
 
 from __future__ import annotations
@@ -6,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -18,6 +23,20 @@ from oirl.errors import OirlError, one_line
 
 OUTPUT_MARKER = "_SUCCESS"
 PART_ROWS = 100_000  # queries per output partition when the input is one JSONL file
+
+
+class Recommends(Protocol):
+    """What the writer needs of a recommender (:class:`oirl.recommender.recommender.Recommender`
+    has it); a protocol, so that IO does not import the layer above it."""
+
+    def recommend(self, queries: list[str], candidates: Any = None, *, policy: str | None = None, top_k: int | None = None,
+                  cost_weight: float | None = None) -> list[Any]: ...
+
+    def policy(self, name: str | None = None, candidates: Any = None, *, costs: dict[str, float] | None = None) -> Any: ...
+
+    def resolve_candidates(self, candidates: Any = None) -> Any: ...
+
+    def candidate_costs(self, candidates: Any) -> Any: ...
 
 
 # --------------------------------------------------------------------------- batch recommendations
@@ -73,7 +92,7 @@ def read_query_partition(source: Any) -> pd.DataFrame:
     return frame
 
 
-def recommend_frame(rec, frame: pd.DataFrame, *, candidates=None, policy: str | None = None, cost_weight: float | None = None) -> pd.DataFrame:
+def recommend_frame(rec: Recommends, frame: pd.DataFrame, *, candidates=None, policy: str | None = None, cost_weight: float | None = None) -> pd.DataFrame:
     """The policy's pick for every query of ``frame``, in order: ``query``, ``query_id`` (if
     given), ``prompt_id``, ``prompt``, ``score``."""
     picks = rec.recommend(frame["query"].tolist(), candidates, policy=policy, top_k=1, cost_weight=cost_weight)
@@ -84,8 +103,8 @@ def recommend_frame(rec, frame: pd.DataFrame, *, candidates=None, policy: str | 
     return pd.DataFrame(out)
 
 
-def _write_part(frame: pd.DataFrame, directory: str | Path, index: int) -> int:
-
+def write_part(frame: pd.DataFrame, directory: str | Path, index: int) -> int:
+    """Write ``frame`` as ``part-<index>.parquet`` in ``directory``, atomically; returns its rows."""
     with atomic_path(Path(directory) / f"part-{index:05d}.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
     return len(frame)
@@ -108,16 +127,16 @@ def check_recommend_output(directory: str | Path) -> Path:
 PartWriter = Callable[[list[Any], Path, dict[str, Any]], list[int]]
 
 
-def local_part_writer(rec) -> PartWriter:
+def local_part_writer(rec: Recommends) -> PartWriter:
     """Score and write every partition in this process, in order."""
     def write_parts(sources: list[Any], directory: Path, options: dict[str, Any]) -> list[int]:
-        return [_write_part(recommend_frame(rec, read_query_partition(s), **options), directory, i) for i, s in enumerate(sources)]
+        return [write_part(recommend_frame(rec, read_query_partition(s), **options), directory, i) for i, s in enumerate(sources)]
 
     return write_parts
 
 
 def recommend_to_parquet(
-    rec, queries: str | Path, out_dir: str | Path, *, candidates=None, policy: str | None = None,
+    rec: Recommends, queries: str | Path, out_dir: str | Path, *, candidates=None, policy: str | None = None,
     cost_weight: float | None = None, write_parts: PartWriter | None = None,
 ) -> dict[str, Any]:
     """Write the pick for every query as Parquet partitions ``part-00000.parquet``, ... in

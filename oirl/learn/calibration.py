@@ -1,5 +1,7 @@
 """Choosing the cost-aware policy's weight from a sample of the user's own queries
-(``oirl calibrate``): routing on a budget.
+(``oirl calibrate``): routing on a budget. A search on the user's data, so it lives with
+fitting; the record it leaves in the bundle (:class:`~oirl.recommender.bundle.CalibrationSection`)
+is part of the bundle format.
 
 The cost-aware policy maximises predicted reward minus lambda x cost, and nobody knows
 which lambda to take. Its users know what they can spend instead:
@@ -15,7 +17,7 @@ The sample needs no rewards: its queries are scored once with the bundle, and th
 smallest lambda within the target is found exactly
 (:func:`oirl.policy.budget.weight_for_limit`) — the cost-aware policy with the most
 predicted reward among those within it. The result is the bundle with the cost-aware
-policy as its default at that weight, and a record (:class:`CalibrationSection`) of
+policy as its default at that weight, and a record (``policy.calibration``) of
 the target and what it gave on the sample. On new queries the share (or mean cost)
 varies around the sample's as any sample does: about sqrt(p (1 - p) / n) for a share p
 over n calls. The sample should be new queries, as live traffic is: a bundle scores the
@@ -28,36 +30,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from oirl.errors import OirlError
 from oirl.policy.budget import weight_for_limit
+from oirl.recommender.bundle import CalibrationSection
 
 if TYPE_CHECKING:
     from oirl.recommender.recommender import Recommender
-
-_Text = Annotated[str, StringConstraints(min_length=1)]
-_NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-_Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-
-
-class CalibrationSection(BaseModel):
-    """``policy.calibration`` in ``bundle.json``: how the cost weight was chosen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target: Literal["max_share", "budget"]
-    prompt_id: _Text | None = None  # max_share: the prompt whose share of calls is capped
-    limit: _NonNegative  # the share cap, or the mean cost per query
-    measured: _NonNegative  # that share, or the mean cost, on the calibration queries at the chosen weight
-    queries: Annotated[int, Field(gt=0)]
-    source: str  # the calibration queries' file name
-    mean_cost: _NonNegative
-    shares: dict[_Text, _Share]  # the share of calls of each prompt on the calibration queries
-    seen_in_training: Annotated[int, Field(ge=0)] = 0  # calibration queries that were training questions (warned about)
 
 
 @dataclass(frozen=True)
