@@ -146,7 +146,42 @@ class ReadsQueryPart:
         return np.asarray(X[:, : self.dimension_], dtype=np.float32)
 
 
+class FitsCounts(ReadsQueryPart):
+    """For models that learn from aggregated outcomes: reward sums and counts per (distinct
+    query, prompt). ``fit`` and ``fit_matrix`` aggregate and call ``fit_counts(query_vectors,
+    prompt_vectors, sums, counts)``, which the model defines."""
+
+    def fit(self, X, y, sample_weight=None):
+        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
+        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        d = self._learn_dimension(X)
+        queries, qi = _unique_rows(self._query_part(X))
+        prompts, pi = _unique_rows(np.asarray(X[:, d : 2 * d], dtype=np.float32))
+        sums = np.zeros((len(queries), len(prompts)))
+        counts = np.zeros_like(sums)
+        np.add.at(sums, (qi, pi), weight * y)
+        np.add.at(counts, (qi, pi), weight)
+        return self.fit_counts(queries, prompts, sums, counts)
+
+    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None, texts=None):
+        sums, counts = cell_totals(text_index, rewards, sample_weight, len(query_vectors))
+        seen = counts.sum(axis=1) > 0  # texts of this fold only
+        return self.fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def cell_totals(text_index: np.ndarray, rewards: np.ndarray, sample_weight: np.ndarray | None, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reward sums and (weighted) counts of the logged cells per distinct text, each (n_texts, m):
+    ``rewards`` (n, m) is NaN where not logged, ``text_index`` (n,) maps instances to texts."""
+    logged = ~np.isnan(rewards)
+    weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
+    sums = np.zeros((n_texts, rewards.shape[1]))
+    counts = np.zeros_like(sums)
+    np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
+    np.add.at(counts, text_index, weight)
+    return sums, counts
 
 
 def _unique_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

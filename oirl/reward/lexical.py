@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from oirl.errors import BundleError, OirlError
-from oirl.reward.base import RewardModel, npz_arrays, npz_bytes, store_parameters
+from oirl.reward.base import RewardModel, cell_totals, npz_arrays, npz_bytes, store_parameters
 from oirl.reward.prompts import borrowed_weights
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -56,12 +56,7 @@ class LexicalReward(RewardModel):
     def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None, texts=None):
         if texts is None:
             raise OirlError("the lexical reward model reads query texts; none were given")
-        logged = ~np.isnan(rewards)
-        weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
-        sums = np.zeros((len(texts), rewards.shape[1]))
-        counts = np.zeros_like(sums)
-        np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
-        np.add.at(counts, text_index, weight)
+        sums, counts = cell_totals(text_index, rewards, sample_weight, len(texts))
         seen = counts.sum(axis=1) > 0  # this fold's questions only: the vocabulary never sees held-out ones
         return self.fit_counts(np.asarray(texts)[seen], np.asarray(prompt_vectors, dtype=np.float32), sums[seen], counts[seen])
 

@@ -21,9 +21,8 @@ import numpy as np
 
 from oirl.errors import BundleError, OirlError
 from oirl.reward.base import (
-    ReadsQueryPart,
+    FitsCounts,
     RewardModel,
-    _fit_data,
     _predict_data,
     _unique_rows,
     npz_arrays,
@@ -37,7 +36,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
-class LowRankReward(ReadsQueryPart, RewardModel):
+class LowRankReward(FitsCounts, RewardModel):
     """Logistic matrix factorisation: per-prompt biases and embeddings, a shared query projection."""
 
     name = "lowrank"
@@ -48,28 +47,6 @@ class LowRankReward(ReadsQueryPart, RewardModel):
         store_parameters(self, locals())
 
     # ------------------------------------------------------------------ fitting
-
-    def fit(self, X, y, sample_weight=None):
-        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
-        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        d = self._learn_dimension(X)
-        queries, qi = _unique_rows(self._query_part(X))
-        prompts, pi = _unique_rows(np.asarray(X[:, d : 2 * d], dtype=np.float32))
-        sums = np.zeros((len(queries), len(prompts)))
-        counts = np.zeros_like(sums)
-        np.add.at(sums, (qi, pi), weight * y)
-        np.add.at(counts, (qi, pi), weight)
-        return self.fit_counts(queries, prompts, sums, counts)
-
-    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None, texts=None):
-        logged = ~np.isnan(rewards)
-        weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
-        sums = np.zeros((len(query_vectors), rewards.shape[1]))
-        counts = np.zeros_like(sums)
-        np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
-        np.add.at(counts, text_index, weight)
-        seen = counts.sum(axis=1) > 0
-        return self.fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
 
     def fit_counts(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> LowRankReward:
         """Fit from reward sums and counts (n_queries, n_prompts) of distinct query vectors."""

@@ -9,9 +9,8 @@ import numpy as np
 
 from oirl.errors import BundleError
 from oirl.reward.base import (
-    ReadsQueryPart,
+    FitsCounts,
     RewardModel,
-    _fit_data,
     _predict_data,
     _unique_rows,
     npz_arrays,
@@ -26,7 +25,7 @@ from oirl.reward.prompts import borrowed_weights
 _NEIGHBOUR_CELLS = 8_000_000  # query x training-query cosines per block in NeighbourReward.neighbours
 
 
-class NeighbourReward(ReadsQueryPart, RewardModel):
+class NeighbourReward(FitsCounts, RewardModel):
     """Kernel-weighted nearest-neighbour estimate of P(correct | query, prompt).
 
     For a query q and prompt p, the estimate pools the logged rewards of the ``k``
@@ -57,28 +56,6 @@ class NeighbourReward(ReadsQueryPart, RewardModel):
         alpha: float = 2.0, dimension: int | None = None,
     ):
         store_parameters(self, locals())
-
-    def fit(self, X, y, sample_weight=None):
-        X, y, sample_weight = _fit_data(self, X, y, sample_weight)
-        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        d = self._learn_dimension(X)
-        queries, qi = _unique_rows(self._query_part(X))
-        prompts, pi = _unique_rows(np.asarray(X[:, d : 2 * d], dtype=np.float32))
-        sums = np.zeros((len(queries), len(prompts)))
-        counts = np.zeros((len(queries), len(prompts)))
-        np.add.at(sums, (qi, pi), weight * y)
-        np.add.at(counts, (qi, pi), weight)
-        return self.fit_counts(queries, prompts, sums, counts)
-
-    def fit_matrix(self, query_vectors, text_index, prompt_vectors, rewards, layout, sample_weight=None, texts=None):
-        logged = ~np.isnan(rewards)
-        weight = logged.astype(float) if sample_weight is None else np.where(logged, sample_weight, 0.0)
-        sums = np.zeros((len(query_vectors), rewards.shape[1]))
-        counts = np.zeros_like(sums)
-        np.add.at(sums, text_index, weight * np.nan_to_num(rewards))
-        np.add.at(counts, text_index, weight)
-        seen = counts.sum(axis=1) > 0  # texts of this fold only
-        return self.fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
 
     def fit_counts(self, query_vectors: np.ndarray, prompt_vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> NeighbourReward:
         """Fit from aggregated logs: reward sums and counts of shape (n_queries, n_prompts)."""
