@@ -149,7 +149,8 @@ class ReadsQueryPart:
 class FitsCounts(ReadsQueryPart):
     """For models that learn from aggregated outcomes: reward sums and counts per (distinct
     query, prompt). ``fit`` and ``fit_matrix`` aggregate and call ``fit_counts(query_vectors,
-    prompt_vectors, sums, counts)``, which the model defines."""
+    prompt_vectors, sums, counts)``, which the model defines; ``predict`` scores the distinct
+    (query, prompt) vectors of ``X`` with the model's ``predict_grid``."""
 
     def fit(self, X, y, sample_weight=None):
         X, y, sample_weight = _fit_data(self, X, y, sample_weight)
@@ -167,6 +168,12 @@ class FitsCounts(ReadsQueryPart):
         sums, counts = cell_totals(text_index, rewards, sample_weight, len(query_vectors))
         seen = counts.sum(axis=1) > 0  # texts of this fold only
         return self.fit_counts(query_vectors[seen], prompt_vectors, sums[seen], counts[seen])
+
+    def predict(self, X):
+        X = _predict_data(self, X)
+        queries, qi = _unique_rows(self._query_part(X))
+        prompts, pi = _unique_rows(X[:, self.dimension_ : 2 * self.dimension_])
+        return self.predict_grid(queries, prompts)[qi, pi]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -23,8 +23,6 @@ from oirl.errors import BundleError, OirlError
 from oirl.reward.base import (
     FitsCounts,
     RewardModel,
-    _predict_data,
-    _unique_rows,
     npz_arrays,
     npz_bytes,
     store_parameters,
@@ -101,12 +99,6 @@ class LowRankReward(FitsCounts, RewardModel):
         Q = np.asarray(query_vectors, dtype=np.float64)
         logits = (v @ self.bias_)[None, :] + (Q @ self.query_weights_)[:, None] + (Q @ self.projection_) @ (v @ self.prompt_embeddings_).T
         return _sigmoid(logits)
-
-    def predict(self, X):
-        X = _predict_data(self, X)
-        queries, qi = _unique_rows(self._query_part(X))
-        prompts, pi = _unique_rows(X[:, self.dimension_ : 2 * self.dimension_])
-        return self.predict_grid(queries, prompts)[qi, pi]
 
     # ------------------------------------------------------------------ bytes
 

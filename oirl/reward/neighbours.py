@@ -11,8 +11,6 @@ from oirl.errors import BundleError
 from oirl.reward.base import (
     FitsCounts,
     RewardModel,
-    _predict_data,
-    _unique_rows,
     npz_arrays,
     npz_bytes,
     store_parameters,
@@ -115,12 +113,6 @@ class NeighbourReward(FitsCounts, RewardModel):
         v = self.prompt_weights(prompt_vectors)
         prompt_means = self.sums_.sum(axis=0) / np.maximum(self.counts_.sum(axis=0), 1e-12)
         return (sums @ v.T + self.alpha * (v @ prompt_means)[None, :]) / (counts @ v.T + self.alpha)
-
-    def predict(self, X):
-        X = _predict_data(self, X)
-        queries, qi = _unique_rows(self._query_part(X))
-        prompts, pi = _unique_rows(X[:, self.dimension_ : 2 * self.dimension_])
-        return self.predict_grid(queries, prompts)[qi, pi]
 
     def to_bytes(self) -> bytes:
         return npz_bytes(queries=self.queries_, prompts=self.prompts_, sums=self.sums_, counts=self.counts_)
